@@ -1,0 +1,7 @@
+//! kata-nri-manager: makes Kata Containers runtime classes servable and ready on a containerd
+//! node, as an NRI plugin.
+
+// pub mod cli;
+
+pub mod nri;
+pub mod pods;
