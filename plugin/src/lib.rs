@@ -1,7 +1,8 @@
 //! kata-nri-manager: makes Kata Containers runtime classes servable and ready on a containerd
 //! node, as an NRI plugin.
 
-// pub mod cli;
+pub mod cli;
 
+pub mod config;
 pub mod nri;
 pub mod pods;

@@ -82,6 +82,7 @@ impl NriHandler for PodInventory {
             runtime = %runtime.runtime_name,
             runtime_version = %runtime.runtime_version,
             nri_version = runtime.nri_version.as_deref().unwrap_or("unknown (before v0.12)"),
+            config_bytes = runtime.config.len(),
             "configured by the runtime"
         );
     }

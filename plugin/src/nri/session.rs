@@ -16,7 +16,7 @@ use ttrpc::r#async::{Client, Server};
 use super::error::{NriError, Result};
 use super::handler::NriHandler;
 use super::identity::PluginIdentity;
-use super::mux::{Multiplexer, MuxEnd, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
+use super::mux::{Multiplexer, MuxEnd, MuxError, PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN};
 use super::service::PluginService;
 
 /// containerd's default registration timeout; it drops a plugin that takes longer.
@@ -131,21 +131,34 @@ async fn register(
             // Transport errors mean the socket went away; the multiplexer knows why.
             Err(_) => Err(closed_during_registration(mux, peer).await),
         },
-        end = mux.closed() => Err(match end {
-            Ok(_) => NriError::ClosedBeforeRegistration { peer: peer.to_owned() },
-            Err(cause) => NriError::Protocol { peer: peer.to_owned(), cause },
-        }),
+        end = mux.closed() => Err(registration_failure(end, peer)),
         () = tokio::time::sleep(REGISTRATION_TIMEOUT) => Err(NriError::RegistrationTimeout(REGISTRATION_TIMEOUT)),
     }
 }
 
 async fn closed_during_registration(mux: &mut Multiplexer, peer: &str) -> NriError {
     match tokio::time::timeout(Duration::from_millis(200), mux.closed()).await {
-        Ok(Err(cause)) => NriError::Protocol {
+        Ok(end) => registration_failure(end, peer),
+        Err(_) => NriError::ClosedBeforeRegistration {
+            peer: peer.to_owned(),
+        },
+    }
+}
+
+/// Why registration failed, given how the socket ended. A reset is a close: a server of another
+/// protocol (e.g. containerd's gRPC socket) resets the connection when it reads our frames.
+fn registration_failure(end: Result<MuxEnd, MuxError>, peer: &str) -> NriError {
+    match end {
+        Err(MuxError::Read(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            NriError::ClosedBeforeRegistration {
+                peer: peer.to_owned(),
+            }
+        }
+        Err(cause) => NriError::Protocol {
             peer: peer.to_owned(),
             cause,
         },
-        _ => NriError::ClosedBeforeRegistration {
+        Ok(_) => NriError::ClosedBeforeRegistration {
             peer: peer.to_owned(),
         },
     }

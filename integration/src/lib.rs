@@ -1,0 +1,35 @@
+//! Integration test harness for kata-nri-manager: real containerd (2.1, 1.7, 1.6), runc and a
+//! CRI client playing kubelet, all from Debian packages cached by
+//! `integration/scripts/fetch-deps.sh`. See `integration/README.md`.
+//!
+//! ```no_run
+//! use kata_nri_integration::{Containerd, ContainerdOptions, PodSpec, Version, e2e_guard};
+//!
+//! #[tokio::test]
+//! async fn pod_runs() {
+//!     let deps = e2e_guard!();
+//!     let cd = Containerd::start(&deps, Version::V2_1, ContainerdOptions::default())
+//!         .await
+//!         .unwrap();
+//!     let mut cri = cd.cri().await.unwrap();
+//!     let id = cri.run_pod(&PodSpec::new("p").handler("kata-test")).await.unwrap();
+//!     assert!(cri.pod_status(&id).await.unwrap().state == 0); // SANDBOX_READY
+//! }
+//! ```
+
+pub mod config;
+pub mod containerd;
+pub mod cri;
+pub mod deps;
+pub mod plugin;
+
+pub use config::{ContainerdOptions, FileSource, Layout, RuntimeHandler, TEST_HANDLER, Version};
+pub use containerd::{Containerd, K8S_NAMESPACE, KEEP_ENV};
+pub use cri::{
+    ContainerSpec, Cri, CriCallError, PodSandboxState, PodSpec, RuntimeStatus, cri_status,
+};
+pub use deps::{Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, require_e2e};
+pub use plugin::{EMPTY_CONFIG, PluginOptions, PluginProcess, run_to_completion};
+
+/// The generated CRI v1 API (`k8s-cri`), for calls and types the helpers do not cover.
+pub use k8s_cri::v1 as cri_api;

@@ -1,0 +1,65 @@
+//! The command line (contract in DESIGN.md "Command line").
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod config;
+pub mod logging;
+pub mod run;
+
+pub use logging::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kata-nri-manager",
+    version,
+    about = "Provisions Kata Containers runtime classes on containerd nodes, as an NRI plugin"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: register with containerd's NRI and manage the configured runtime classes.
+    Run(RunArgs),
+    /// Work with the operator config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file and print every problem with its path in the file.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Node-local config file (root-owned), as the daemon would get it.
+        #[arg(long, value_name = "FILE")]
+        node_config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Operator config (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Node-local config (root-owned YAML) holding the keys the operator config may not set.
+    #[arg(long, value_name = "FILE")]
+    pub node_config: Option<PathBuf>,
+    /// containerd's NRI socket [default: the config's nri.socket, else /var/run/nri/nri.sock].
+    #[arg(long, value_name = "PATH")]
+    pub nri_socket: Option<PathBuf>,
+    /// Name to register under [default: the config's nri.pluginName].
+    #[arg(long, value_name = "NAME")]
+    pub plugin_name: Option<String>,
+    /// Two-digit index that orders plugins in containerd [default: the config's nri.pluginIdx].
+    #[arg(long, value_name = "NN")]
+    pub plugin_idx: Option<String>,
+    /// Log format [default: the config's log.format, else text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}

@@ -1,0 +1,194 @@
+//! The node config (`--node-config`): the node-local keys, in the same shape as the operator
+//! file, and how they replace the operator file's values.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::Duration;
+use super::error::{Problem, Warning};
+use super::model::{Config, Restart};
+use super::walk::{index, join};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeConfig {
+    pub(super) artifacts_dir: Option<PathBuf>,
+    pub(super) pull_secrets_dir: Option<PathBuf>,
+    pub(super) registries: NodeRegistries,
+    pub(super) containerd: NodeContainerd,
+    pub(super) gate: NodeGate,
+    pub(super) policies: NodePolicies,
+    pub(super) runtime_classes: Vec<NodeClass>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeRegistries {
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeContainerd {
+    pub(super) config_path: Option<PathBuf>,
+    /// Replaces the operator's `containerd.restart` as a whole: how containerd restarts is a fact
+    /// of the node (systemd unit, launched mode's `none`, a command).
+    pub(super) restart: Option<Restart>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeGate {
+    pub(super) dir: Option<PathBuf>,
+    pub(super) socket: Option<PathBuf>,
+    pub(super) timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodePolicies {
+    pub(super) dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NodeClass {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) runtime: NodeRuntime,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeRuntime {
+    pub(super) runtime_path: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// Puts the node's values into `config`. Node-local keys of `config` are still defaults here
+    /// (the operator file may not set them), so a key the node file leaves out keeps its default.
+    /// `origins` are the file indexes of `runtime_classes`, for the warnings' paths.
+    pub(super) fn apply(self, config: &mut Config, origins: &[usize], file: &Path) -> Vec<Warning> {
+        fn set<T>(target: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *target = value;
+            }
+        }
+        set(&mut config.artifacts_dir, self.artifacts_dir);
+        set(&mut config.pull_secrets_dir, self.pull_secrets_dir);
+        config.registries.ca_file = self.registries.ca_file;
+        set(
+            &mut config.containerd.config_path,
+            self.containerd.config_path,
+        );
+        set(&mut config.containerd.restart, self.containerd.restart);
+        set(&mut config.gate.dir, self.gate.dir);
+        set(&mut config.gate.socket, self.gate.socket);
+        set(&mut config.gate.timeout, self.gate.timeout);
+        set(&mut config.policies.dir, self.policies.dir);
+
+        let mut warnings = Vec::new();
+        for (node_class, origin) in self.runtime_classes.into_iter().zip(origins) {
+            let target = config
+                .runtime_classes
+                .iter_mut()
+                .find(|c| c.name == node_class.name);
+            match target {
+                Some(class) => class.runtime.runtime_path = node_class.runtime.runtime_path,
+                // Not an error: the operator may drop a class before every node file follows.
+                None => warnings.push(Warning {
+                    file: file.to_owned(),
+                    problem: Problem::new(
+                        join(&index("runtimeClasses", *origin), "name"),
+                        format!(
+                            "class {:?} is not in the operator config; its settings here are unused",
+                            node_class.name
+                        ),
+                    ),
+                }),
+            }
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::CommandRestart;
+
+    fn operator_config() -> Config {
+        serde_yaml::from_str(
+            "runtimeClasses:\n- {name: kata-qemu, artifacts: {url: nvcr.io/x:1}}\n- {name: kata-clh, artifacts: {url: nvcr.io/y:1}}\n",
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn node_values_replace_defaults_and_unset_ones_keep_them() {
+        let mut config = operator_config();
+        let node = NodeConfig {
+            artifacts_dir: Some("/var/lib/kata-artifacts".into()),
+            containerd: NodeContainerd {
+                config_path: None,
+                restart: Some(Restart::Command(CommandRestart {
+                    command: vec!["/usr/local/bin/restart-containerd".into()],
+                    timeout: Duration::from_secs(30),
+                })),
+            },
+            gate: NodeGate {
+                timeout: Some(Duration::from_secs(90)),
+                ..NodeGate::default()
+            },
+            runtime_classes: vec![NodeClass {
+                name: "kata-clh".into(),
+                runtime: NodeRuntime {
+                    runtime_path: Some("/opt/kata/bin/containerd-shim-kata-v2".into()),
+                },
+            }],
+            ..NodeConfig::default()
+        };
+        let warnings = node.apply(&mut config, &[0], Path::new("/etc/node.yaml"));
+        assert!(warnings.is_empty());
+        let defaults = Config::default();
+        assert_eq!(
+            config.artifacts_dir,
+            PathBuf::from("/var/lib/kata-artifacts")
+        );
+        assert_eq!(
+            config.containerd.config_path,
+            defaults.containerd.config_path
+        );
+        assert_eq!(
+            config.containerd.restart.timeout(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(config.gate.timeout, Duration::from_secs(90));
+        assert_eq!(config.gate.dir, defaults.gate.dir);
+        assert_eq!(config.runtime_classes[0].runtime.runtime_path, None);
+        assert_eq!(
+            config.runtime_classes[1].runtime.runtime_path,
+            Some(PathBuf::from("/opt/kata/bin/containerd-shim-kata-v2"))
+        );
+    }
+
+    #[test]
+    fn classes_only_in_the_node_file_are_a_warning() {
+        let mut config = operator_config();
+        let node = NodeConfig {
+            runtime_classes: vec![NodeClass {
+                name: "kata-fc".into(),
+                runtime: NodeRuntime::default(),
+            }],
+            ..NodeConfig::default()
+        };
+        let warnings = node.apply(&mut config, &[4], Path::new("/etc/node.yaml"));
+        assert_eq!(
+            warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "/etc/node.yaml: runtimeClasses[4].name: class \"kata-fc\" is not in the operator config; its settings here are unused"
+            ]
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! The config file's shape as data: every key, what its value must be, whether it is required,
+//! and which file may set it. The walk (`walk.rs`) checks a document against it before serde
+//! sees it, so that all problems are found in one pass and serde never fails.
+
+use super::values;
+
+/// Which file may set a key (DESIGN, "Trust boundary").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope {
+    /// Decided by the operator (the ConfigMap); not in the node file.
+    Shared,
+    /// Names host files or programs: only from a root-owned file.
+    NodeLocal,
+    /// Structure both files use (`containerd`, `runtimeClasses[].name`, …).
+    Both,
+}
+
+pub(super) type Check = fn(&str) -> Result<(), String>;
+
+#[derive(Debug)]
+pub(super) enum Shape {
+    /// A mapping with fixed keys.
+    Struct(&'static [Key]),
+    /// A mapping whose `tag` key picks the keys of one variant.
+    Tagged {
+        tag: &'static str,
+        variants: &'static [Variant],
+    },
+    /// `partial`: a bad item does not drop the list (runtime classes are checked one by one).
+    List {
+        item: &'static Shape,
+        partial: bool,
+    },
+    /// A mapping with free keys.
+    Dict {
+        key: Option<Check>,
+        value: &'static Shape,
+    },
+    Text(Check),
+    Bool,
+    /// A non-negative whole number that fits in u32.
+    Count,
+    Enum(&'static [&'static str]),
+    /// A size: text like `8Gi` or a number of bytes.
+    Size(Check),
+    /// A program and its arguments.
+    Argv,
+    /// Anything JSON can carry (policy settings).
+    Json,
+}
+
+#[derive(Debug)]
+pub(super) struct Key {
+    pub(super) name: &'static str,
+    pub(super) shape: Shape,
+    pub(super) scope: Scope,
+    pub(super) required: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Variant {
+    pub(super) name: &'static str,
+    pub(super) scope: Scope,
+    pub(super) keys: &'static [Key],
+}
+
+const fn key(name: &'static str, shape: Shape, scope: Scope) -> Key {
+    Key {
+        name,
+        shape,
+        scope,
+        required: false,
+    }
+}
+
+const fn required(name: &'static str, shape: Shape, scope: Scope) -> Key {
+    Key {
+        name,
+        shape,
+        scope,
+        required: true,
+    }
+}
+
+const PATH: Shape = Shape::Text(values::absolute_path);
+const POSITIVE_DURATION: Shape = Shape::Text(values::positive_duration);
+
+use Scope::{Both, NodeLocal, Shared};
+
+const RESTART: Shape = Shape::Tagged {
+    tag: "method",
+    variants: &[
+        Variant {
+            name: "systemd",
+            scope: Both,
+            keys: &[
+                key("unit", Shape::Text(values::service_unit), Both),
+                key("timeout", POSITIVE_DURATION, Both),
+            ],
+        },
+        Variant {
+            name: "command",
+            scope: NodeLocal,
+            keys: &[
+                required("command", Shape::Argv, NodeLocal),
+                key("timeout", POSITIVE_DURATION, Both),
+            ],
+        },
+        Variant {
+            name: "none",
+            scope: Both,
+            keys: &[],
+        },
+    ],
+};
+
+const RUNTIME_CLASS: Shape = Shape::Struct(&[
+    required("name", Shape::Text(values::class_name), Both),
+    key(
+        "nodeSelector",
+        Shape::Dict {
+            key: Some(values::label_key),
+            value: &Shape::Text(values::label_value),
+        },
+        Shared,
+    ),
+    key("provision", Shape::Enum(&["eager", "onDemand"]), Shared),
+    key("updatePolicy", Shape::Text(values::update_policy), Shared),
+    required(
+        "artifacts",
+        Shape::Struct(&[
+            required("url", Shape::Text(values::oci_reference), Shared),
+            key("pullSecret", Shape::Text(values::secret_name), Shared),
+            key("digest", Shape::Text(values::digest), Shared),
+        ]),
+        Shared,
+    ),
+    key(
+        "runtime",
+        Shape::Struct(&[
+            key("runtimeType", Shape::Text(values::runtime_type), Shared),
+            key("runtimePath", PATH, NodeLocal),
+            key(
+                "podAnnotations",
+                Shape::List {
+                    item: &Shape::Text(values::annotation_pattern),
+                    partial: false,
+                },
+                Shared,
+            ),
+            key("privilegedWithoutHostDevices", Shape::Bool, Shared),
+            key(
+                "configFile",
+                Shape::Text(values::path_inside_artifacts),
+                Shared,
+            ),
+        ]),
+        Both,
+    ),
+]);
+
+/// The whole file, operator's or node's; the role of the file decides which scopes it may use.
+pub(super) const CONFIG: Shape = Shape::Struct(&[
+    key("artifactsDir", PATH, NodeLocal),
+    key("pullSecretsDir", PATH, NodeLocal),
+    key(
+        "registries",
+        Shape::Struct(&[
+            key(
+                "allowed",
+                Shape::List {
+                    item: &Shape::Text(values::registry_prefix),
+                    partial: false,
+                },
+                Shared,
+            ),
+            key(
+                "insecure",
+                Shape::List {
+                    item: &Shape::Text(values::registry_host),
+                    partial: false,
+                },
+                Shared,
+            ),
+            key("caFile", PATH, NodeLocal),
+        ]),
+        Both,
+    ),
+    key(
+        "limits",
+        Shape::Struct(&[
+            key(
+                "maxArtifactBytes",
+                Shape::Size(values::positive_size),
+                Shared,
+            ),
+            key("keepVersions", Shape::Count, Shared),
+        ]),
+        Shared,
+    ),
+    key(
+        "containerd",
+        Shape::Struct(&[
+            key("configPath", PATH, NodeLocal),
+            key("mode", Shape::Enum(&["auto", "inline", "dropin"]), Shared),
+            key("address", PATH, Shared),
+            key("restart", RESTART, Both),
+        ]),
+        Both,
+    ),
+    key(
+        "nri",
+        Shape::Struct(&[
+            key("socket", PATH, Shared),
+            key("pluginName", Shape::Text(values::plugin_name), Shared),
+            key("pluginIdx", Shape::Text(values::plugin_index), Shared),
+        ]),
+        Shared,
+    ),
+    key(
+        "gate",
+        Shape::Struct(&[
+            key("dir", PATH, NodeLocal),
+            key("socket", PATH, NodeLocal),
+            key("timeout", Shape::Text(values::gate_timeout), NodeLocal),
+        ]),
+        NodeLocal,
+    ),
+    key(
+        "policies",
+        Shape::Struct(&[
+            key("dir", PATH, NodeLocal),
+            key(
+                "settings",
+                Shape::Dict {
+                    key: Some(values::policy_name),
+                    value: &Shape::Json,
+                },
+                Shared,
+            ),
+            key(
+                "failurePolicy",
+                Shape::Dict {
+                    key: Some(values::policy_name),
+                    value: &Shape::Enum(&["deny", "ignore"]),
+                },
+                Shared,
+            ),
+            key(
+                "limits",
+                Shape::Struct(&[
+                    key("deadline", POSITIVE_DURATION, Shared),
+                    key("memory", Shape::Size(values::positive_size), Shared),
+                ]),
+                Shared,
+            ),
+        ]),
+        Both,
+    ),
+    key(
+        "annotations",
+        Shape::Struct(&[key(
+            "allowed",
+            Shape::List {
+                item: &Shape::Text(values::annotation_pattern),
+                partial: false,
+            },
+            Shared,
+        )]),
+        Shared,
+    ),
+    key("listen", Shape::Text(values::listen_address), Shared),
+    key(
+        "log",
+        Shape::Struct(&[key("format", Shape::Enum(&["text", "json"]), Shared)]),
+        Shared,
+    ),
+    key(
+        "runtimeClasses",
+        Shape::List {
+            item: &RUNTIME_CLASS,
+            partial: true,
+        },
+        Both,
+    ),
+]);

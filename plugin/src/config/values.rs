@@ -1,0 +1,289 @@
+//! Checks of single values, run by the schema walk on each file so a problem is reported at its
+//! own key in its own file. Rules that compare keys live in `validate.rs`.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path};
+use std::str::FromStr;
+
+use super::duration::Duration;
+use super::model::UpdatePolicy;
+use super::names;
+use super::pattern::{AnnotationPattern, CONFIG_PATH_ANNOTATION};
+use super::quantity::ByteSize;
+use super::reference::{self, Digest, OciReference};
+
+/// kubelet gives up on a runtime call after 2 minutes (`--runtime-request-timeout`): a gate that
+/// waits longer lets the pod fail with a timeout instead of our reason.
+const KUBELET_RUNTIME_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn parse<T>(text: &str) -> Result<T, String>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    text.parse::<T>().map_err(|e| e.to_string())
+}
+
+pub(super) fn parses_as<T>(text: &str) -> Result<(), String>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    parse::<T>(text).map(drop)
+}
+
+pub(super) fn absolute_path(text: &str) -> Result<(), String> {
+    if Path::new(text).is_absolute() {
+        Ok(())
+    } else {
+        Err(format!("{text:?} is not an absolute path"))
+    }
+}
+
+/// A file inside the class's artifacts: relative and unable to climb out of them.
+pub(super) fn path_inside_artifacts(text: &str) -> Result<(), String> {
+    let path = Path::new(text);
+    let inside = !text.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if inside {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} must be a relative path inside the artifacts, without '..' \
+             (e.g. configuration-qemu.toml)"
+        ))
+    }
+}
+
+pub(super) fn positive_duration(text: &str) -> Result<(), String> {
+    if parse::<Duration>(text)?.is_zero() {
+        Err(format!("must be longer than 0, got {text:?}"))
+    } else {
+        Ok(())
+    }
+}
+
+pub(super) fn gate_timeout(text: &str) -> Result<(), String> {
+    positive_duration(text)?;
+    if parse::<Duration>(text)? >= KUBELET_RUNTIME_REQUEST_TIMEOUT {
+        Err(format!(
+            "{text} is not below {KUBELET_RUNTIME_REQUEST_TIMEOUT}: kubelet abandons the pod's \
+             sandbox request after 2 minutes, so a longer wait only hides the real error \
+             (use e.g. 100s)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+pub(super) fn positive_size(text: &str) -> Result<(), String> {
+    if parse::<ByteSize>(text)?.bytes() == 0 {
+        Err(format!("must be more than 0, got {text:?}"))
+    } else {
+        Ok(())
+    }
+}
+
+pub(super) fn update_policy(text: &str) -> Result<(), String> {
+    match text.parse::<UpdatePolicy>() {
+        Ok(UpdatePolicy::Every(interval)) if interval.is_zero() => Err(format!(
+            "the update interval must be longer than 0, got {text:?}"
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub(super) fn oci_reference(text: &str) -> Result<(), String> {
+    parses_as::<OciReference>(text)
+}
+
+pub(super) fn digest(text: &str) -> Result<(), String> {
+    parses_as::<Digest>(text)
+}
+
+pub(super) fn class_name(text: &str) -> Result<(), String> {
+    names::check_dns_label(text)
+}
+
+pub(super) fn secret_name(text: &str) -> Result<(), String> {
+    names::check_dns_subdomain(text)
+}
+
+pub(super) fn label_key(text: &str) -> Result<(), String> {
+    names::check_label_key(text)
+}
+
+pub(super) fn label_value(text: &str) -> Result<(), String> {
+    names::check_label_value(text)
+}
+
+pub(super) fn plugin_name(text: &str) -> Result<(), String> {
+    names::check_plugin_name(text)
+}
+
+pub(super) fn plugin_index(text: &str) -> Result<(), String> {
+    names::check_plugin_index(text)
+}
+
+pub(super) fn runtime_type(text: &str) -> Result<(), String> {
+    names::check_runtime_type(text)
+}
+
+pub(super) fn service_unit(text: &str) -> Result<(), String> {
+    names::check_service_unit(text)
+}
+
+pub(super) fn policy_name(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        Err("a policy name must not be empty".into())
+    } else {
+        Ok(())
+    }
+}
+
+pub(super) fn registry_prefix(text: &str) -> Result<(), String> {
+    reference::check_registry_prefix(text)
+}
+
+pub(super) fn registry_host(text: &str) -> Result<(), String> {
+    reference::check_host(text)
+        .map_err(|why| format!("{text:?} is not a registry host[:port] ({why})"))
+}
+
+pub(super) fn listen_address(text: &str) -> Result<(), String> {
+    text.parse::<SocketAddr>().map(drop).map_err(|_| {
+        format!("{text:?} is not an IP address and port (e.g. 127.0.0.1:9464 or [::]:9464)")
+    })
+}
+
+/// A pod annotation pattern, which must not let pods set the kata config path.
+pub(super) fn annotation_pattern(text: &str) -> Result<(), String> {
+    let pattern = AnnotationPattern::parse(text)
+        .map_err(|why| format!("{text:?} is not an annotation pattern: it {why}"))?;
+    if pattern.matches(CONFIG_PATH_ANNOTATION) {
+        return Err(format!(
+            "{text:?} lets pods set {CONFIG_PATH_ANNOTATION}, which kata reads before the \
+             runtime's ConfigPath, so any pod author could choose any kata configuration on the \
+             node; list the annotations you need instead (e.g. io.katacontainers.config.hypervisor.*)"
+        ));
+    }
+    Ok(())
+}
+
+/// A restart command: argv run without a shell, so the program must be named by absolute path
+/// (containerd's PATH is not ours).
+pub(super) fn argv(items: &[String]) -> Result<(), String> {
+    match items.first() {
+        None => Err("must name a program: [/absolute/program, args…]".into()),
+        Some(program) if !Path::new(program).is_absolute() => Err(format!(
+            "the program {program:?} must be an absolute path (it is run without a shell or PATH)"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert!(absolute_path("/opt/x").is_ok());
+        assert_eq!(
+            absolute_path("opt/x"),
+            Err("\"opt/x\" is not an absolute path".into())
+        );
+        for ok in [
+            "configuration.toml",
+            "share/kata/configuration-qemu.toml",
+            "./c.toml",
+        ] {
+            assert!(path_inside_artifacts(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/kata/configuration.toml",
+            "../c.toml",
+            "a/../../c.toml",
+        ] {
+            assert!(path_inside_artifacts(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_must_be_positive_and_gates_below_kubelets_timeout() {
+        assert!(positive_duration("60s").is_ok());
+        assert_eq!(
+            positive_duration("0s"),
+            Err("must be longer than 0, got \"0s\"".into())
+        );
+        assert!(positive_duration("60").is_err());
+        assert!(gate_timeout("100s").is_ok());
+        assert!(gate_timeout("119s").is_ok());
+        let err = gate_timeout("120s").expect_err("120s");
+        assert!(err.starts_with("120s is not below 2m: kubelet"), "{err}");
+        assert!(gate_timeout("0s").is_err());
+    }
+
+    #[test]
+    fn sizes_must_be_positive() {
+        assert!(positive_size("64Mi").is_ok());
+        assert!(positive_size("0").is_err());
+        assert_eq!(
+            positive_size("8Gx"),
+            Err("\"8Gx\" is not a size (use e.g. 8Gi, 500Mi)".into())
+        );
+    }
+
+    #[test]
+    fn update_policies() {
+        assert!(update_policy("pinned").is_ok());
+        assert!(update_policy("6h").is_ok());
+        assert!(update_policy("0s").is_err());
+        assert!(update_policy("Pinned").is_err());
+    }
+
+    #[test]
+    fn annotation_patterns_never_reach_the_config_path() {
+        assert!(annotation_pattern("io.katacontainers.config.hypervisor.*").is_ok());
+        for bad in [
+            "io.katacontainers.*",
+            "*",
+            "io.katacontainers.config?path",
+            "io.*",
+        ] {
+            let err = annotation_pattern(bad).expect_err(bad);
+            assert!(
+                err.contains("lets pods set io.katacontainers.config_path"),
+                "{err}"
+            );
+        }
+        let err = annotation_pattern("io.kata[").expect_err("syntax");
+        assert!(err.contains("is not an annotation pattern"), "{err}");
+    }
+
+    #[test]
+    fn restart_argv() {
+        assert!(
+            argv(&[
+                "/usr/bin/systemctl".into(),
+                "restart".into(),
+                "containerd".into()
+            ])
+            .is_ok()
+        );
+        assert!(argv(&[]).is_err());
+        assert!(argv(&["systemctl".into()]).is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert!(listen_address("127.0.0.1:9464").is_ok());
+        assert!(listen_address("[::]:9464").is_ok());
+        assert!(listen_address("localhost:9464").is_err());
+        assert!(listen_address(":9464").is_err());
+    }
+}

@@ -1,0 +1,638 @@
+//! Checks a YAML document against the schema, reporting every problem with its path and removing
+//! what is wrong, so that serde then decodes the rest without failing and the semantic rules can
+//! still run on it in the same round.
+
+use std::collections::HashSet;
+
+use serde_yaml::{Mapping, Value};
+
+use super::error::Problems;
+use super::schema::{CONFIG, Check, Key, Scope, Shape, Variant};
+use super::suggest;
+
+/// Which file is being read; decides which keys it may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// A root-owned file with everything (no `--node-config`).
+    Trusted,
+    /// `--config` when a `--node-config` is given: the ConfigMap.
+    Operator,
+    /// `--node-config`: node-local keys only.
+    Node,
+}
+
+pub(super) const NODE_LOCAL_IN_OPERATOR: &str =
+    "node-local key not allowed in the operator config (set it in the --node-config file)";
+pub(super) const SHARED_IN_NODE: &str = "not allowed in the node config, which holds only \
+     node-local keys (set it in the operator config, --config)";
+
+impl Role {
+    fn refusal(self, scope: Scope) -> Option<&'static str> {
+        match (self, scope) {
+            (Role::Operator, Scope::NodeLocal) => Some(NODE_LOCAL_IN_OPERATOR),
+            (Role::Node, Scope::Shared) => Some(SHARED_IN_NODE),
+            _ => None,
+        }
+    }
+}
+
+/// Walks a whole file. An empty file is an empty mapping: every key takes its default.
+pub(super) fn walk_document(document: &mut Value, role: Role, problems: &mut Problems) {
+    if document.is_null() {
+        *document = Value::Mapping(Mapping::new());
+        return;
+    }
+    let mut walker = Walker { role, problems };
+    if !walker.walk(document, &CONFIG, "") && !document.is_mapping() {
+        *document = Value::Mapping(Mapping::new());
+    }
+}
+
+/// `path.key`, or `path["odd key"]` when the key is not a plain word (label keys, policy names).
+pub(super) fn join(path: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match (path.is_empty(), plain) {
+        (true, true) => key.to_owned(),
+        (false, true) => format!("{path}.{key}"),
+        (_, false) => format!("{path}[{key:?}]"),
+    }
+}
+
+pub(super) fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+struct Walker<'a> {
+    role: Role,
+    problems: &'a mut Problems,
+}
+
+impl Walker<'_> {
+    /// Checks `value` against `shape`. Returns whether serde can decode it; when not, the caller
+    /// removes it (the problem is already reported).
+    fn walk(&mut self, value: &mut Value, shape: &Shape, path: &str) -> bool {
+        match shape {
+            Shape::Struct(keys) => self.walk_struct(value, keys, path, None),
+            Shape::Tagged { tag, variants } => self.walk_tagged(value, tag, variants, path),
+            Shape::List { item, partial } => self.walk_list(value, item, *partial, path),
+            Shape::Dict { key, value: shape } => self.walk_dict(value, *key, shape, path),
+            Shape::Text(check) => match self.text(value, path) {
+                Some(text) => self.checked(check(text), path),
+                None => false,
+            },
+            Shape::Bool => value.is_bool() || self.mismatch(path, "true or false", value),
+            Shape::Count => {
+                let fits = value.as_u64().is_some_and(|n| u32::try_from(n).is_ok());
+                fits || self.mismatch(path, "a whole number (0 or more)", value)
+            }
+            Shape::Enum(names) => match self.text(value, path) {
+                Some(text) if names.contains(&text) => true,
+                Some(text) => {
+                    let message = not_one_of(text, names);
+                    self.problems.push(path, message);
+                    false
+                }
+                None => false,
+            },
+            Shape::Size(check) => match value {
+                Value::String(text) => self.checked(check(text), path),
+                Value::Number(n) if n.as_u64().is_some() => {
+                    self.checked(check(&n.to_string()), path)
+                }
+                _ => self.mismatch(path, "a size such as 8Gi or 500Mi", value),
+            },
+            Shape::Argv => self.walk_argv(value, path),
+            Shape::Json => self.walk_json(value, path),
+        }
+    }
+
+    fn walk_struct(
+        &mut self,
+        value: &mut Value,
+        keys: &[Key],
+        path: &str,
+        variant: Option<&str>,
+    ) -> bool {
+        let Value::Mapping(map) = value else {
+            return self.mismatch(path, "a mapping", value);
+        };
+        let mut remove = Vec::new();
+        let mut present = HashSet::new();
+        let mut complete = true;
+        for (name, child) in map.iter_mut() {
+            let Some(name_text) = name.as_str() else {
+                self.problems
+                    .push(path, format!("keys must be text, got {}", describe(name)));
+                remove.push(name.clone());
+                continue;
+            };
+            let child_path = join(path, name_text);
+            let Some(key) = keys.iter().find(|k| k.name == name_text) else {
+                let message = unknown_key(name_text, keys, variant);
+                self.problems.push(child_path, message);
+                remove.push(name.clone());
+                continue;
+            };
+            if let Some(refusal) = self.role.refusal(key.scope) {
+                self.problems.push(child_path, refusal);
+                remove.push(name.clone());
+                continue;
+            }
+            // `key:` with nothing after it means "default", as in Kubernetes manifests.
+            if child.is_null() {
+                remove.push(name.clone());
+                continue;
+            }
+            present.insert(key.name);
+            if !self.walk(child, &key.shape, &child_path) {
+                remove.push(name.clone());
+                complete &= !key.required;
+            }
+        }
+        for name in remove {
+            map.remove(&name);
+        }
+        for key in keys {
+            let applies = key.required && self.role.refusal(key.scope).is_none();
+            if applies && !present.contains(key.name) {
+                self.problems
+                    .push(join(path, key.name), "required key is missing");
+                complete = false;
+            }
+        }
+        complete
+    }
+
+    fn walk_tagged(
+        &mut self,
+        value: &mut Value,
+        tag: &str,
+        variants: &[Variant],
+        path: &str,
+    ) -> bool {
+        let Value::Mapping(map) = value else {
+            return self.mismatch(path, "a mapping", value);
+        };
+        let tag_path = join(path, tag);
+        let names: Vec<&str> = variants.iter().map(|v| v.name).collect();
+        let Some(tag_value) = map.remove(tag) else {
+            self.problems.push(
+                tag_path,
+                format!("required key is missing (one of: {})", names.join(", ")),
+            );
+            return false;
+        };
+        let Some(chosen) = tag_value.as_str() else {
+            return self.mismatch(
+                &tag_path,
+                &format!("one of: {}", names.join(", ")),
+                &tag_value,
+            );
+        };
+        let Some(variant) = variants.iter().find(|v| v.name == chosen) else {
+            self.problems.push(tag_path, not_one_of(chosen, &names));
+            return false;
+        };
+        if let Some(refusal) = self.role.refusal(variant.scope) {
+            // Point at the key that carries the node-local value when there is one.
+            let carrier = variant
+                .keys
+                .iter()
+                .find(|k| k.scope == variant.scope && map.contains_key(k.name));
+            match carrier {
+                Some(key) => self.problems.push(join(path, key.name), refusal),
+                None => self
+                    .problems
+                    .push(tag_path, format!("{chosen:?}: {refusal}")),
+            }
+            return false;
+        }
+        let label = format!("{tag} {chosen:?}");
+        let complete = self.walk_struct(value, variant.keys, path, Some(&label));
+        if let Value::Mapping(map) = value {
+            map.insert(Value::from(tag), tag_value);
+        }
+        complete
+    }
+
+    fn walk_list(&mut self, value: &mut Value, item: &Shape, partial: bool, path: &str) -> bool {
+        let Value::Sequence(items) = value else {
+            return self.mismatch(path, "a list", value);
+        };
+        let mut all_ok = true;
+        for (i, entry) in items.iter_mut().enumerate() {
+            let entry_path = index(path, i);
+            let ok = if entry.is_null() {
+                self.problems.push(entry_path, "empty list entry");
+                false
+            } else {
+                self.walk(entry, item, &entry_path)
+            };
+            if !ok {
+                all_ok = false;
+                // Keeping the slot keeps the indexes of the later entries, which paths name.
+                if partial {
+                    *entry = Value::Null;
+                }
+            }
+        }
+        partial || all_ok
+    }
+
+    fn walk_dict(
+        &mut self,
+        value: &mut Value,
+        key_check: Option<Check>,
+        shape: &Shape,
+        path: &str,
+    ) -> bool {
+        let Value::Mapping(map) = value else {
+            return self.mismatch(path, "a mapping", value);
+        };
+        let mut remove = Vec::new();
+        for (name, child) in map.iter_mut() {
+            let Some(name_text) = name.as_str() else {
+                self.problems
+                    .push(path, format!("keys must be text, got {}", describe(name)));
+                remove.push(name.clone());
+                continue;
+            };
+            let child_path = join(path, name_text);
+            let name_ok = match key_check.map(|check| check(name_text)) {
+                Some(Err(message)) => {
+                    self.problems.push(child_path.clone(), message);
+                    false
+                }
+                _ => true,
+            };
+            if !(name_ok && self.walk(child, shape, &child_path)) {
+                remove.push(name.clone());
+            }
+        }
+        for name in remove {
+            map.remove(&name);
+        }
+        true
+    }
+
+    fn walk_argv(&mut self, value: &mut Value, path: &str) -> bool {
+        let Value::Sequence(items) = value else {
+            return self.mismatch(path, "a list: [/absolute/program, args…]", value);
+        };
+        let mut argv = Vec::with_capacity(items.len());
+        let mut all_text = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.text(item, &index(path, i)) {
+                Some(text) => argv.push(text.to_owned()),
+                None => all_text = false,
+            }
+        }
+        all_text && self.checked(super::values::argv(&argv), path)
+    }
+
+    /// Policy settings reach the policy as JSON: keys must be text and YAML tags have no meaning.
+    fn walk_json(&mut self, value: &mut Value, path: &str) -> bool {
+        match value {
+            Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => true,
+            Value::Sequence(items) => {
+                let mut ok = true;
+                for (i, item) in items.iter_mut().enumerate() {
+                    ok &= self.walk_json(item, &index(path, i));
+                }
+                ok
+            }
+            Value::Mapping(map) => {
+                let mut ok = true;
+                for (name, child) in map.iter_mut() {
+                    match name.as_str() {
+                        Some(name_text) => ok &= self.walk_json(child, &join(path, name_text)),
+                        None => {
+                            self.problems
+                                .push(path, format!("keys must be text, got {}", describe(name)));
+                            ok = false;
+                        }
+                    }
+                }
+                ok
+            }
+            Value::Tagged(_) => self.mismatch(path, "plain YAML (no tags)", value),
+        }
+    }
+
+    fn text<'v>(&mut self, value: &'v Value, path: &str) -> Option<&'v str> {
+        match value {
+            Value::String(text) => Some(text),
+            _ => {
+                self.mismatch(path, "text", value);
+                None
+            }
+        }
+    }
+
+    fn checked(&mut self, result: Result<(), String>, path: &str) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(message) => {
+                self.problems.push(path, message);
+                false
+            }
+        }
+    }
+
+    /// Reports a value of the wrong type; always false, for use in boolean chains.
+    fn mismatch(&mut self, path: &str, expected: &str, got: &Value) -> bool {
+        let mut message = format!("expected {expected}, got {}", describe(got));
+        if expected == "text" {
+            match got {
+                Value::Number(n) => message.push_str(&format!(" (quote it: \"{n}\")")),
+                Value::Bool(b) => message.push_str(&format!(" (quote it: \"{b}\")")),
+                _ => {}
+            }
+        }
+        if path.is_empty() {
+            message.push_str(" at the top of the file");
+        }
+        self.problems.push(path, message);
+        false
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing".into(),
+        Value::Bool(b) => format!("{b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the text {s:?}"),
+        Value::Sequence(_) => "a list".into(),
+        Value::Mapping(_) => "a mapping".into(),
+        Value::Tagged(tagged) => format!("a value tagged {}", tagged.tag),
+    }
+}
+
+fn unknown_key(name: &str, keys: &[Key], variant: Option<&str>) -> String {
+    let mut message = String::from("unknown key");
+    if let Some(variant) = variant {
+        message.push_str(&format!(" for {variant}"));
+    }
+    match suggest::closest(name, keys.iter().map(|k| k.name)) {
+        Some(near) => message.push_str(&format!(" (did you mean {near:?}?)")),
+        None if keys.is_empty() => message.push_str(" (it takes no other keys)"),
+        None => {
+            let known: Vec<&str> = keys.iter().map(|k| k.name).collect();
+            message.push_str(&format!(" (known keys: {})", known.join(", ")));
+        }
+    }
+    message
+}
+
+fn not_one_of(text: &str, names: &[&str]) -> String {
+    let mut message = format!("{text:?} is not one of: {}", names.join(", "));
+    if let Some(near) = suggest::closest(text, names.iter().copied()) {
+        message.push_str(&format!(" (did you mean {near:?}?)"));
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::error::Problem;
+
+    fn walk(yaml: &str, role: Role) -> (Value, Vec<String>) {
+        let mut value: Value = serde_yaml::from_str(yaml).expect("test YAML");
+        let mut problems = Problems::default();
+        walk_document(&mut value, role, &mut problems);
+        let lines = problems.into_vec().iter().map(Problem::to_string).collect();
+        (value, lines)
+    }
+
+    #[test]
+    fn unknown_keys_get_a_suggestion_and_are_removed() {
+        let (value, problems) = walk(
+            "runtimeClasses:\n- name: kata\n  artifact: {url: nvcr.io/x}\n  artifacts: {url: nvcr.io/x}\n",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            ["runtimeClasses[0].artifact: unknown key (did you mean \"artifacts\"?)"]
+        );
+        assert!(value["runtimeClasses"][0].get("artifact").is_none());
+    }
+
+    #[test]
+    fn unknown_key_without_a_near_miss_lists_the_known_ones() {
+        let (_, problems) = walk("log: {colour: red}", Role::Trusted);
+        assert_eq!(problems, ["log.colour: unknown key (known keys: format)"]);
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected_and_how_to_fix_it() {
+        let (_, problems) = walk(
+            "nri: {pluginIdx: 50}\nlimits: {keepVersions: two}\nruntimeClasses: {}\n",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            [
+                "nri.pluginIdx: expected text, got the number 50 (quote it: \"50\")",
+                "limits.keepVersions: expected a whole number (0 or more), got the text \"two\"",
+                "runtimeClasses: expected a list, got a mapping",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_top_level_list_is_reported_once() {
+        let (value, problems) = walk("- a\n- b\n", Role::Trusted);
+        assert_eq!(
+            problems,
+            ["expected a mapping, got a list at the top of the file"]
+        );
+        assert!(value.is_mapping());
+    }
+
+    #[test]
+    fn missing_required_keys_are_reported_and_the_entry_is_set_aside() {
+        let (value, problems) = walk(
+            "runtimeClasses:\n- artifacts: {}\n- name: ok\n  artifacts: {url: nvcr.io/x}\n",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            [
+                "runtimeClasses[0].artifacts.url: required key is missing",
+                "runtimeClasses[0].name: required key is missing",
+            ]
+        );
+        assert!(value["runtimeClasses"][0].is_null());
+        assert_eq!(value["runtimeClasses"][1]["name"], "ok");
+    }
+
+    #[test]
+    fn node_local_keys_are_refused_in_the_operator_file() {
+        let (_, problems) = walk(
+            "artifactsDir: /x\ngate: {timeout: 10s}\ncontainerd: {configPath: /c, restart: {method: command, command: [/bin/true]}}\n\
+             runtimeClasses:\n- name: k\n  artifacts: {url: nvcr.io/x}\n  runtime: {runtimePath: /opt/kata/bin/shim}\n",
+            Role::Operator,
+        );
+        assert_eq!(
+            problems,
+            [
+                format!("artifactsDir: {NODE_LOCAL_IN_OPERATOR}"),
+                format!("gate: {NODE_LOCAL_IN_OPERATOR}"),
+                format!("containerd.configPath: {NODE_LOCAL_IN_OPERATOR}"),
+                format!("containerd.restart.command: {NODE_LOCAL_IN_OPERATOR}"),
+                format!("runtimeClasses[0].runtime.runtimePath: {NODE_LOCAL_IN_OPERATOR}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_command_restart_without_its_command_is_still_refused_in_the_operator_file() {
+        let (_, problems) = walk("containerd: {restart: {method: command}}", Role::Operator);
+        assert_eq!(
+            problems,
+            [format!(
+                "containerd.restart.method: \"command\": {NODE_LOCAL_IN_OPERATOR}"
+            )]
+        );
+    }
+
+    #[test]
+    fn the_node_file_takes_only_node_local_keys() {
+        let (_, problems) = walk(
+            "artifactsDir: /var/lib/kata\nlisten: 0.0.0.0:1\nruntimeClasses:\n- name: k\n  provision: eager\n  runtime: {runtimePath: /opt/kata/bin/shim, runtimeType: io.containerd.kata.v2}\n",
+            Role::Node,
+        );
+        assert_eq!(
+            problems,
+            [
+                format!("listen: {SHARED_IN_NODE}"),
+                format!("runtimeClasses[0].provision: {SHARED_IN_NODE}"),
+                format!("runtimeClasses[0].runtime.runtimeType: {SHARED_IN_NODE}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_variants_are_checked_by_method() {
+        let (_, problems) = walk(
+            "containerd: {restart: {method: systemd, command: [/x]}}",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            [
+                "containerd.restart.command: unknown key for method \"systemd\" (known keys: unit, timeout)"
+            ]
+        );
+        let (_, problems) = walk("containerd: {restart: {method: System}}", Role::Trusted);
+        assert_eq!(
+            problems,
+            [
+                "containerd.restart.method: \"System\" is not one of: systemd, command, none (did you mean \"systemd\"?)"
+            ]
+        );
+        let (_, problems) = walk("containerd: {restart: {unit: a.service}}", Role::Trusted);
+        assert_eq!(
+            problems,
+            ["containerd.restart.method: required key is missing (one of: systemd, command, none)"]
+        );
+        let (_, problems) = walk(
+            "containerd: {restart: {method: command, command: [systemctl, restart, containerd]}}",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            [
+                "containerd.restart.command: the program \"systemctl\" must be an absolute path (it is run without a shell or PATH)"
+            ]
+        );
+        let (_, problems) = walk(
+            "containerd: {restart: {method: none, timeout: 1s}}",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            [
+                "containerd.restart.timeout: unknown key for method \"none\" (it takes no other keys)"
+            ]
+        );
+    }
+
+    #[test]
+    fn dict_keys_are_checked_and_quoted_in_paths() {
+        let (_, problems) = walk(
+            "runtimeClasses:\n- name: k\n  artifacts: {url: nvcr.io/x}\n  nodeSelector: {\"nvidia.com/gpu.present\": true, \"Bad Key\": x}\n",
+            Role::Trusted,
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(
+            problems[0],
+            "runtimeClasses[0].nodeSelector[\"nvidia.com/gpu.present\"]: expected text, got true (quote it: \"true\")"
+        );
+        assert!(problems[1].starts_with(
+            "runtimeClasses[0].nodeSelector[\"Bad Key\"]: \"Bad Key\" is not a label key"
+        ));
+    }
+
+    #[test]
+    fn enums_suggest_the_right_spelling() {
+        let (_, problems) = walk(
+            "runtimeClasses:\n- name: k\n  provision: ondemand\n  artifacts: {url: nvcr.io/x}\n",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            [
+                "runtimeClasses[0].provision: \"ondemand\" is not one of: eager, onDemand (did you mean \"onDemand\"?)"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_values_mean_defaults() {
+        let (value, problems) = walk("registries:\nlog:\n  format:\n", Role::Trusted);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(value.get("registries").is_none());
+        assert!(value["log"].get("format").is_none());
+    }
+
+    #[test]
+    fn sizes_take_text_or_numbers() {
+        let (_, problems) = walk(
+            "limits: {maxArtifactBytes: 1073741824}\npolicies: {limits: {memory: 8Gx}}\n",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            ["policies.limits.memory: \"8Gx\" is not a size (use e.g. 8Gi, 500Mi)"]
+        );
+    }
+
+    #[test]
+    fn policy_settings_must_be_json() {
+        let (_, problems) = walk(
+            "policies: {settings: {mirror: {from: nvcr.io, 1: x, list: [!custom a]}}}",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            [
+                "policies.settings.mirror: keys must be text, got the number 1",
+                "policies.settings.mirror.list[0]: expected plain YAML (no tags), got a value tagged !custom",
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_quote_keys_that_are_not_plain_words() {
+        assert_eq!(join("", "nri"), "nri");
+        assert_eq!(join("nri", "pluginIdx"), "nri.pluginIdx");
+        assert_eq!(join("a", "b.c/d"), "a[\"b.c/d\"]");
+        assert_eq!(index("runtimeClasses", 2), "runtimeClasses[2]");
+    }
+}

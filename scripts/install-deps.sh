@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing kata-nri-manager needs on a fresh Debian bookworm machine
+# (run as root): protoc for the CRI client, the Rust components and targets, and the real
+# containerd / runc / registry / oras binaries (unpacked into a cache, never installed
+# system-wide). Idempotent: a second run takes about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+bash integration/scripts/fetch-deps.sh
