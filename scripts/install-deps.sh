@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing kata-nri-manager needs on a fresh Debian bookworm machine
-# (run as root): protoc for the CRI client, the Rust components and targets, and the real
+# (run as root): protoc for the CRI client, the Rust components and the wasm32-wasip2 target, and the real
 # containerd / runc / registry / oras binaries (unpacked into a cache, never installed
 # system-wide). Idempotent: a second run takes about a second.
 set -euo pipefail
@@ -20,5 +20,7 @@ if ((${#missing[@]})); then
 fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Policies are WebAssembly components (WASI preview 2).
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 bash integration/scripts/fetch-deps.sh

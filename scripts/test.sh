@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit tests, and the end-to-end tests against real containerd
-# (2.1 and 1.7), runc and a registry. As root the end-to-end tests must run (KNM_REQUIRE_E2E=1
-# turns a skip into a failure); elsewhere they skip with the reason printed.
+# Runs every test of the workspace: unit tests, the Wasm policies' own tests, and the end-to-end
+# tests against real containerd (2.1 and 1.7), runc and a registry. As root the end-to-end tests
+# must run (KNM_REQUIRE_E2E=1 turns a skip into a failure); elsewhere they skip with the reason
+# printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
+# The example and hostile policies, built as components for the host's tests, and their own tests.
+bash policies-wasm/build.sh --test
 if [ "$(id -u)" -eq 0 ]; then
   export KNM_REQUIRE_E2E="${KNM_REQUIRE_E2E:-1}"
 fi

@@ -22,6 +22,8 @@ pub mod containerd;
 pub mod cri;
 pub mod deps;
 pub mod plugin;
+pub mod proxy;
+pub mod registry;
 
 pub use config::{ContainerdOptions, FileSource, Layout, RuntimeHandler, TEST_HANDLER, Version};
 pub use containerd::{Containerd, K8S_NAMESPACE, KEEP_ENV};
@@ -30,6 +32,8 @@ pub use cri::{
 };
 pub use deps::{Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, require_e2e};
 pub use plugin::{EMPTY_CONFIG, PluginOptions, PluginProcess, run_to_completion};
+pub use proxy::CutProxy;
+pub use registry::{Registry, RegistryOptions};
 
 /// The generated CRI v1 API (`k8s-cri`), for calls and types the helpers do not cover.
 pub use k8s_cri::v1 as cri_api;

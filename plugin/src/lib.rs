@@ -1,8 +1,12 @@
 //! kata-nri-manager: makes Kata Containers runtime classes servable and ready on a containerd
 //! node, as an NRI plugin.
 
+pub mod artifacts;
 pub mod cli;
 
 pub mod config;
+pub mod containerd;
+pub mod gate;
 pub mod nri;
 pub mod pods;
+pub mod policy;

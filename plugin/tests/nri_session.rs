@@ -132,9 +132,9 @@ struct FakeRuntimeEnd {
 }
 
 async fn fake_runtime(io: tokio::io::DuplexStream) -> FakeRuntimeEnd {
-    let (mux, mut conns) = Multiplexer::spawn(io, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN]);
+    let (mux, [plugin_conn, runtime_conn]) =
+        Multiplexer::spawn(io, [PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN]);
     let runtime = Arc::new(FakeRuntime::default());
-    let runtime_conn = conns.remove(&RUNTIME_SERVICE_CONN).unwrap();
     let incoming = futures::stream::once(async move { Ok(runtime_conn) })
         .chain(futures::stream::pending())
         .boxed();
@@ -142,9 +142,7 @@ async fn fake_runtime(io: tokio::io::DuplexStream) -> FakeRuntimeEnd {
         .add_listener(Listener::new(incoming))
         .register_service(create_runtime(runtime.clone()));
     server.start().await.unwrap();
-    let plugin = PluginClient::new(Client::new(Socket::new(
-        conns.remove(&PLUGIN_SERVICE_CONN).unwrap(),
-    )));
+    let plugin = PluginClient::new(Client::new(Socket::new(plugin_conn)));
     runtime.plugin.set(plugin.clone()).ok();
     FakeRuntimeEnd {
         runtime,
@@ -233,11 +231,9 @@ async fn registers_configures_synchronizes_and_dispatches_events() {
 #[tokio::test]
 async fn a_v0_12_runtime_is_offered_its_newer_events() {
     let (plugin_io, runtime_io) = tokio::io::duplex(1 << 16);
-    let (_mux, mut conns) =
-        Multiplexer::spawn(runtime_io, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN]);
-    let plugin = PluginClient::new(Client::new(Socket::new(
-        conns.remove(&PLUGIN_SERVICE_CONN).unwrap(),
-    )));
+    let (_mux, [plugin_conn, _runtime_conn]) =
+        Multiplexer::spawn(runtime_io, [PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN]);
+    let plugin = PluginClient::new(Client::new(Socket::new(plugin_conn)));
     let handler = Arc::new(Recorder::default());
     let identity = PluginIdentity::new("p", "10").unwrap();
     let _session =

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod config;
+pub mod configure;
 pub mod logging;
+pub mod policy;
+pub mod pull;
 pub mod run;
 
 pub use logging::LogFormat;
@@ -28,6 +31,27 @@ pub enum Command {
     /// Work with the operator config.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Pull, verify and install runtime classes' artifacts now, as the daemon would.
+    Pull(pull::PullArgs),
+    /// Try and check Wasm policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Write the runtime classes' stanzas into containerd's config and restart containerd once.
+    Configure(configure::ConfigureArgs),
+    /// Remove every stanza kata-nri-manager wrote from containerd's config; restart once.
+    Uninstall(configure::UninstallArgs),
+    /// Serve as a runtime class's shim gate. containerd runs the gate through the per-class links
+    /// (`<gate.dir>/kata-nri-gate.<class>`); this form is for trying it by hand.
+    #[command(hide = true)]
+    ShimGate {
+        #[arg(long, value_name = "DIR")]
+        gate_dir: PathBuf,
+        #[arg(long, value_name = "CLASS")]
+        class: String,
+        /// The shim's arguments, passed to the real shim unchanged.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

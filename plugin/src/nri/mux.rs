@@ -55,18 +55,17 @@ pub struct Multiplexer {
 
 impl Multiplexer {
     /// Starts multiplexing `io` into the connections `conn_ids`, returning the ttrpc-facing end of
-    /// each.
-    pub fn spawn<S>(io: S, conn_ids: &[u32]) -> (Self, HashMap<u32, DuplexStream>)
+    /// each, in the same order.
+    pub fn spawn<S, const N: usize>(io: S, conn_ids: [u32; N]) -> (Self, [DuplexStream; N])
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let mut outer = HashMap::new();
         let mut inner = HashMap::new();
-        for &id in conn_ids {
+        let outer = conn_ids.map(|id| {
             let (ours, theirs) = tokio::io::duplex(PIPE_CAPACITY);
             inner.insert(id, ours);
-            outer.insert(id, theirs);
-        }
+            theirs
+        });
         let driver = tokio::spawn(drive(io, inner));
         (Self { driver }, outer)
     }
@@ -184,37 +183,22 @@ mod tests {
     #[tokio::test]
     async fn routes_incoming_frames_to_their_connection() {
         let (mut runtime, plugin) = tokio::io::duplex(1 << 20);
-        let (_mux, mut conns) = Multiplexer::spawn(plugin, &[1, 2]);
+        let (_mux, [mut one, mut two]) = Multiplexer::spawn(plugin, [1, 2]);
         runtime.write_all(&frame_bytes(2, b"to-two")).await.unwrap();
         runtime.write_all(&frame_bytes(1, b"to-one")).await.unwrap();
         let mut got = [0u8; 6];
-        conns
-            .get_mut(&1)
-            .unwrap()
-            .read_exact(&mut got)
-            .await
-            .unwrap();
+        one.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"to-one");
-        conns
-            .get_mut(&2)
-            .unwrap()
-            .read_exact(&mut got)
-            .await
-            .unwrap();
+        two.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"to-two");
     }
 
     #[tokio::test]
     async fn large_writes_leave_in_frames_of_at_most_4096_bytes() {
         let (mut runtime, plugin) = tokio::io::duplex(1 << 20);
-        let (_mux, mut conns) = Multiplexer::spawn(plugin, &[1, 2]);
+        let (_mux, [_one, mut two]) = Multiplexer::spawn(plugin, [1, 2]);
         let payload: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
-        conns
-            .get_mut(&2)
-            .unwrap()
-            .write_all(&payload)
-            .await
-            .unwrap();
+        two.write_all(&payload).await.unwrap();
         let mut received = Vec::new();
         while received.len() < payload.len() {
             let mut header = [0u8; 8];
@@ -232,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn peer_close_between_frames_is_a_clean_end() {
         let (runtime, plugin) = tokio::io::duplex(1024);
-        let (mut mux, _conns) = Multiplexer::spawn(plugin, &[1, 2]);
+        let (mut mux, _conns) = Multiplexer::spawn(plugin, [1, 2]);
         drop(runtime);
         assert_eq!(mux.closed().await.unwrap(), MuxEnd::PeerClosed);
     }
@@ -240,7 +224,7 @@ mod tests {
     #[tokio::test]
     async fn peer_close_mid_frame_is_reported() {
         let (mut runtime, plugin) = tokio::io::duplex(1024);
-        let (mut mux, _conns) = Multiplexer::spawn(plugin, &[1, 2]);
+        let (mut mux, _conns) = Multiplexer::spawn(plugin, [1, 2]);
         let frame = frame_bytes(1, b"0123456789");
         runtime.write_all(&frame[..12]).await.unwrap();
         drop(runtime);
@@ -250,7 +234,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_connection_ids_are_refused() {
         let (mut runtime, plugin) = tokio::io::duplex(1024);
-        let (mut mux, _conns) = Multiplexer::spawn(plugin, &[1, 2]);
+        let (mut mux, _conns) = Multiplexer::spawn(plugin, [1, 2]);
         runtime.write_all(&frame_bytes(7, b"x")).await.unwrap();
         let err = mux.closed().await.unwrap_err();
         assert!(matches!(err, MuxError::UnknownConnection(7)), "{err}");
@@ -259,10 +243,10 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_multiplexer_closes_the_connections() {
         let (_runtime, plugin) = tokio::io::duplex(1024);
-        let (mux, mut conns) = Multiplexer::spawn(plugin, &[1, 2]);
+        let (mux, [mut one, _two]) = Multiplexer::spawn(plugin, [1, 2]);
         drop(mux);
         let mut buf = [0u8; 1];
-        let n = conns.get_mut(&1).unwrap().read(&mut buf).await.unwrap_or(0);
+        let n = one.read(&mut buf).await.unwrap_or(0);
         assert_eq!(n, 0);
     }
 }

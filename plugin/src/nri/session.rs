@@ -51,13 +51,8 @@ where
     S: AsyncRead + AsyncWrite + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let (mut mux, mut conns) = Multiplexer::spawn(io, &[PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN]);
-    let (Some(plugin_conn), Some(runtime_conn)) = (
-        conns.remove(&PLUGIN_SERVICE_CONN),
-        conns.remove(&RUNTIME_SERVICE_CONN),
-    ) else {
-        unreachable!("Multiplexer::spawn returns every requested connection");
-    };
+    let (mut mux, [plugin_conn, runtime_conn]) =
+        Multiplexer::spawn(io, [PLUGIN_SERVICE_CONN, RUNTIME_SERVICE_CONN]);
 
     // The runtime calls Configure before it answers RegisterPlugin: serve connection 1 first.
     let shutdown = Arc::new(Notify::new());

@@ -1,0 +1,109 @@
+//! A TCP proxy that cuts a connection after a number of bytes from upstream: a registry that
+//! dies or a network that drops in the middle of a blob, on demand and at a known point.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// Forwards `127.0.0.1:<port>` to `upstream`. Aborts when dropped.
+pub struct CutProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    /// Bytes one connection may carry downstream before it is cut; `u64::MAX`: never.
+    cut_after: AtomicU64,
+    cuts: AtomicUsize,
+    cut: Notify,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            upstream,
+            cut_after: AtomicU64::new(u64::MAX),
+            cuts: AtomicUsize::new(0),
+            cut: Notify::new(),
+        });
+        let accept_shared = Arc::clone(&shared);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(forward(client, Arc::clone(&accept_shared)));
+            }
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Cuts the next connection that carries more than `bytes` downstream (once).
+    pub fn cut_once_after(&self, bytes: u64) {
+        self.shared.cut_after.store(bytes, Ordering::SeqCst);
+    }
+
+    pub fn cuts(&self) -> usize {
+        self.shared.cuts.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when a connection has been cut.
+    pub async fn wait_cut(&self) {
+        self.shared.cut.notified().await
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(client: TcpStream, shared: Arc<Shared>) {
+    let Ok(upstream) = TcpStream::connect(shared.upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let up = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let _ = upstream_write.shutdown().await;
+    });
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match upstream_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let limit = shared.cut_after.load(Ordering::SeqCst);
+        if sent + n as u64 > limit
+            && shared
+                .cut_after
+                .compare_exchange(limit, u64::MAX, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            let keep = (limit - sent) as usize;
+            let _ = client_write.write_all(&buf[..keep]).await;
+            shared.cuts.fetch_add(1, Ordering::SeqCst);
+            shared.cut.notify_one();
+            break;
+        }
+        if client_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        sent += n as u64;
+    }
+    up.abort();
+}

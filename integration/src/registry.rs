@@ -1,0 +1,386 @@
+//! A real OCI registry (CNCF distribution's `docker-registry`) on loopback for the artifact
+//! tests, plain HTTP or TLS with htpasswd basic auth, and `oras` to push to it.
+//!
+//! The registry's access log (one line per request) tells tests which blobs were fetched, and
+//! its storage directory lets them tamper with blobs behind its back.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::Deps;
+
+/// The fixed creation time passed to `oras push`, so that the same files give the same digest.
+pub const CREATED: &str = "2024-01-01T00:00:00Z";
+
+/// How a registry is started.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Serve HTTPS with a certificate from a test CA (see [`Registry::ca_file`]).
+    pub tls: bool,
+    /// Require basic auth with this user and password (htpasswd, bcrypt).
+    pub basic_auth: Option<(String, String)>,
+}
+
+impl RegistryOptions {
+    pub fn plain() -> Self {
+        Self::default()
+    }
+
+    pub fn tls_with_auth(user: &str, password: &str) -> Self {
+        Self {
+            tls: true,
+            basic_auth: Some((user.into(), password.into())),
+        }
+    }
+}
+
+/// A running `docker-registry serve` on `127.0.0.1:<free port>`. Killed on drop.
+pub struct Registry {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    options: RegistryOptions,
+    registry_bin: PathBuf,
+    oras_bin: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn run(command: &mut Command) -> Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (a self-signed leaf is refused by
+/// webpki as a CA used as an end entity).
+fn make_certificates(dir: &Path) -> Result<()> {
+    let p = |name: &str| dir.join(name).display().to_string();
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=knm test CA",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ]))?;
+    run(Command::new("openssl").args([
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+    ]))?;
+    fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("server.pem"),
+    ]))?;
+    Ok(())
+}
+
+impl Registry {
+    pub fn start(deps: &Deps, options: RegistryOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("knm-registry-").tempdir()?;
+        let port = free_port()?;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("storage").display()
+        );
+        if options.tls {
+            make_certificates(dir.path())?;
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("server.pem").display(),
+                dir.path().join("server.key").display()
+            ));
+        }
+        if let Some((user, password)) = &options.basic_auth {
+            let line = run(Command::new(&deps.htpasswd).args(["-Bbn", user, password]))?;
+            fs::write(dir.path().join("htpasswd"), line)?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: knm-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        fs::write(dir.path().join("config.yml"), config)?;
+        let mut registry = Self {
+            child: None,
+            dir,
+            port,
+            options,
+            registry_bin: deps.registry.clone(),
+            oras_bin: deps.oras.clone(),
+        };
+        registry.spawn()?;
+        Ok(registry)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(&self.registry_bin)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting docker-registry")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("registry did not listen on {}: {}", self.port, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The CA that signed the registry's certificate (TLS registries only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Where the registry keeps a blob's bytes.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// The registry's log so far (access log included).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Successful `GET /v2/<repo>/blobs/<digest>` requests in the access log.
+    pub fn blob_gets(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+            .filter(|l| l.contains("\" 200 ") || l.contains("\" 206 "))
+            .count()
+    }
+
+    /// Manifest requests (GET or HEAD) in the access log, except `oras`'s own (pushes check
+    /// for existing manifests).
+    pub fn manifest_requests(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(" /v2/") && l.contains("/manifests/") && !l.contains("\"oras/"))
+            .filter(|l| l.contains("\"GET ") || l.contains("\"HEAD "))
+            .count()
+    }
+
+    /// Stops the registry at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Runs `oras` against this registry (plain HTTP or its CA, and its credentials) in `cwd`.
+    pub fn oras(&self, cwd: &Path, args: &[&str]) -> Result<String> {
+        let mut command = Command::new(&self.oras_bin);
+        command.current_dir(cwd).args(args);
+        // Never write ~/.docker/config.json.
+        command
+            .arg("--registry-config")
+            .arg(self.dir.path().join("oras-auth.json"));
+        if self.options.tls {
+            command.arg("--ca-file").arg(self.ca_file());
+        } else {
+            command.arg("--plain-http");
+        }
+        if let Some((user, password)) = &self.options.basic_auth {
+            command.args(["-u", user, "-p", password]);
+        }
+        run(&mut command)
+    }
+
+    /// Pushes files as an artifact (`oras push`, one layer per file, titled by its name), with a
+    /// fixed creation time; returns the manifest digest.
+    pub fn push_files(&self, repo_tag: &str, files: &[(&str, &[u8])]) -> Result<String> {
+        let work = tempfile::tempdir()?;
+        let mut names = Vec::new();
+        for (name, content) in files {
+            let path = work.path().join(name);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::write(&path, content)?;
+            names.push(name.to_string());
+        }
+        let target = format!("{}/{repo_tag}", self.host());
+        let annotation = format!("org.opencontainers.image.created={CREATED}");
+        let mut args = vec!["push", &target, "--annotation", &annotation];
+        args.extend(names.iter().map(String::as_str));
+        let out = self.oras(work.path(), &args)?;
+        digest_in(&out).with_context(|| format!("no digest in oras output: {out}"))
+    }
+
+    /// Uploads one blob; returns its digest and size.
+    pub fn push_blob(&self, repo: &str, content: &[u8]) -> Result<(String, u64)> {
+        let work = tempfile::tempdir()?;
+        let path = work.path().join("blob");
+        fs::write(&path, content)?;
+        let target = format!("{}/{repo}", self.host());
+        let out = self.oras(work.path(), &["blob", "push", &target, "blob"])?;
+        let digest = digest_in(&out).with_context(|| format!("no digest in oras output: {out}"))?;
+        Ok((digest, content.len() as u64))
+    }
+
+    /// Pushes a manifest written by the test (any layers it likes); returns its digest.
+    pub fn push_manifest(&self, repo_tag: &str, manifest: &serde_json::Value) -> Result<String> {
+        let work = tempfile::tempdir()?;
+        fs::write(
+            work.path().join("manifest.json"),
+            serde_json::to_vec(manifest)?,
+        )?;
+        let target = format!("{}/{repo_tag}", self.host());
+        let out = self.oras(work.path(), &["manifest", "push", &target, "manifest.json"])?;
+        digest_in(&out).with_context(|| format!("no digest in oras output: {out}"))
+    }
+
+    /// Pushes an image manifest over `layers` (each `(digest, size, media type, annotations)`)
+    /// with the empty config oras uses; returns the manifest digest.
+    pub fn push_image(&self, repo_tag: &str, layers: &[serde_json::Value]) -> Result<String> {
+        let repo = repo_tag.split(':').next().unwrap_or(repo_tag);
+        let (config_digest, config_size) = self.push_blob(repo, b"{}")?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": config_digest,
+                "size": config_size,
+            },
+            "layers": layers,
+        });
+        self.push_manifest(repo_tag, &manifest)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- registry log (last lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// The first `sha256:<64 hex>` in oras's output.
+fn digest_in(text: &str) -> Option<String> {
+    let start = text.find("sha256:")?;
+    let hex: String = text[start + 7..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit())
+        .collect();
+    (hex.len() == 64).then(|| format!("sha256:{hex}"))
+}
+
+/// A layer descriptor for [`Registry::push_image`].
+pub fn layer(digest: &str, size: u64, media_type: &str, title: Option<&str>) -> serde_json::Value {
+    let mut layer = serde_json::json!({"mediaType": media_type, "digest": digest, "size": size});
+    if let Some(title) = title {
+        layer["annotations"] = serde_json::json!({"org.opencontainers.image.title": title});
+    }
+    layer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_digests_in_oras_output() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            digest_in(&format!("Pushed [registry] x:1\nDigest: sha256:{hex}\n")),
+            Some(format!("sha256:{hex}"))
+        );
+        assert_eq!(digest_in("nothing"), None);
+    }
+}

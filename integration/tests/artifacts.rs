@@ -1,0 +1,923 @@
+//! Artifacts end to end (issue 3): pulls from a real `docker-registry` on loopback, pushed with
+//! `oras`, through the library (`ArtifactStore`) and the `pull` command.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kata_nri_integration::registry::layer;
+use kata_nri_integration::{CutProxy, Registry, RegistryOptions, e2e_guard};
+use kata_nri_manager::artifacts::{ArtifactStore, RetryPolicy, StoreSettings};
+use kata_nri_manager::config::{Artifacts, Limits, Registries, RuntimeClass, RuntimeSettings};
+use sha2::{Digest as _, Sha256};
+
+const PASSWORD: &str = "s3cret-Pa55word-for-knm";
+const USER: &str = "knm";
+const TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// A node's directories for one test: artifactsDir and pullSecretsDir.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("knm-artifacts-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    fn artifacts(&self) -> PathBuf {
+        self.dir.path().join("artifacts")
+    }
+
+    fn secrets(&self) -> PathBuf {
+        self.dir.path().join("pull-secrets")
+    }
+
+    /// Writes `<pullSecretsDir>/<name>/.dockerconfigjson` as a mounted Secret would be.
+    fn secret(&self, name: &str, registry: &str, user: &str, password: &str) {
+        let dir = self.secrets().join(name);
+        fs::create_dir_all(&dir).expect("secret dir");
+        let config = serde_json::json!({"auths": {
+            format!("https://{registry}"): {"username": user, "password": password}
+        }});
+        fs::write(dir.join(".dockerconfigjson"), config.to_string()).expect("secret");
+    }
+
+    fn settings(&self, insecure: &[String], ca_file: Option<PathBuf>) -> StoreSettings {
+        StoreSettings {
+            artifacts_dir: self.artifacts(),
+            pull_secrets_dir: self.secrets(),
+            registries: Registries {
+                allowed: vec![],
+                insecure: insecure.to_vec(),
+                ca_file,
+            },
+            limits: Limits::default(),
+            parallel_layers: 3,
+            retry: RetryPolicy {
+                attempts: 3,
+                backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+            },
+        }
+    }
+
+    fn store_for(&self, registry: &Registry) -> ArtifactStore {
+        ArtifactStore::new(self.settings(&[registry.host()], None))
+    }
+
+    /// Every path under artifactsDir with what it is (file digest, link target, dir).
+    fn snapshot(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        walk(&self.artifacts(), Path::new(""), &mut out);
+        out
+    }
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
+    let Ok(entries) = fs::read_dir(root.join(rel)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let child = rel.join(entry.file_name());
+        let path = root.join(&child);
+        let meta = fs::symlink_metadata(&path).expect("lstat");
+        let what = if meta.file_type().is_symlink() {
+            format!("link:{}", fs::read_link(&path).expect("link").display())
+        } else if meta.is_dir() {
+            walk(root, &child, out);
+            format!("dir:{:o}", meta.mode() & 0o7777)
+        } else {
+            format!(
+                "file:{:o}:{}",
+                meta.mode() & 0o7777,
+                sha256(&fs::read(&path).expect("read"))
+            )
+        };
+        out.insert(child.display().to_string(), what);
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    format!(
+        "sha256:{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+fn class(name: &str, url: &str) -> RuntimeClass {
+    RuntimeClass {
+        name: name.into(),
+        node_selector: BTreeMap::new(),
+        provision: Default::default(),
+        update_policy: Default::default(),
+        artifacts: Artifacts {
+            url: url.parse().expect("reference"),
+            pull_secret: None,
+            digest: None,
+        },
+        runtime: RuntimeSettings::default(),
+    }
+}
+
+fn with_secret(mut class: RuntimeClass, secret: &str) -> RuntimeClass {
+    class.artifacts.pull_secret = Some(secret.into());
+    class
+}
+
+/// Deterministic bytes that do not compress (so sizes mean transfer sizes).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+const CONFIG: &str = "# kata configuration for the test\n[hypervisor.qemu]\npath = \"/opt/kata/bin/qemu-system-x86_64\"\nkernel = \"/opt/kata/share/kata-containers/vmlinux\" # guest kernel\nimage = \"/opt/kata/share/kata-containers/kata.img\"\n\n[runtime]\nenable_debug = false\n";
+
+/// Three files as kata artifact images carry them: kernel, image, configuration.
+fn three_files(seed: u64, big: usize) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("vmlinux", noise(1 << 20, seed)),
+        ("kata.img", noise(big, seed + 1)),
+        ("configuration-qemu.toml", CONFIG.as_bytes().to_vec()),
+    ]
+}
+
+fn push_three(registry: &Registry, repo_tag: &str, files: &[(&'static str, Vec<u8>)]) -> String {
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+    registry.push_files(repo_tag, &refs).expect("oras push")
+}
+
+/// The configuration as we expect it installed: kernel and image in the version's directory.
+fn rewritten_config(version_dir: &Path) -> String {
+    CONFIG
+        .replace(
+            "/opt/kata/share/kata-containers/vmlinux\"",
+            &format!("{}/vmlinux\"", version_dir.display()),
+        )
+        .replace(
+            "/opt/kata/share/kata-containers/kata.img\"",
+            &format!("{}/kata.img\"", version_dir.display()),
+        )
+}
+
+fn assert_installed(node: &Node, class: &str, digest: &str, files: &[(&'static str, Vec<u8>)]) {
+    let link = node.artifacts().join(class);
+    assert_eq!(
+        fs::read_link(&link).expect("class link"),
+        Path::new(".store").join(digest)
+    );
+    let version = node.artifacts().join(".store").join(digest);
+    for (name, content) in files {
+        let installed = fs::read(link.join(name)).expect("installed file");
+        if name.ends_with(".toml") {
+            assert_eq!(
+                String::from_utf8_lossy(&installed),
+                rewritten_config(&version)
+            );
+        } else {
+            assert!(installed == *content, "{name} differs from what was pushed");
+        }
+    }
+    let state = node
+        .artifacts()
+        .join(".state")
+        .join(format!("{class}.json"));
+    assert_eq!(fs::metadata(&state).expect("state").mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(state.parent().expect("dir"))
+            .expect("dir")
+            .mode()
+            & 0o777,
+        0o700
+    );
+    assert!(
+        !node.artifacts().join(".staging").exists(),
+        "staging left behind"
+    );
+}
+
+/// Polls `f` until true (the registry writes its access log line after the response).
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A refused pull leaves a fresh artifactsDir empty and an installed version untouched.
+async fn assert_refused(
+    node: &Node,
+    store: &ArtifactStore,
+    good: &RuntimeClass,
+    bad: &RuntimeClass,
+    expected: &[&str],
+) -> String {
+    let fresh = store.ensure(bad).await.expect_err("refused");
+    assert!(
+        node.snapshot().is_empty(),
+        "left behind: {:?}",
+        node.snapshot()
+    );
+    store.ensure(good).await.expect("good version");
+    let before = node.snapshot();
+    let error = store.ensure(bad).await.expect_err("refused").to_string();
+    assert_eq!(node.snapshot(), before, "the installed version changed");
+    assert_eq!(error, fresh.to_string());
+    for part in expected {
+        assert!(error.contains(part), "{error:?} should contain {part:?}");
+    }
+    error
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_a_three_file_artifact_from_a_plain_registry() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    let files = three_files(1, 3 << 20);
+    let digest = push_three(&registry, "kata/artifacts:1", &files);
+    let node = Node::new();
+    let store = node.store_for(&registry);
+    let class = class(
+        "kata-qemu",
+        &format!("{}/kata/artifacts:1", registry.host()),
+    );
+
+    let installed = store.ensure(&class).await.expect("pull");
+    assert!(installed.pulled);
+    assert_eq!(installed.digest, digest);
+    assert_eq!(
+        installed.kata_configs,
+        vec!["configuration-qemu.toml".to_string()]
+    );
+    assert_installed(&node, "kata-qemu", &digest, &files);
+    let config =
+        fs::read(node.artifacts().join("kata-qemu/configuration-qemu.toml")).expect("config");
+    assert_eq!(
+        installed.files["configuration-qemu.toml"].sha256,
+        sha256(&config),
+        "digest recorded after the rewrite"
+    );
+    assert_eq!(installed.files["kata.img"].sha256, sha256(&files[1].1));
+    eventually("3 blob GETs", || registry.blob_gets() == 3).await;
+
+    // Nothing changed: one manifest request, no blob transfer.
+    let manifests = registry.manifest_requests();
+    let again = store.ensure(&class).await.expect("up to date");
+    assert!(!again.pulled);
+    assert_eq!(again.digest, digest);
+    eventually("the manifest request", || {
+        registry.manifest_requests() == manifests + 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(registry.blob_gets(), 3, "a re-run must not fetch blobs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_from_a_tls_registry_with_basic_auth() {
+    let deps = e2e_guard!();
+    let registry =
+        Registry::start(&deps, RegistryOptions::tls_with_auth(USER, PASSWORD)).expect("registry");
+    let files = three_files(2, 2 << 20);
+    let digest = push_three(&registry, "kata/artifacts:tls", &files);
+    let node = Node::new();
+    node.secret("my-secret", &registry.host(), USER, PASSWORD);
+    let store = ArtifactStore::new(node.settings(&[], Some(registry.ca_file())));
+    let url = format!("{}/kata/artifacts:tls", registry.host());
+
+    let installed = store
+        .ensure(&with_secret(class("kata-tls", &url), "my-secret"))
+        .await
+        .expect("pull over TLS with basic auth");
+    assert_eq!(installed.digest, digest);
+    assert_installed(&node, "kata-tls", &digest, &files);
+
+    // Without the CA the certificate is not trusted, and the error says where a CA goes.
+    let untrusted = ArtifactStore::new(node.settings(&[], None));
+    let error = untrusted
+        .ensure(&with_secret(class("kata-untrusted", &url), "my-secret"))
+        .await
+        .expect_err("untrusted certificate")
+        .to_string();
+    assert!(error.contains("registries.caFile"), "{error}");
+    assert!(!error.contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpacks_a_tar_bundle_keeping_modes() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    let config = "[hypervisor.qemu]\npath = \"/opt/kata/bin/qemu-system-x86_64\"\nkernel = \"/opt/kata/share/kata-containers/vmlinux.container\"\nimage = \"/opt/kata/share/kata-containers/kata-containers.img\"\n";
+    let bundle = gzip(&tar_of(&[
+        Entry::dir("opt/kata/bin/", 0o755),
+        Entry::file(
+            "opt/kata/bin/containerd-shim-kata-v2",
+            0o755,
+            b"#!/bin/sh\nexit 0\n",
+        ),
+        Entry::dir("opt/kata/libexec/", 0o750),
+        Entry::file("opt/kata/libexec/virtiofsd", 0o4755, b"elf"),
+        Entry::file(
+            "opt/kata/share/kata-containers/vmlinux-6.1",
+            0o644,
+            &noise(4096, 3),
+        ),
+        Entry::symlink(
+            "opt/kata/share/kata-containers/vmlinux.container",
+            "vmlinux-6.1",
+        ),
+        Entry::file(
+            "opt/kata/share/kata-containers/kata-containers.img",
+            0o640,
+            &noise(8192, 4),
+        ),
+        Entry::file(
+            "opt/kata/share/defaults/kata-containers/configuration-qemu.toml",
+            0o644,
+            config.as_bytes(),
+        ),
+    ]));
+    let extra = zstd::encode_all(
+        tar_of(&[Entry::file("opt/kata/bin/kata-monitor", 0o700, b"monitor")]).as_slice(),
+        3,
+    )
+    .expect("zstd");
+    let (gz, gz_size) = registry.push_blob("kata/bundle", &bundle).expect("blob");
+    let (zst, zst_size) = registry.push_blob("kata/bundle", &extra).expect("blob");
+    let digest = registry
+        .push_image(
+            "kata/bundle:1",
+            &[
+                layer(&gz, gz_size, TAR_GZIP, None),
+                layer(&zst, zst_size, TAR_ZSTD, None),
+            ],
+        )
+        .expect("manifest");
+
+    let node = Node::new();
+    let store = node.store_for(&registry);
+    let installed = store
+        .ensure(&class(
+            "kata-bundle",
+            &format!("{}/kata/bundle:1", registry.host()),
+        ))
+        .await
+        .expect("pull");
+    assert_eq!(installed.digest, digest);
+    let root = node.artifacts().join("kata-bundle");
+    let mode = |rel: &str| fs::symlink_metadata(root.join(rel)).expect(rel).mode() & 0o7777;
+    assert_eq!(mode("opt/kata/bin/containerd-shim-kata-v2"), 0o755);
+    assert_eq!(mode("opt/kata/libexec"), 0o750);
+    assert_eq!(
+        mode("opt/kata/libexec/virtiofsd"),
+        0o755,
+        "setuid bit dropped"
+    );
+    assert_eq!(
+        mode("opt/kata/share/kata-containers/kata-containers.img"),
+        0o640
+    );
+    assert_eq!(mode("opt/kata/bin/kata-monitor"), 0o700);
+    assert_eq!(
+        fs::read_link(root.join("opt/kata/share/kata-containers/vmlinux.container")).expect("link"),
+        Path::new("vmlinux-6.1")
+    );
+    let version = node.artifacts().join(".store").join(&digest);
+    let rel_config = "opt/kata/share/defaults/kata-containers/configuration-qemu.toml";
+    let installed_config = fs::read_to_string(root.join(rel_config)).expect("config");
+    assert_eq!(
+        installed_config,
+        config.replace(
+            "\"/opt/kata/share",
+            &format!("\"{}/opt/kata/share", version.display())
+        )
+    );
+    assert_eq!(installed.kata_configs, vec![rel_config.to_string()]);
+    assert_eq!(
+        installed.files[rel_config].sha256,
+        sha256(installed_config.as_bytes())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_blob_tampered_in_the_registry() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    push_three(&registry, "kata/artifacts:good", &three_files(10, 1 << 20));
+    let bad_files = three_files(20, 1 << 20);
+    push_three(&registry, "kata/artifacts:bad", &bad_files);
+    let blob = registry.blob_path(&sha256(&bad_files[1].1));
+    let mut tampered = fs::read(&blob).expect("blob");
+    tampered[1000] ^= 0xff;
+    fs::write(&blob, &tampered).expect("tamper");
+
+    let node = Node::new();
+    let store = node.store_for(&registry);
+    let host = registry.host();
+    let error = assert_refused(
+        &node,
+        &store,
+        &class("kata-qemu", &format!("{host}/kata/artifacts:good")),
+        &class("kata-qemu", &format!("{host}/kata/artifacts:bad")),
+        &[
+            "pulling kata-qemu: digest mismatch for layer kata.img",
+            "registry sent sha256:",
+            "manifest says",
+        ],
+    )
+    .await;
+    assert!(error.contains(&sha256(&tampered)), "{error}");
+    assert!(error.contains(&sha256(&bad_files[1].1)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_wrong_credentials() {
+    let deps = e2e_guard!();
+    let registry =
+        Registry::start(&deps, RegistryOptions::tls_with_auth(USER, PASSWORD)).expect("registry");
+    push_three(&registry, "kata/artifacts:1", &three_files(30, 1 << 20));
+    let node = Node::new();
+    node.secret("my-secret", &registry.host(), USER, PASSWORD);
+    node.secret("wrong-secret", &registry.host(), USER, "not-the-password");
+    let store = ArtifactStore::new(node.settings(&[], Some(registry.ca_file())));
+    let url = format!("{}/kata/artifacts:1", registry.host());
+    let error = assert_refused(
+        &node,
+        &store,
+        &with_secret(class("kata-qemu", &url), "my-secret"),
+        &with_secret(class("kata-qemu", &url), "wrong-secret"),
+        &[
+            &format!(
+                "pulling kata-qemu: registry {} answered 401",
+                registry.host()
+            ),
+            "check pullSecret \"wrong-secret\"",
+        ],
+    )
+    .await;
+    assert!(!error.contains("not-the-password") && !error.contains(PASSWORD));
+    // No secret at all: the error says to configure one.
+    let error = store
+        .ensure(&class("kata-anon", &url))
+        .await
+        .expect_err("anonymous")
+        .to_string();
+    assert!(error.contains("set artifacts.pullSecret"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_missing_tag_and_a_pinned_digest_that_does_not_match() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    let digest = push_three(&registry, "kata/artifacts:1", &three_files(40, 1 << 20));
+    let node = Node::new();
+    let store = node.store_for(&registry);
+    let url = format!("{}/kata/artifacts:1", registry.host());
+    let good = class("kata-qemu", &url);
+    assert_refused(
+        &node,
+        &store,
+        &good,
+        &class(
+            "kata-qemu",
+            &format!("{}/kata/artifacts:nope", registry.host()),
+        ),
+        &["not found in registry", "(404)"],
+    )
+    .await;
+
+    let node = Node::new();
+    let store = node.store_for(&registry);
+    let pin = format!("sha256:{}", "0".repeat(64));
+    let mut pinned = class("kata-qemu", &url);
+    pinned.artifacts.digest = Some(pin.parse().expect("digest"));
+    assert_refused(
+        &node,
+        &store,
+        &good,
+        &pinned,
+        &[&format!("resolves to {digest}, but the config pins {pin}")],
+    )
+    .await;
+    // The right pin is accepted.
+    let mut right = class("kata-qemu", &url);
+    right.artifacts.digest = Some(digest.parse().expect("digest"));
+    store
+        .ensure(&right)
+        .await
+        .expect("pinned to the right digest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_titles_and_tar_entries_that_escape() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    push_three(&registry, "kata/artifacts:good", &three_files(50, 1 << 16));
+    let (blob, size) = registry
+        .push_blob("kata/artifacts", b"payload")
+        .expect("blob");
+    let mut cases = Vec::new();
+    for title in ["../x", "/etc/x", "a/../../x"] {
+        let tag = format!("title-{}", cases.len());
+        registry
+            .push_image(
+                &format!("kata/artifacts:{tag}"),
+                &[layer(&blob, size, "application/x-test", Some(title))],
+            )
+            .expect("manifest");
+        cases.push((tag, title.to_string()));
+    }
+    for (name, entries) in [
+        ("dotdot", vec![Entry::file("../x", 0o644, b"x")]),
+        ("absolute", vec![Entry::file("/etc/x", 0o644, b"x")]),
+        ("symlink-out", vec![Entry::symlink("etc", "/etc")]),
+        ("symlink-up", vec![Entry::symlink("a/up", "../../..")]),
+        (
+            "hardlink-out",
+            vec![Entry::hardlink("passwd", "/etc/passwd")],
+        ),
+    ] {
+        let (blob, size) = registry
+            .push_blob("kata/artifacts", &gzip(&tar_of(&entries)))
+            .expect("blob");
+        let tag = format!("tar-{name}");
+        registry
+            .push_image(
+                &format!("kata/artifacts:{tag}"),
+                &[layer(&blob, size, TAR_GZIP, None)],
+            )
+            .expect("manifest");
+        cases.push((tag, entries[0].name.clone()));
+    }
+    for (tag, entry) in cases {
+        let node = Node::new();
+        let store = node.store_for(&registry);
+        let host = registry.host();
+        assert_refused(
+            &node,
+            &store,
+            &class("kata-qemu", &format!("{host}/kata/artifacts:good")),
+            &class("kata-qemu", &format!("{host}/kata/artifacts:{tag}")),
+            &["installing kata-qemu: layer", &format!("refused {entry:?}")],
+        )
+        .await;
+    }
+    assert!(!Path::new("/etc/x").exists() && !Path::new("/x").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_layer_beyond_the_size_limit_before_downloading() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    push_three(&registry, "kata/artifacts:good", &three_files(60, 1 << 16));
+    let (blob, _) = registry
+        .push_blob("kata/artifacts", b"small")
+        .expect("blob");
+    let huge = 100_000_000_000u64;
+    registry
+        .push_image(
+            "kata/artifacts:huge",
+            &[layer(&blob, huge, "application/x-test", Some("huge"))],
+        )
+        .expect("manifest");
+    let node = Node::new();
+    let store = node.store_for(&registry);
+    let host = registry.host();
+    let gets = registry.blob_gets();
+    assert_refused(
+        &node,
+        &store,
+        &class("kata-qemu", &format!("{host}/kata/artifacts:good")),
+        &class("kata-qemu", &format!("{host}/kata/artifacts:huge")),
+        &["(100000000000 bytes), more than limits.maxArtifactBytes 8Gi (8589934592 bytes)"],
+    )
+    .await;
+    eventually("the good version's 3 blob GETs", || {
+        registry.blob_gets() == gets + 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        registry.blob_gets(),
+        gets + 3,
+        "nothing of the huge layer was fetched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_killed_mid_blob_fails_cleanly_then_a_retry_succeeds() {
+    let deps = e2e_guard!();
+    let mut registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    let files = three_files(70, 32 << 20);
+    let digest = push_three(&registry, "kata/artifacts:big", &files);
+    let proxy = CutProxy::start(([127, 0, 0, 1], registry.port()).into())
+        .await
+        .expect("proxy");
+    let node = Node::new();
+    let mut settings = node.settings(&[proxy.host()], None);
+    settings.retry = RetryPolicy {
+        attempts: 2,
+        backoff: Duration::from_millis(300),
+        max_backoff: Duration::from_millis(300),
+    };
+    let store = ArtifactStore::new(settings);
+    let class = class("kata-qemu", &format!("{}/kata/artifacts:big", proxy.host()));
+
+    proxy.cut_once_after(4 << 20);
+    let pull = tokio::spawn({
+        let store = store.clone();
+        let class = class.clone();
+        async move { store.ensure(&class).await }
+    });
+    proxy.wait_cut().await;
+    registry.kill();
+    let error = pull
+        .await
+        .expect("task")
+        .expect_err("registry down")
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "pulling kata-qemu: registry {} unreachable",
+            proxy.host()
+        )),
+        "{error}"
+    );
+    assert!(error.contains("after 2 attempts"), "{error}");
+    assert!(
+        node.snapshot().is_empty(),
+        "left behind: {:?}",
+        node.snapshot()
+    );
+
+    registry.restart().expect("registry back");
+    let installed = store.ensure(&class).await.expect("retry succeeds");
+    assert_eq!(installed.digest, digest);
+    assert_installed(&node, "kata-qemu", &digest, &files);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_cut_short_is_resumed() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    let files = three_files(80, 16 << 20);
+    let digest = push_three(&registry, "kata/artifacts:big", &files);
+    let proxy = CutProxy::start(([127, 0, 0, 1], registry.port()).into())
+        .await
+        .expect("proxy");
+    let node = Node::new();
+    let store = ArtifactStore::new(node.settings(&[proxy.host()], None));
+    proxy.cut_once_after(4 << 20);
+    let installed = store
+        .ensure(&class(
+            "kata-qemu",
+            &format!("{}/kata/artifacts:big", proxy.host()),
+        ))
+        .await
+        .expect("resumed");
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!(installed.digest, digest);
+    assert_installed(&node, "kata-qemu", &digest, &files);
+    // The retry asked for the rest only.
+    eventually("the resumed GET", || registry.blob_gets() == 4).await;
+    assert!(
+        registry.log().contains("\" 206 "),
+        "no ranged request in the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_ensures_make_one_pull() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    let files = three_files(90, 8 << 20);
+    let digest = push_three(&registry, "kata/artifacts:1", &files);
+    let node = Node::new();
+    let store = node.store_for(&registry);
+    let class = Arc::new(class(
+        "kata-qemu",
+        &format!("{}/kata/artifacts:1", registry.host()),
+    ));
+    let results = futures::future::join_all((0..50).map(|_| {
+        let store = store.clone();
+        let class = Arc::clone(&class);
+        tokio::spawn(async move { store.ensure(&class).await })
+    }))
+    .await;
+    for result in results {
+        let installed = result.expect("task").expect("ensure");
+        assert_eq!(installed.digest, digest);
+    }
+    assert_installed(&node, "kata-qemu", &digest, &files);
+    eventually("3 blob GETs", || registry.blob_gets() == 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(registry.blob_gets(), 3, "exactly one set of blob GETs");
+    assert_eq!(
+        registry.manifest_requests(),
+        1,
+        "one manifest request for all 50"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_command_never_prints_secrets() {
+    let deps = e2e_guard!();
+    let registry =
+        Registry::start(&deps, RegistryOptions::tls_with_auth(USER, PASSWORD)).expect("registry");
+    let files = three_files(100, 1 << 20);
+    let digest = push_three(&registry, "kata/artifacts:1", &files);
+    let node = Node::new();
+    let url = format!("{}/kata/artifacts:1", registry.host());
+    let run = |secret: &str| {
+        let config = node.dir.path().join(format!("config-{secret}.yaml"));
+        let text = format!(
+            "artifactsDir: {}\npullSecretsDir: {}\nregistries:\n  caFile: {}\nruntimeClasses:\n  - name: kata-qemu\n    artifacts:\n      url: {url}\n      pullSecret: {secret}\n",
+            node.artifacts().display(),
+            node.secrets().display(),
+            registry.ca_file().display()
+        );
+        let mut file = fs::File::create(&config).expect("config");
+        file.write_all(text.as_bytes()).expect("write");
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).expect("mode");
+        std::process::Command::new(env!("CARGO_BIN_EXE_knm-under-test"))
+            .args(["pull", "--config"])
+            .arg(&config)
+            .args(["--output", "json"])
+            // Everything every crate logs, reqwest and hyper included.
+            .env("RUST_LOG", "trace")
+            .output()
+            .expect("run pull")
+    };
+    node.secret("right", &registry.host(), USER, PASSWORD);
+    node.secret("wrong", &registry.host(), USER, "wrong-Pa55word-xyz");
+
+    let failed = run("wrong");
+    assert!(!failed.status.success());
+    let ok = run("right");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "pull failed: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json output");
+    assert_eq!(report[0]["class"], "kata-qemu");
+    assert_eq!(report[0]["digest"], digest.as_str());
+    assert_eq!(report[0]["reference"], url.as_str());
+    assert!(report[0]["files"]["kata.img"]["sha256"].is_string());
+    assert!(report[0]["bytes"].as_u64().expect("bytes") > 1 << 20);
+    assert!(report[0]["duration"].is_number());
+
+    let failed_stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        failed_stderr.contains("error: pulling kata-qemu: registry"),
+        "{failed_stderr}"
+    );
+    assert!(
+        failed_stderr.contains("answered 401")
+            && failed_stderr.contains("check pullSecret \"wrong\"")
+    );
+    let everything = [&failed.stdout, &failed.stderr, &ok.stdout, &ok.stderr]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect::<String>();
+    assert!(everything.len() > 10_000, "trace logs were captured");
+    for secret in [PASSWORD, "wrong-Pa55word-xyz"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} appears in the output"
+        );
+    }
+    // Nor their base64 forms in Authorization headers.
+    for pair in [
+        format!("{USER}:{PASSWORD}"),
+        format!("{USER}:wrong-Pa55word-xyz"),
+    ] {
+        assert!(
+            !everything.contains(&base64(pair.as_bytes())),
+            "base64 credentials in the output"
+        );
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A tar entry written with raw headers, so hostile names reach the archive unchanged.
+struct Entry {
+    name: String,
+    kind: tar::EntryType,
+    mode: u32,
+    data: Vec<u8>,
+    link: Option<String>,
+}
+
+impl Entry {
+    fn file(name: &str, mode: u32, data: &[u8]) -> Self {
+        Self {
+            name: name.into(),
+            kind: tar::EntryType::Regular,
+            mode,
+            data: data.to_vec(),
+            link: None,
+        }
+    }
+
+    fn dir(name: &str, mode: u32) -> Self {
+        Self {
+            name: name.into(),
+            kind: tar::EntryType::Directory,
+            mode,
+            data: vec![],
+            link: None,
+        }
+    }
+
+    fn symlink(name: &str, target: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: tar::EntryType::Symlink,
+            mode: 0o777,
+            data: vec![],
+            link: Some(target.into()),
+        }
+    }
+
+    fn hardlink(name: &str, target: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: tar::EntryType::Link,
+            mode: 0o644,
+            data: vec![],
+            link: Some(target.into()),
+        }
+    }
+}
+
+fn tar_of(entries: &[Entry]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(entry.kind);
+        header.set_mode(entry.mode);
+        header.set_size(entry.data.len() as u64);
+        header.set_mtime(1_700_000_000);
+        header.as_old_mut().name[..entry.name.len()].copy_from_slice(entry.name.as_bytes());
+        if let Some(link) = &entry.link {
+            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        header.set_cksum();
+        builder
+            .append(&header, entry.data.as_slice())
+            .expect("append");
+    }
+    builder.into_inner().expect("tar")
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).expect("gzip");
+    encoder.finish().expect("gzip")
+}

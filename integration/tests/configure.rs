@@ -1,0 +1,265 @@
+//! `kata-nri-manager configure` against real containerd (2.1 and 1.7): it writes a runc-typed
+//! class into the harness's config.toml, restarts containerd through the `command` strategy (the
+//! command signals the test, which restarts containerd through the harness), and the new handler
+//! then runs pods while a pod started before the restart keeps running. A config containerd
+//! rejects is never written.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use kata_nri_integration::{
+    Containerd, ContainerdOptions, Deps, PodSandboxState, PodSpec, Version, e2e_guard,
+};
+
+const CLASS: &str = "knm-runc";
+
+fn write(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Operator and node config for `cd`, with the given `restart` (YAML flow mapping).
+fn configs(dir: &Path, cd: &Containerd, restart: &str) -> (PathBuf, PathBuf) {
+    let operator = dir.join("operator.yaml");
+    write(
+        &operator,
+        &format!(
+            "containerd:\n  mode: inline\n  address: {}\n\
+             runtimeClasses:\n\
+             - name: {CLASS}\n  \
+               artifacts: {{url: nvcr.io/kata/runc:1}}\n  \
+               runtime: {{runtimeType: io.containerd.runc.v2, privilegedWithoutHostDevices: false}}\n",
+            cd.address().display()
+        ),
+        0o644,
+    );
+    let node = dir.join("node.yaml");
+    write(
+        &node,
+        &format!(
+            "containerd:\n  configPath: {}\n  restart: {restart}\n",
+            cd.layout().config.display()
+        ),
+        0o600,
+    );
+    (operator, node)
+}
+
+fn knm(
+    deps: &Deps,
+    version: Version,
+    dir: &Path,
+    args: &[&str],
+    operator: &Path,
+    node: &Path,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_knm-under-test"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(operator)
+        .arg("--node-config")
+        .arg(node)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--containerd-binary")
+        .arg(deps.containerd_bin(version))
+        .kill_on_drop(true);
+    cmd
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+async fn configure_and_restart(version: Version) {
+    let deps = e2e_guard!();
+    let mut cd = Containerd::start(&deps, version, ContainerdOptions::default())
+        .await
+        .expect("containerd starts");
+    let mut cri = cd.cri().await.unwrap();
+    let before = cri
+        .run_pod(&PodSpec::new("before").handler("runc"))
+        .await
+        .expect("pod before the restart");
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("restart-requested");
+    let restart = format!(
+        "{{method: command, command: [/bin/sh, -c, 'echo >> {}'], timeout: 30s}}",
+        marker.display()
+    );
+    let (operator, node) = configs(dir.path(), &cd, &restart);
+
+    // Dry run: prints the diff, changes nothing.
+    let original = std::fs::read_to_string(&cd.layout().config).unwrap();
+    let output = knm(
+        &deps,
+        version,
+        dir.path(),
+        &["configure", "--dry-run"],
+        &operator,
+        &node,
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("+[") && stdout.contains(CLASS),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cd.layout().config).unwrap(),
+        original
+    );
+
+    // The real run: the restart command touches the marker; the test restarts containerd.
+    let child = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = Instant::now();
+    while !marker.exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "configure never ran the restart command"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cd.restart().await.expect("containerd restarts");
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let config = std::fs::read_to_string(&cd.layout().config).unwrap();
+    assert!(config.contains(CLASS), "{config}");
+    assert!(config.starts_with(&original[..original.find('[').unwrap()]));
+
+    let mut cri = cd.cri().await.unwrap();
+    if version == Version::V2_1 {
+        let status = cri.status().await.unwrap();
+        assert!(
+            status.runtime_handlers.iter().any(|h| h == CLASS),
+            "{:?}",
+            status.runtime_handlers
+        );
+    }
+    let id = cri
+        .run_pod(&PodSpec::new("after").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox with {CLASS}: {e:#}\n{}", cd.log_tail(30)));
+    assert_eq!(cri.pod_status(&id).await.unwrap().runtime_handler, CLASS);
+    assert_eq!(
+        cri.pod_state(&before).await.unwrap(),
+        PodSandboxState::SandboxReady,
+        "the pod from before the restart is still running"
+    );
+
+    // A second run changes nothing and restarts nothing.
+    let output = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("already up to date"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cd.layout().config).unwrap(),
+        config
+    );
+
+    // Uninstall without restart: the file is back to what it was.
+    let output = knm(
+        &deps,
+        version,
+        dir.path(),
+        &["uninstall", "--no-restart"],
+        &operator,
+        &node,
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("restart pending"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cd.layout().config).unwrap(),
+        original
+    );
+    cd.shutdown().await.unwrap();
+}
+
+async fn rejected_config_is_never_written(version: Version) {
+    let deps = e2e_guard!();
+    let cd = Containerd::start(&deps, version, ContainerdOptions::default())
+        .await
+        .expect("containerd starts");
+    // The fault: a key containerd decodes as an integer, given as a string, in the operator's
+    // part of the file (the running containerd read the file before it).
+    let config_path = cd.layout().config.clone();
+    let good = std::fs::read_to_string(&config_path).unwrap();
+    let version_line = good.lines().find(|l| l.starts_with("version")).unwrap();
+    let faulty = good.replacen(
+        version_line,
+        &format!("{version_line}\noom_score = \"very high\""),
+        1,
+    );
+    std::fs::write(&config_path, &faulty).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, node) = configs(dir.path(), &cd, "{method: none}");
+    let output = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("containerd refuses the new config"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("oom_score") || stderr.contains("very high") || stderr.contains("int"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&config_path).unwrap(), faulty);
+    assert!(!dir.path().join("state/containerd-ownership.json").exists());
+    cd.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn configure_then_command_restart_serves_the_class_on_2_1() {
+    configure_and_restart(Version::V2_1).await;
+}
+
+#[tokio::test]
+async fn configure_then_command_restart_serves_the_class_on_1_7() {
+    configure_and_restart(Version::V1_7).await;
+}
+
+#[tokio::test]
+async fn a_config_containerd_rejects_is_never_written_on_2_1() {
+    rejected_config_is_never_written(Version::V2_1).await;
+}
+
+#[tokio::test]
+async fn a_config_containerd_rejects_is_never_written_on_1_7() {
+    rejected_config_is_never_written(Version::V1_7).await;
+}

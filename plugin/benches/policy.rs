@@ -1,0 +1,187 @@
+//! Policy host costs: `cargo bench -p kata-nri-manager --features bench --bench policy`.
+//!
+//! Prints a table first (percentiles criterion does not give), then criterion's own figures:
+//! - cache-cold compile of three example policies (what the first start on a node pays),
+//! - first decision after a start with the compile cache warm (a new engine loading three
+//!   cached policies, then one decision), and
+//! - one warm decision through a chain of three policies (fresh store per policy call).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use std::hint::black_box;
+
+use criterion::Criterion;
+use kata_nri_manager::config::{FailurePolicy, PolicyLimits};
+use kata_nri_manager::policy::{
+    Chain, EngineOptions, Guard, LoadedPolicy, NodeFacts, PciGpu, PolicyEngine, Request,
+    SourceOutcome, SourceSpec, Trigger,
+};
+use serde_json::json;
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn components() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies-wasm");
+    let status = Command::new("bash")
+        .arg(root.join("build.sh"))
+        .status()
+        .expect("run policies-wasm/build.sh");
+    assert!(status.success(), "policies-wasm/build.sh failed");
+    root.join("target/wasm32-wasip2/release")
+}
+
+fn engine(cache: &Path) -> PolicyEngine {
+    PolicyEngine::new(EngineOptions {
+        // A generous deadline: this measures cost, and a busy machine must not turn a
+        // preempted call into a denial that aborts the run.
+        limits: PolicyLimits {
+            deadline: "1s".parse().expect("duration"),
+            ..PolicyLimits::default()
+        },
+        cache_dir: Some(cache.to_owned()),
+    })
+    .expect("engine")
+}
+
+/// gpu-variant → pin-digests → mirror, as an operator would order them.
+fn chain(engine: &PolicyEngine, dir: &Path) -> Chain {
+    let policies = [
+        (
+            "gpu_variant",
+            json!({"gpuClasses": ["kata-gpu"], "vendors": {"10de": "nvidia"}}),
+        ),
+        (
+            "pin_digests",
+            json!({"pins": {"nvcr.io/kata:1.0-nvidia": DIGEST}}),
+        ),
+        (
+            "mirror",
+            json!({"from": "nvcr.io", "to": "registry.local:5000"}),
+        ),
+    ];
+    let loaded = policies
+        .iter()
+        .map(|(name, settings)| {
+            let file = dir.join(format!("{name}.wasm"));
+            LoadedPolicy::load(engine, name, &file, Some(settings), FailurePolicy::Deny)
+                .expect("load")
+        })
+        .collect();
+    Chain::new(loaded, Guard::default())
+}
+
+fn request() -> Request {
+    Request {
+        class_name: "kata-gpu".into(),
+        configured: SourceSpec {
+            reference: "nvcr.io/kata:1.0".into(),
+            digest: None,
+        },
+        trigger: Trigger::Startup,
+    }
+}
+
+fn node() -> NodeFacts {
+    NodeFacts {
+        arch: "x86_64".into(),
+        kernel: "6.1.0".into(),
+        has_kvm: true,
+        gpus: vec![PciGpu {
+            vendor_id: 0x10de,
+            device_id: 0x2330,
+            address: "0000:3b:00.0".into(),
+        }],
+        ..NodeFacts::default()
+    }
+}
+
+fn decide(chain: &Chain, request: &Request, node: &NodeFacts) {
+    let decision = chain.select_source(request, node);
+    assert!(
+        matches!(decision.outcome, SourceOutcome::Pull { .. }),
+        "{decision:?}"
+    );
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn row(what: &str, mut samples: Vec<Duration>, target: &str) {
+    samples.sort();
+    println!(
+        "| {what:<44} | {:>10.1?} | {:>10.1?} | {:>10.1?} | {target:<8} |",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1],
+    );
+}
+
+fn table(dir: &Path) {
+    println!(
+        "| {:<44} | {:>10} | {:>10} | {:>10} | {:<8} |",
+        "policy host", "p50", "p99", "max", "target"
+    );
+    println!(
+        "|{:-<46}|{:-<12}|{:-<12}|{:-<12}|{:-<10}|",
+        "", "", "", "", ""
+    );
+    let cold: Vec<Duration> = (0..5)
+        .map(|_| {
+            let cache = tempfile::tempdir().expect("tempdir");
+            let started = Instant::now();
+            chain(&engine(cache.path()), dir);
+            started.elapsed()
+        })
+        .collect();
+    row("compile 3 policies, cache cold", cold, "-");
+
+    let cache = tempfile::tempdir().expect("tempdir");
+    chain(&engine(cache.path()), dir);
+    let (request, node) = (request(), node());
+    let first: Vec<Duration> = (0..20)
+        .map(|_| {
+            let started = Instant::now();
+            let chain = chain(&engine(cache.path()), dir);
+            decide(&chain, &request, &node);
+            started.elapsed()
+        })
+        .collect();
+    row("first decision after start, cache warm", first, "< 10 ms");
+
+    let chain = chain(&engine(cache.path()), dir);
+    for _ in 0..1000 {
+        decide(&chain, &request, &node);
+    }
+    let warm: Vec<Duration> = (0..20_000)
+        .map(|_| {
+            let started = Instant::now();
+            decide(&chain, &request, &node);
+            started.elapsed()
+        })
+        .collect();
+    row("warm decision, chain of 3 (select-source)", warm, "< 50 µs");
+    println!();
+}
+
+fn main() {
+    let dir = components();
+    table(&dir);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let chain = chain(&engine(cache.path()), &dir);
+    let (request, node) = (request(), node());
+    let mut criterion = Criterion::default().configure_from_args();
+    criterion.bench_function("policy/warm decision, chain of 3", |b| {
+        b.iter(|| decide(black_box(&chain), &request, &node))
+    });
+    criterion.bench_function("policy/first decision after start, cache warm", |b| {
+        b.iter(|| {
+            let chain = self::chain(&engine(cache.path()), &dir);
+            decide(&chain, &request, &node)
+        })
+    });
+    criterion.final_summary();
+}

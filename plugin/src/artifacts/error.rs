@@ -1,0 +1,245 @@
+//! Why artifacts could not be installed. Every message names the runtime class and, where there
+//! is one, the registry and reference, and says what an operator can do about it
+//! (`docs/artifacts.md` lists them all).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::config::ByteSize;
+
+/// The result of artifact operations.
+pub type Result<T, E = ArtifactError> = std::result::Result<T, E>;
+
+/// Which credentials were used, for the hint of an authorization error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthHint {
+    /// No `pullSecret` is configured for the class.
+    Anonymous,
+    /// The class's `pullSecret` (a secret name) had an entry for the registry.
+    Secret(String),
+    /// The class's `pullSecret` has no entry for the registry.
+    SecretWithoutEntry(String),
+}
+
+impl fmt::Display for AuthHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthHint::Anonymous => f.write_str(
+                "the registry needs credentials: set artifacts.pullSecret for this class",
+            ),
+            AuthHint::Secret(name) => write!(f, "check pullSecret {name:?}"),
+            AuthHint::SecretWithoutEntry(name) => write!(
+                f,
+                "pullSecret {name:?} has no credentials for this registry: add an `auths` entry for it"
+            ),
+        }
+    }
+}
+
+/// Why a runtime class's artifacts could not be pulled, verified or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("pulling {class}: registry {registry} answered {status} for {reference}: {hint}")]
+    Unauthorized {
+        class: String,
+        registry: String,
+        reference: String,
+        status: u16,
+        hint: AuthHint,
+    },
+    #[error(
+        "pulling {class}: {reference} not found in registry {registry} (404): check the tag or digest in artifacts.url"
+    )]
+    NotFound {
+        class: String,
+        registry: String,
+        reference: String,
+    },
+    #[error("pulling {class}: registry {registry} refused {reference}: {message}")]
+    Registry {
+        class: String,
+        registry: String,
+        reference: String,
+        message: String,
+    },
+    #[error(
+        "pulling {class}: registry {registry} unreachable for {reference} after {attempts} attempts: {message}{}",
+        tls_hint(*.insecure)
+    )]
+    Unreachable {
+        class: String,
+        registry: String,
+        reference: String,
+        attempts: u32,
+        message: String,
+        /// Whether the registry is listed in `registries.insecure` (reached over plain HTTP).
+        insecure: bool,
+    },
+    #[error(
+        "pulling {class}: {reference} resolves to {actual}, but the config pins {pinned}: update artifacts.digest (or the digest in artifacts.url) if the new artifact is intended"
+    )]
+    PinnedDigestMismatch {
+        class: String,
+        reference: String,
+        pinned: String,
+        actual: String,
+    },
+    #[error(
+        "pulling {class}: digest mismatch for layer {layer} of {reference}: registry sent {actual}, manifest says {expected}"
+    )]
+    DigestMismatch {
+        class: String,
+        reference: String,
+        layer: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "pulling {class}: layer {layer} of {reference} is larger than the {expected} bytes its manifest announces: registry sent at least {received}"
+    )]
+    Oversized {
+        class: String,
+        reference: String,
+        layer: String,
+        expected: u64,
+        received: u64,
+    },
+    #[error(
+        "pulling {class}: {reference} is {total} ({} bytes), more than limits.maxArtifactBytes {limit} ({} bytes): raise the limit if this artifact is expected",
+        total.bytes(), limit.bytes()
+    )]
+    TooLarge {
+        class: String,
+        reference: String,
+        total: ByteSize,
+        limit: ByteSize,
+    },
+    #[error(
+        "pulling {class}: {} has {available} bytes free, {reference} needs {needed} (twice its {total} bytes): free disk space",
+        dir.display()
+    )]
+    NoSpace {
+        class: String,
+        reference: String,
+        dir: PathBuf,
+        total: u64,
+        needed: u64,
+        available: u64,
+    },
+    #[error("pulling {class}: {reference} has no manifest for {platform} (it has: {available})")]
+    NoPlatform {
+        class: String,
+        reference: String,
+        platform: String,
+        available: String,
+    },
+    #[error("pulling {class}: {reference} is not a usable artifact: {why}")]
+    BadManifest {
+        class: String,
+        reference: String,
+        why: String,
+    },
+    #[error("installing {class}: layer {layer} of {reference}: refused {entry:?}: {why}")]
+    UnsafeEntry {
+        class: String,
+        reference: String,
+        layer: String,
+        entry: String,
+        why: String,
+    },
+    #[error("installing {class}: layer {layer} of {reference} cannot be unpacked: {why}")]
+    BadLayer {
+        class: String,
+        reference: String,
+        layer: String,
+        why: String,
+    },
+    #[error("pulling {class}: pullSecret {secret:?} ({}): {why}", path.display())]
+    PullSecret {
+        class: String,
+        secret: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("pulling {class}: registries.caFile {}: {why}", path.display())]
+    CaFile {
+        class: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("pulling {class}: cannot set up a client for registry {registry}: {why}")]
+    Client {
+        class: String,
+        registry: String,
+        why: String,
+    },
+    #[error("installing {class}: kata configuration {}: {why}", file.display())]
+    KataConfig {
+        class: String,
+        file: PathBuf,
+        why: String,
+    },
+    #[error(
+        "installing {class}: {} exists and is not a link made by kata-nri-manager: move it away",
+        path.display()
+    )]
+    NotManaged { class: String, path: PathBuf },
+    #[error(
+        "pulling {class}: {reference} is not under any of registries.allowed ({allowed}): add its registry there or pull from an allowed one"
+    )]
+    NotAllowed {
+        class: String,
+        reference: String,
+        allowed: String,
+    },
+    #[error("{class}: not a runtime class of the config (known: {known})")]
+    UnknownClass { class: String, known: String },
+    #[error("installing {class}: {action} {}", path.display())]
+    Io {
+        class: String,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing {class}: the pull task failed: {why}")]
+    Task { class: String, why: String },
+}
+
+fn tls_hint(insecure: bool) -> &'static str {
+    if insecure {
+        ""
+    } else {
+        " (TLS is used: a plain-HTTP registry must be listed in registries.insecure; a private CA goes in registries.caFile)"
+    }
+}
+
+impl ArtifactError {
+    /// The runtime class the error is about.
+    pub fn class(&self) -> &str {
+        match self {
+            ArtifactError::Unauthorized { class, .. }
+            | ArtifactError::NotFound { class, .. }
+            | ArtifactError::Registry { class, .. }
+            | ArtifactError::Unreachable { class, .. }
+            | ArtifactError::PinnedDigestMismatch { class, .. }
+            | ArtifactError::DigestMismatch { class, .. }
+            | ArtifactError::Oversized { class, .. }
+            | ArtifactError::TooLarge { class, .. }
+            | ArtifactError::NoSpace { class, .. }
+            | ArtifactError::NoPlatform { class, .. }
+            | ArtifactError::BadManifest { class, .. }
+            | ArtifactError::UnsafeEntry { class, .. }
+            | ArtifactError::BadLayer { class, .. }
+            | ArtifactError::PullSecret { class, .. }
+            | ArtifactError::CaFile { class, .. }
+            | ArtifactError::Client { class, .. }
+            | ArtifactError::KataConfig { class, .. }
+            | ArtifactError::NotManaged { class, .. }
+            | ArtifactError::NotAllowed { class, .. }
+            | ArtifactError::UnknownClass { class, .. }
+            | ArtifactError::Io { class, .. }
+            | ArtifactError::Task { class, .. } => class,
+        }
+    }
+}

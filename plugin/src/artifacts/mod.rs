@@ -1,0 +1,45 @@
+//! Runtime class artifacts: pulled from OCI registries, verified while they stream to disk,
+//! and installed atomically (DESIGN.md "Artifact store and lifecycle", `docs/artifacts.md`).
+//!
+//! Layout under `artifactsDir`:
+//! - `.store/<manifest digest>/`: one installed version, immutable once renamed into place;
+//! - `<class>`: a symlink to `.store/<digest>`, switched atomically (temp link + rename);
+//! - `.staging/<random>/`: a pull in progress (same filesystem, so the install is a rename);
+//!   removed whatever happens;
+//! - `.state/<class>.json`: what is installed, with the digests of the files as installed.
+//!
+//! [`ArtifactStore::ensure`] makes a class's artifacts current: one manifest request when
+//! nothing changed, one pull shared by every concurrent caller otherwise.
+
+mod auth;
+mod download;
+mod error;
+mod kataconf;
+mod manifest;
+mod paths;
+mod progress;
+mod registry;
+mod secret;
+mod state;
+mod store;
+mod unpack;
+
+pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
+pub use error::{ArtifactError, AuthHint, Result};
+pub use kataconf::PATH_KEYS as KATA_PATH_KEYS;
+pub use progress::{NoProgress, PullObserver};
+pub use registry::RetryPolicy;
+pub use secret::Secret;
+pub use state::{ClassState, FileRecord};
+pub use store::{ArtifactStore, Installed, StoreSettings};
+
+/// Lowercase hex of a digest's bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}

@@ -1,0 +1,344 @@
+//! Talking to one registry for one class: the client (TLS, CA bundle, plain HTTP only for
+//! `registries.insecure`), credentials from the class's pull secret, manifest requests with
+//! retries, and the translation of registry answers into [`ArtifactError`]s.
+
+use std::path::Path;
+use std::time::Duration;
+
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use super::auth::{self, Credentials, DockerConfig};
+use super::error::{ArtifactError, AuthHint, Result};
+use super::manifest;
+use crate::config::{OciReference, Registries, RuntimeClass};
+
+/// How often and how patiently transient failures (connection errors, 5xx, 429, bodies cut
+/// short) are retried. Permanent ones (401, 403, 404, digest mismatch) never are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled each time up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// A failed registry call: what happened and whether trying again may help.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Worth retrying; the message says what happened.
+    Transient(String),
+    /// Not worth retrying.
+    Permanent(ArtifactError),
+}
+
+/// What error messages need to know about the pull.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    pub class: String,
+    pub registry: String,
+    pub reference: String,
+    pub hint: AuthHint,
+    pub insecure: bool,
+}
+
+impl Context {
+    /// Classifies an error of oci-client.
+    pub fn failure(&self, error: OciDistributionError) -> Failure {
+        match error {
+            OciDistributionError::UnauthorizedError { .. } => Failure::Permanent(self.denied(401)),
+            OciDistributionError::AuthenticationFailure(_) => Failure::Permanent(self.denied(401)),
+            OciDistributionError::ServerError { code, message, .. } => self.status(code, &message),
+            OciDistributionError::RegistryError { envelope, .. } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                let message = envelope
+                    .errors
+                    .iter()
+                    .map(|e| format!("{:?}: {}", e.code, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
+                {
+                    Failure::Transient(message)
+                } else if codes.iter().any(|c| {
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::BlobUnknown
+                    )
+                }) {
+                    Failure::Permanent(self.not_found())
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized))
+                {
+                    Failure::Permanent(self.denied(401))
+                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
+                    Failure::Permanent(self.denied(403))
+                } else {
+                    Failure::Permanent(self.refused(message))
+                }
+            }
+            OciDistributionError::RequestError(e) => {
+                let text = chain(&e);
+                // A certificate the client does not trust will not become trusted by retrying.
+                if text.contains("certificate") {
+                    Failure::Permanent(self.unreachable(1, text))
+                } else {
+                    Failure::Transient(text)
+                }
+            }
+            OciDistributionError::IoError(e) => Failure::Transient(e.to_string()),
+            OciDistributionError::DigestError(e) => Failure::Permanent(
+                self.refused(format!("the manifest does not match its digest: {e}")),
+            ),
+            other => Failure::Permanent(self.refused(other.to_string())),
+        }
+    }
+
+    fn status(&self, code: u16, message: &str) -> Failure {
+        match code {
+            401 => Failure::Permanent(self.denied(401)),
+            403 => Failure::Permanent(self.denied(403)),
+            404 => Failure::Permanent(self.not_found()),
+            408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {code}")),
+            _ => Failure::Permanent(self.refused(format!("HTTP {code}: {}", message.trim()))),
+        }
+    }
+
+    pub fn denied(&self, status: u16) -> ArtifactError {
+        ArtifactError::Unauthorized {
+            class: self.class.clone(),
+            registry: self.registry.clone(),
+            reference: self.reference.clone(),
+            status,
+            hint: self.hint.clone(),
+        }
+    }
+
+    fn not_found(&self) -> ArtifactError {
+        ArtifactError::NotFound {
+            class: self.class.clone(),
+            registry: self.registry.clone(),
+            reference: self.reference.clone(),
+        }
+    }
+
+    pub fn refused(&self, message: String) -> ArtifactError {
+        ArtifactError::Registry {
+            class: self.class.clone(),
+            registry: self.registry.clone(),
+            reference: self.reference.clone(),
+            message,
+        }
+    }
+
+    pub fn unreachable(&self, attempts: u32, message: String) -> ArtifactError {
+        ArtifactError::Unreachable {
+            class: self.class.clone(),
+            registry: self.registry.clone(),
+            reference: self.reference.clone(),
+            attempts,
+            message,
+            insecure: self.insecure,
+        }
+    }
+}
+
+/// An error's message and its causes, which name the actual problem (connection refused, TLS).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A client and credentials for the class's registry.
+pub(crate) struct Registry {
+    pub client: Client,
+    pub auth: RegistryAuth,
+    pub context: Context,
+    pub retry: RetryPolicy,
+}
+
+impl Registry {
+    pub fn connect(
+        class: &RuntimeClass,
+        source: &OciReference,
+        registries: &Registries,
+        pull_secrets_dir: &Path,
+        retry: RetryPolicy,
+    ) -> Result<Self> {
+        let registry = source.registry().to_owned();
+        let (credentials, hint) = credentials(class, source, pull_secrets_dir)?;
+        let insecure = registries.is_insecure(&registry);
+        let mut config = ClientConfig {
+            protocol: if insecure {
+                ClientProtocol::HttpsExcept(vec![registry.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            // We pick the platform ourselves, to report what an index offers.
+            platform_resolver: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            // A stalled transfer is a transient failure, retried (and resumed) like a cut one.
+            read_timeout: Some(Duration::from_secs(60)),
+            ..ClientConfig::default()
+        };
+        if let Some(ca_file) = &registries.ca_file {
+            let data = std::fs::read(ca_file).map_err(|e| ArtifactError::CaFile {
+                class: class.name.clone(),
+                path: ca_file.clone(),
+                why: e.to_string(),
+            })?;
+            config.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        // reqwest is built without a default crypto provider; install ring's once per process
+        // (a second install is refused harmlessly).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::try_from(config).map_err(|e| ArtifactError::Client {
+            class: class.name.clone(),
+            registry: registry.clone(),
+            why: match (&registries.ca_file, e) {
+                (Some(path), e) => format!("{e} (is {} a PEM bundle?)", path.display()),
+                (None, e) => e.to_string(),
+            },
+        })?;
+        Ok(Self {
+            client,
+            auth: credentials.to_registry_auth(),
+            context: Context {
+                class: class.name.clone(),
+                registry,
+                reference: source.as_str().to_owned(),
+                hint,
+                insecure,
+            },
+            retry,
+        })
+    }
+
+    /// Fetches a manifest (by tag or digest); returns its body and digest. The digest is
+    /// checked against the body by oci-client (and against the reference's digest, if any).
+    pub async fn manifest(&self, reference: &Reference) -> Result<(bytes::Bytes, String)> {
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .client
+                .pull_manifest_raw(reference, &self.auth, manifest::ACCEPTED)
+                .await;
+            match result.map_err(|e| self.context.failure(e)) {
+                Ok(found) => return Ok(found),
+                Err(Failure::Permanent(e)) => return Err(e),
+                Err(Failure::Transient(why)) if attempt >= self.retry.attempts => {
+                    return Err(self.context.unreachable(attempt, why));
+                }
+                Err(Failure::Transient(why)) => {
+                    tracing::warn!(runtime_class = %self.context.class, registry = %self.context.registry, attempt, error = %why, "manifest request failed; retrying");
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// oci-client's reference for ours (already normalised: registry, repository, tag, digest).
+pub(crate) fn to_reference(source: &OciReference) -> Reference {
+    let registry = source.registry().to_owned();
+    let repository = source.repository().to_owned();
+    match (source.tag(), source.digest()) {
+        (Some(tag), Some(digest)) => {
+            Reference::with_tag_and_digest(registry, repository, tag.to_owned(), digest.to_string())
+        }
+        (None, Some(digest)) => Reference::with_digest(registry, repository, digest.to_string()),
+        (Some(tag), None) => Reference::with_tag(registry, repository, tag.to_owned()),
+        (None, None) => Reference::with_tag(registry, repository, "latest".to_owned()),
+    }
+}
+
+/// The class's credentials for the registry and the hint an authorization error gives.
+fn credentials(
+    class: &RuntimeClass,
+    source: &OciReference,
+    pull_secrets_dir: &Path,
+) -> Result<(Credentials, AuthHint)> {
+    let Some(secret) = &class.artifacts.pull_secret else {
+        return Ok((Credentials::Anonymous, AuthHint::Anonymous));
+    };
+    let fail = |path: &Path, why: String| ArtifactError::PullSecret {
+        class: class.name.clone(),
+        secret: secret.clone(),
+        path: path.to_owned(),
+        why,
+    };
+    let path = auth::secret_file(pull_secrets_dir, secret)
+        .map_err(|e| fail(&pull_secrets_dir.join(secret), e.to_string()))?;
+    let config = DockerConfig::read(&path).map_err(|e| fail(&path, e.to_string()))?;
+    match config
+        .lookup(source.registry())
+        .map_err(|e| fail(&path, e.to_string()))?
+    {
+        Some(credentials) => Ok((credentials, AuthHint::Secret(secret.clone()))),
+        None => Ok((
+            Credentials::Anonymous,
+            AuthHint::SecretWithoutEntry(secret.clone()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let retry = RetryPolicy::default();
+        assert_eq!(retry.delay(1), Duration::from_millis(500));
+        assert_eq!(retry.delay(2), Duration::from_secs(1));
+        assert_eq!(retry.delay(5), Duration::from_secs(8));
+        assert_eq!(retry.delay(40), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn converts_references() {
+        let source: OciReference = "127.0.0.1:5000/kata/artifacts:1.0".parse().expect("ref");
+        let reference = to_reference(&source);
+        assert_eq!(reference.registry(), "127.0.0.1:5000");
+        assert_eq!(reference.repository(), "kata/artifacts");
+        assert_eq!(reference.tag(), Some("1.0"));
+    }
+}

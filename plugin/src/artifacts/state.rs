@@ -1,0 +1,129 @@
+//! The per-class record of what is installed: `<artifactsDir>/.state/<class>.json`, root-only
+//! (0700 directory, 0600 file), written atomically. The digests in it are those of the files
+//! as installed, after our rewrite of the kata configuration, so checking them never loops.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One installed regular file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What is installed for one class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassState {
+    pub class: String,
+    /// The reference as configured.
+    pub reference: String,
+    /// The digest the reference resolved to (the index's, for a multi-platform artifact).
+    pub resolved_digest: String,
+    /// The image manifest installed (the platform's, for an index); names the store directory.
+    pub manifest_digest: String,
+    /// The version's directory, `<artifactsDir>/.store/<manifest digest>`.
+    pub path: PathBuf,
+    /// Seconds since the Unix epoch.
+    pub installed_at: u64,
+    /// Every regular file by path relative to the version's directory.
+    pub files: BTreeMap<String, FileRecord>,
+    /// Kata configurations rewritten to point at this version's files.
+    #[serde(default)]
+    pub kata_configs: Vec<String>,
+    /// Versions installed before this one, newest first (for rollback and GC).
+    #[serde(default)]
+    pub previous: Vec<String>,
+}
+
+/// `<artifactsDir>/.state`.
+pub fn dir(artifacts_dir: &Path) -> PathBuf {
+    artifacts_dir.join(".state")
+}
+
+pub fn file(artifacts_dir: &Path, class: &str) -> PathBuf {
+    dir(artifacts_dir).join(format!("{class}.json"))
+}
+
+/// The recorded state, `None` when there is none or it cannot be read (then we pull again,
+/// which rewrites it).
+pub fn read(artifacts_dir: &Path, class: &str) -> Option<ClassState> {
+    let path = file(artifacts_dir, class);
+    let text = fs::read(&path).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(state) => Some(state),
+        Err(e) => {
+            tracing::warn!(runtime_class = class, path = %path.display(), error = %e, "unreadable artifact state ignored");
+            None
+        }
+    }
+}
+
+/// Writes the state atomically (temp file in the same directory, then rename).
+pub fn write(artifacts_dir: &Path, state: &ClassState) -> io::Result<PathBuf> {
+    let dir = dir(artifacts_dir);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    // An existing directory keeps its mode through create(): enforce root-only.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    let path = file(artifacts_dir, &state.class);
+    let tmp = dir.join(format!(".{}.json.tmp-{}", state.class, std::process::id()));
+    let text = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    out.write_all(&text)?;
+    out.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn round_trips_root_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = ClassState {
+            class: "kata-qemu".into(),
+            reference: "r/x:1".into(),
+            resolved_digest: "sha256:aa".into(),
+            manifest_digest: "sha256:aa".into(),
+            path: dir.path().join(".store/sha256:aa"),
+            installed_at: 1,
+            files: BTreeMap::from([(
+                "vmlinux".into(),
+                FileRecord {
+                    size: 3,
+                    sha256: "sha256:bb".into(),
+                },
+            )]),
+            kata_configs: vec![],
+            previous: vec![],
+        };
+        let path = write(dir.path(), &state).expect("write");
+        assert_eq!(read(dir.path(), "kata-qemu"), Some(state));
+        assert_eq!(fs::metadata(&path).expect("file").mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(path.parent().expect("dir"))
+                .expect("dir")
+                .mode()
+                & 0o777,
+            0o700
+        );
+        assert_eq!(read(dir.path(), "other"), None);
+    }
+}

@@ -1,0 +1,808 @@
+//! The artifact store: makes a class's artifacts current (`ensure`), one pull per class at a
+//! time shared by every caller, installed by rename and a symlink switch so a class's files
+//! appear all at once or not at all.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tracing::Instrument;
+
+use super::download;
+use super::error::{ArtifactError, Result};
+use super::kataconf;
+use super::manifest::{self, Layer, LayerKind, Parsed};
+use super::paths;
+use super::progress::{NoProgress, PullObserver};
+use super::registry::{Registry, RetryPolicy, to_reference};
+use super::state::{self, ClassState, FileRecord};
+use super::unpack;
+use crate::config::{ByteSize, Config, Limits, Registries, RuntimeClass};
+
+/// Layers fetched at once: enough to fill a link with a few large files, few enough that the
+/// write buffers stay small.
+const DEFAULT_PARALLEL_LAYERS: usize = 3;
+
+/// What the store needs from the config, plus knobs tests turn.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub artifacts_dir: PathBuf,
+    pub pull_secrets_dir: PathBuf,
+    pub registries: Registries,
+    pub limits: Limits,
+    pub parallel_layers: usize,
+    pub retry: RetryPolicy,
+}
+
+impl StoreSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            artifacts_dir: config.artifacts_dir.clone(),
+            pull_secrets_dir: config.pull_secrets_dir.clone(),
+            registries: config.registries.clone(),
+            limits: config.limits.clone(),
+            parallel_layers: DEFAULT_PARALLEL_LAYERS,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A class's artifacts as installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Installed {
+    pub class: String,
+    pub reference: String,
+    /// The image manifest installed; names the version's directory.
+    pub digest: String,
+    /// What the reference resolved to (the index, for a multi-platform artifact).
+    pub resolved_digest: String,
+    /// `<artifactsDir>/.store/<digest>`.
+    pub path: PathBuf,
+    /// `<artifactsDir>/<class>`, a symlink to `path`.
+    pub link: PathBuf,
+    pub files: BTreeMap<String, FileRecord>,
+    pub kata_configs: Vec<String>,
+    /// Bytes downloaded by this call (0 when it was up to date).
+    pub bytes: u64,
+    /// Whether this call pulled (false: already installed, only the manifest was checked).
+    pub pulled: bool,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+type SharedPull = Shared<BoxFuture<'static, std::result::Result<Installed, Arc<ArtifactError>>>>;
+
+/// Pulls, verifies and installs runtime class artifacts under `artifactsDir`. Cheap to clone.
+#[derive(Clone)]
+pub struct ArtifactStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: StoreSettings,
+    observer: Arc<dyn PullObserver>,
+    /// Pulls in progress by class: later callers join the running one.
+    inflight: Mutex<HashMap<String, SharedPull>>,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactStore")
+            .field("artifacts_dir", &self.inner.settings.artifacts_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArtifactStore {
+    pub fn new(settings: StoreSettings) -> Self {
+        Self::with_observer(settings, Arc::new(NoProgress))
+    }
+
+    /// A store that reports layer progress to `observer` (the CLI's progress bars).
+    pub fn with_observer(settings: StoreSettings, observer: Arc<dyn PullObserver>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                observer,
+                inflight: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.inner.settings
+    }
+
+    /// `<artifactsDir>/<class>`.
+    pub fn link(&self, class: &str) -> PathBuf {
+        self.inner.settings.artifacts_dir.join(class)
+    }
+
+    /// What is recorded as installed for `class`.
+    pub fn installed(&self, class: &str) -> Option<ClassState> {
+        state::read(&self.inner.settings.artifacts_dir, class)
+    }
+
+    /// Makes `class`'s artifacts current: checks the manifest and, when it changed (or nothing
+    /// is installed, or the installed files are damaged), pulls and installs the new version.
+    ///
+    /// Concurrent calls for one class share one pull. The pull runs on its own task: a caller
+    /// that goes away does not cancel it.
+    pub async fn ensure(
+        &self,
+        class: &RuntimeClass,
+    ) -> std::result::Result<Installed, Arc<ArtifactError>> {
+        let pull = {
+            let mut inflight = self
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match inflight.get(&class.name) {
+                Some(running) => running.clone(),
+                None => {
+                    let pull = self.start(class.clone());
+                    inflight.insert(class.name.clone(), pull.clone());
+                    pull
+                }
+            }
+        };
+        pull.await
+    }
+
+    fn start(&self, class: RuntimeClass) -> SharedPull {
+        let inner = Arc::clone(&self.inner);
+        let name = class.name.clone();
+        let span = tracing::info_span!("ensure", runtime_class = %class.name, registry = %class.artifacts.url.registry());
+        let task = tokio::spawn(
+            async move {
+                let result = inner.ensure(&class).await.map_err(Arc::new);
+                // Leave no empty `.staging` behind (it fails harmlessly while another pull uses it).
+                let _ = fs::remove_dir(inner.settings.artifacts_dir.join(".staging"));
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "artifacts not installed");
+                }
+                inner
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .remove(&class.name);
+                result
+            }
+            .instrument(span),
+        );
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(Arc::new(ArtifactError::Task {
+                    class: name,
+                    why: e.to_string(),
+                }))
+            })
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+impl Inner {
+    fn io(
+        &self,
+        class: &str,
+        action: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(io::Error) -> ArtifactError {
+        let class = class.to_owned();
+        let path = path.to_owned();
+        move |source| ArtifactError::Io {
+            class,
+            action,
+            path,
+            source,
+        }
+    }
+
+    async fn ensure(&self, class: &RuntimeClass) -> Result<Installed> {
+        let started = Instant::now();
+        let settings = &self.settings;
+        let source = &class.artifacts.url;
+        if !settings.registries.allows(source) {
+            return Err(ArtifactError::NotAllowed {
+                class: class.name.clone(),
+                reference: source.as_str().to_owned(),
+                allowed: settings.registries.allowed.join(", "),
+            });
+        }
+        self.check_link_is_ours(class)?;
+        let registry = Registry::connect(
+            class,
+            source,
+            &settings.registries,
+            &settings.pull_secrets_dir,
+            settings.retry,
+        )?;
+        let reference = to_reference(source);
+        let (body, resolved) = registry.manifest(&reference).await?;
+        let pin = class.pinned_digest().map(|d| d.to_string());
+
+        let previous = state::read(&settings.artifacts_dir, &class.name);
+        if let Some(state) = &previous
+            && state.resolved_digest == resolved
+            && pin
+                .as_ref()
+                .is_none_or(|p| *p == resolved || *p == state.manifest_digest)
+            && self.intact(class, state)
+        {
+            tracing::info!(digest = %state.manifest_digest, "artifacts up to date");
+            return Ok(installed(state, self.link(class), 0, false, started));
+        }
+
+        let (layers, digest) = self
+            .resolve(class, &registry, &reference, &body, &resolved)
+            .await?;
+        if let Some(pin) = &pin
+            && *pin != resolved
+            && *pin != digest
+        {
+            return Err(ArtifactError::PinnedDigestMismatch {
+                class: class.name.clone(),
+                reference: source.as_str().to_owned(),
+                pinned: pin.clone(),
+                actual: resolved,
+            });
+        }
+        let total = self.check_size(class, &layers)?;
+        tracing::info!(digest = %digest, layers = layers.len(), bytes = total, "pulling artifacts");
+        let state = self
+            .install(
+                class, &registry, &reference, &layers, &resolved, &digest, previous,
+            )
+            .await?;
+        tracing::info!(digest = %state.manifest_digest, files = state.files.len(), bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "artifacts installed");
+        Ok(installed(&state, self.link(class), total, true, started))
+    }
+
+    fn link(&self, class: &RuntimeClass) -> PathBuf {
+        self.settings.artifacts_dir.join(&class.name)
+    }
+
+    /// `<artifactsDir>/<class>` must be our symlink or absent: never replace an operator's
+    /// directory (k8s-kata-manager installs there as a plain directory).
+    fn check_link_is_ours(&self, class: &RuntimeClass) -> Result<()> {
+        let link = self.link(class);
+        match fs::symlink_metadata(&link) {
+            Ok(meta) if meta.file_type().is_symlink() => Ok(()),
+            Ok(_) => Err(ArtifactError::NotManaged {
+                class: class.name.clone(),
+                path: link,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(&class.name, "inspecting", &link)(e)),
+        }
+    }
+
+    /// The link points at the recorded version and its files are there with their sizes.
+    /// (Re-hashing every file is the repair check's job, not every start's.)
+    fn intact(&self, class: &RuntimeClass, state: &ClassState) -> bool {
+        let expected = Path::new(".store").join(&state.manifest_digest);
+        let link_ok = fs::read_link(self.link(class)).is_ok_and(|target| target == expected);
+        link_ok
+            && state.files.iter().all(|(rel, record)| {
+                fs::symlink_metadata(state.path.join(rel))
+                    .is_ok_and(|m| m.is_file() && m.len() == record.size)
+            })
+    }
+
+    /// The layers of the node's image manifest and that manifest's digest.
+    async fn resolve(
+        &self,
+        class: &RuntimeClass,
+        registry: &Registry,
+        reference: &oci_client::Reference,
+        body: &[u8],
+        resolved: &str,
+    ) -> Result<(Vec<Layer>, String)> {
+        let bad = |why: String| ArtifactError::BadManifest {
+            class: class.name.clone(),
+            reference: class.artifacts.url.as_str().to_owned(),
+            why,
+        };
+        let (layers, digest) = match manifest::parse(body).map_err(bad)? {
+            Parsed::Image { layers } => (layers, resolved.to_owned()),
+            Parsed::Index { manifests } => {
+                let (os, arch) = manifest::node_platform();
+                let entry = manifest::pick_platform(&manifests, os, arch).map_err(|available| {
+                    ArtifactError::NoPlatform {
+                        class: class.name.clone(),
+                        reference: class.artifacts.url.as_str().to_owned(),
+                        platform: format!("{os}/{arch}"),
+                        available,
+                    }
+                })?;
+                let (body, digest) = registry
+                    .manifest(&reference.clone_with_digest(entry.digest.clone()))
+                    .await?;
+                match manifest::parse(&body).map_err(bad)? {
+                    Parsed::Image { layers } => (layers, digest),
+                    Parsed::Index { .. } => {
+                        return Err(bad(format!(
+                            "{os}/{arch} entry is an index, not an image manifest"
+                        )));
+                    }
+                }
+            }
+        };
+        if digest.parse::<crate::config::Digest>().is_err() {
+            return Err(bad(format!("manifest digest {digest} is not sha256")));
+        }
+        let layers: Vec<Layer> = layers
+            .iter()
+            .map(manifest::classify)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(bad)?;
+        if layers.is_empty() {
+            return Err(bad("the manifest has no layers".into()));
+        }
+        let mut titles = HashSet::new();
+        for layer in &layers {
+            if let LayerKind::File(title) = &layer.kind
+                && !titles.insert(title.clone())
+            {
+                return Err(bad(format!("two layers are titled {title:?}")));
+            }
+        }
+        Ok((layers, digest))
+    }
+
+    /// Refuses before any blob is fetched: more than `limits.maxArtifactBytes`, or less than
+    /// twice that much free space (room for the new version while the old one stays).
+    fn check_size(&self, class: &RuntimeClass, layers: &[Layer]) -> Result<u64> {
+        let limit = self.settings.limits.max_artifact_bytes;
+        let reference = class.artifacts.url.as_str().to_owned();
+        let total = manifest::total_size(layers).unwrap_or(u64::MAX);
+        if total > limit.bytes() {
+            return Err(ArtifactError::TooLarge {
+                class: class.name.clone(),
+                reference,
+                total: ByteSize::from_bytes(total),
+                limit,
+            });
+        }
+        let dir = existing_ancestor(&self.settings.artifacts_dir);
+        if let Some(available) = free_bytes(&dir) {
+            let needed = total.saturating_mul(2);
+            if available < needed {
+                return Err(ArtifactError::NoSpace {
+                    class: class.name.clone(),
+                    reference,
+                    dir,
+                    total,
+                    needed,
+                    available,
+                });
+            }
+        }
+        Ok(total)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn install(
+        &self,
+        class: &RuntimeClass,
+        registry: &Registry,
+        reference: &oci_client::Reference,
+        layers: &[Layer],
+        resolved: &str,
+        digest: &str,
+        previous: Option<ClassState>,
+    ) -> Result<ClassState> {
+        let name = class.name.as_str();
+        let dir = &self.settings.artifacts_dir;
+        let staging = self.staging_dir(name)?;
+        let root = staging.path().join("tree");
+        let blobs = staging.path().join("blobs");
+        for d in [&root, &blobs] {
+            fs::create_dir(d).map_err(self.io(name, "creating", d))?;
+        }
+        let final_dir = dir.join(".store").join(digest);
+
+        let jobs = self.plan(class, layers, &root, &blobs)?;
+        // Boxed so the stream's type names no closure: a closure over borrowed data inside a
+        // spawned future trips the compiler's higher-ranked `Send` check.
+        let downloads: Vec<BoxFuture<'_, Result<()>>> = jobs
+            .iter()
+            .map(|(layer, dest)| {
+                download::fetch(registry, reference, layer, dest, 0o644, &self.observer).boxed()
+            })
+            .collect();
+        futures::stream::iter(downloads)
+            .buffer_unordered(self.settings.parallel_layers.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+
+        let mut files = BTreeMap::new();
+        let mut budget = self.settings.limits.max_artifact_bytes.bytes();
+        for (layer, dest) in &jobs {
+            match &layer.kind {
+                LayerKind::File(title) => {
+                    let rel = paths::relative(Path::new(title)).unwrap_or_default();
+                    files.insert(
+                        rel.display().to_string(),
+                        FileRecord {
+                            size: layer.size,
+                            sha256: layer.digest.to_string(),
+                        },
+                    );
+                    budget = budget.saturating_sub(layer.size);
+                }
+                LayerKind::Tar { into, compression } => {
+                    let unpacked = self
+                        .unpack(class, layer, dest, *compression, &root, into, budget)
+                        .await?;
+                    budget = budget.saturating_sub(unpacked.bytes);
+                    files.extend(unpacked.files);
+                    // The compressed blob is not needed once unpacked: free the space now.
+                    let _ = fs::remove_file(dest);
+                }
+            }
+        }
+
+        let kata_configs = self
+            .rewrite_kata_configs(class, &root, &final_dir, &mut files)
+            .await?;
+        self.commit(name, staging.path(), &root, &final_dir).await?;
+        drop(staging);
+        self.switch_link(name, digest)?;
+
+        let mut older: Vec<String> = previous
+            .map(|p| {
+                let mut list = vec![p.manifest_digest];
+                list.extend(p.previous);
+                list
+            })
+            .unwrap_or_default();
+        older.retain(|d| d != digest);
+        older.dedup();
+        older.truncate(self.settings.limits.keep_versions as usize);
+        let state = ClassState {
+            class: name.to_owned(),
+            reference: class.artifacts.url.as_str().to_owned(),
+            resolved_digest: resolved.to_owned(),
+            manifest_digest: digest.to_owned(),
+            path: final_dir,
+            installed_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default(),
+            files,
+            kata_configs,
+            previous: older,
+        };
+        let state_file = state::file(dir, name);
+        state::write(dir, &state).map_err(self.io(
+            name,
+            "recording the installed version in",
+            &state_file,
+        ))?;
+        Ok(state)
+    }
+
+    /// `<artifactsDir>/.staging/<class>-<random>`, on the same filesystem as the store so the
+    /// install is a rename. Removed when dropped, whatever happened.
+    fn staging_dir(&self, class: &str) -> Result<tempfile::TempDir> {
+        let dir = &self.settings.artifacts_dir;
+        let parent = dir.join(".staging");
+        let make = || -> io::Result<tempfile::TempDir> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&parent)?;
+            tempfile::Builder::new()
+                .prefix(&format!("{class}-"))
+                .tempdir_in(&parent)
+        };
+        // Another pull may remove the (empty) parent between our create and tempdir: once more.
+        make().or_else(|_| make()).map_err(self.io(
+            class,
+            "creating a staging directory in",
+            &parent,
+        ))
+    }
+
+    /// Where each layer goes: a titled file at its place in the tree, a tar blob beside it.
+    /// Every title is checked before anything is fetched.
+    fn plan(
+        &self,
+        class: &RuntimeClass,
+        layers: &[Layer],
+        root: &Path,
+        blobs: &Path,
+    ) -> Result<Vec<(Layer, PathBuf)>> {
+        let unsafe_title = |layer: &Layer, entry: &str, why: String| ArtifactError::UnsafeEntry {
+            class: class.name.clone(),
+            reference: class.artifacts.url.as_str().to_owned(),
+            layer: layer.digest.to_string(),
+            entry: entry.to_owned(),
+            why,
+        };
+        let mut jobs = Vec::new();
+        for layer in layers {
+            let dest = match &layer.kind {
+                LayerKind::File(title) => {
+                    let rel = paths::relative(Path::new(title))
+                        .map_err(|why| unsafe_title(layer, title, format!("layer title: {why}")))?;
+                    paths::prepare_parent(root, &rel)
+                        .map_err(self.io(&class.name, "creating the parents of", &root.join(&rel)))?
+                        .map_err(|why| unsafe_title(layer, title, why.to_string()))?
+                }
+                LayerKind::Tar { into, .. } => {
+                    if !into.is_empty() {
+                        let rel = paths::relative(Path::new(into)).map_err(|why| {
+                            unsafe_title(layer, into, format!("layer title: {why}"))
+                        })?;
+                        let dir = paths::prepare_parent(root, &rel.join("x"))
+                            .map_err(self.io(&class.name, "creating", &root.join(&rel)))?
+                            .map_err(|why| unsafe_title(layer, into, why.to_string()))?;
+                        drop(dir);
+                    }
+                    blobs.join(layer.digest.hex())
+                }
+            };
+            jobs.push((layer.clone(), dest));
+        }
+        Ok(jobs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn unpack(
+        &self,
+        class: &RuntimeClass,
+        layer: &Layer,
+        blob: &Path,
+        compression: manifest::Compression,
+        root: &Path,
+        into: &str,
+        budget: u64,
+    ) -> Result<unpack::Unpacked> {
+        let (blob, root, into_path) = (blob.to_owned(), root.to_owned(), PathBuf::from(into));
+        let result = tokio::task::spawn_blocking(move || {
+            unpack::unpack(&blob, compression, &root, &into_path, budget)
+        })
+        .await
+        .map_err(|e| ArtifactError::Task {
+            class: class.name.clone(),
+            why: e.to_string(),
+        })?;
+        let reference = class.artifacts.url.as_str().to_owned();
+        result.map_err(|e| match e {
+            unpack::UnpackError::Unsafe { entry, why } => ArtifactError::UnsafeEntry {
+                class: class.name.clone(),
+                reference,
+                layer: layer.name(),
+                entry,
+                why,
+            },
+            unpack::UnpackError::Bad(why) => ArtifactError::BadLayer {
+                class: class.name.clone(),
+                reference,
+                layer: layer.name(),
+                why,
+            },
+            unpack::UnpackError::Io {
+                action,
+                path,
+                source,
+            } => ArtifactError::Io {
+                class: class.name.clone(),
+                action,
+                path,
+                source,
+            },
+        })
+    }
+
+    /// Rewrites the kata configurations to the final directory and records their new digests.
+    async fn rewrite_kata_configs(
+        &self,
+        class: &RuntimeClass,
+        root: &Path,
+        final_dir: &Path,
+        files: &mut BTreeMap<String, FileRecord>,
+    ) -> Result<Vec<String>> {
+        let (root, final_dir) = (root.to_owned(), final_dir.to_owned());
+        let config_file = class.runtime.config_file.clone();
+        let name = class.name.clone();
+        let rewritten = tokio::task::spawn_blocking(move || {
+            let files = kataconf::rewrite_all(&root, &final_dir, config_file.as_deref())?;
+            let records: Vec<(String, io::Result<FileRecord>)> = files
+                .iter()
+                .map(|rel| (rel.display().to_string(), hash_file(&root.join(rel))))
+                .collect();
+            Ok::<_, kataconf::KataConfigError>(records)
+        })
+        .await
+        .map_err(|e| ArtifactError::Task {
+            class: name.clone(),
+            why: e.to_string(),
+        })?
+        .map_err(|e| ArtifactError::KataConfig {
+            class: name.clone(),
+            file: match &e {
+                kataconf::KataConfigError::Bad { file, .. } => PathBuf::from(file),
+                kataconf::KataConfigError::Missing(file) => PathBuf::from(file),
+            },
+            why: e.to_string(),
+        })?;
+        let mut names = Vec::new();
+        for (rel, record) in rewritten {
+            let record = record.map_err(self.io(&name, "hashing", Path::new(&rel)))?;
+            files.insert(rel.clone(), record);
+            names.push(rel);
+        }
+        Ok(names)
+    }
+
+    /// Makes the staged tree durable and renames it to `.store/<digest>`. An existing
+    /// directory of that digest (installed for another class, or left by a crash before the
+    /// link switch) is exchanged atomically, then removed with the staging directory.
+    async fn commit(
+        &self,
+        class: &str,
+        staging: &Path,
+        root: &Path,
+        final_dir: &Path,
+    ) -> Result<()> {
+        let store = self.settings.artifacts_dir.join(".store");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&store)
+            .map_err(self.io(class, "creating", &store))?;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).map_err(self.io(
+            class,
+            "setting the mode of",
+            root,
+        ))?;
+        let sync_root = root.to_owned();
+        // One syncfs instead of an fsync per file: the version must be on disk before a link
+        // makes it current, or a power cut could leave the class pointing at empty files.
+        tokio::task::spawn_blocking(move || sync_filesystem(&sync_root))
+            .await
+            .map_err(|e| ArtifactError::Task {
+                class: class.to_owned(),
+                why: e.to_string(),
+            })?
+            .map_err(self.io(class, "syncing", staging))?;
+        match fs::rename(root, final_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if final_dir.is_dir() => {
+                tracing::debug!(error = %e, path = %final_dir.display(), "version directory exists; exchanging it");
+                exchange(root, final_dir).map_err(self.io(class, "installing", final_dir))
+            }
+            Err(e) => Err(self.io(class, "installing", final_dir)(e)),
+        }
+    }
+
+    /// Points `<artifactsDir>/<class>` at `.store/<digest>`: a new symlink renamed over the old
+    /// one, so readers see the old version or the new one, never neither.
+    fn switch_link(&self, class: &str, digest: &str) -> Result<()> {
+        let dir = &self.settings.artifacts_dir;
+        let link = dir.join(class);
+        let tmp = dir.join(format!(".{class}.link-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let target = Path::new(".store").join(digest);
+        std::os::unix::fs::symlink(&target, &tmp).map_err(self.io(class, "creating", &tmp))?;
+        fs::rename(&tmp, &link).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            self.io(class, "switching", &link)(e)
+        })?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn installed(
+    state: &ClassState,
+    link: PathBuf,
+    bytes: u64,
+    pulled: bool,
+    started: Instant,
+) -> Installed {
+    Installed {
+        class: state.class.clone(),
+        reference: state.reference.clone(),
+        digest: state.manifest_digest.clone(),
+        resolved_digest: state.resolved_digest.clone(),
+        path: state.path.clone(),
+        link,
+        files: state.files.clone(),
+        kata_configs: state.kata_configs.clone(),
+        bytes,
+        pulled,
+        duration: started.elapsed(),
+    }
+}
+
+fn hash_file(path: &Path) -> io::Result<FileRecord> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let size = io::copy(&mut file, &mut hasher)?;
+    Ok(FileRecord {
+        size,
+        sha256: format!("sha256:{}", super::hex(&hasher.finalize())),
+    })
+}
+
+/// The directory itself or its nearest existing ancestor (for free space before it exists).
+fn existing_ancestor(dir: &Path) -> PathBuf {
+    dir.ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
+/// Bytes available to us on the filesystem of `dir`, `None` when unknown.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: path is NUL-terminated and stat points to writable memory of the right type.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+fn sync_filesystem(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(path)?;
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Atomically swaps two paths (renameat2 RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both paths are NUL-terminated C strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! Unpacking a verified tar layer into a version's directory, refusing every entry that would
+//! land outside it. Runs on a blocking thread: tar, gzip and zstd readers are synchronous.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::manifest::Compression;
+use super::paths::{self, PathError};
+use super::state::FileRecord;
+
+/// Why a layer could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("refused {entry:?}: {why}")]
+    Unsafe { entry: String, why: String },
+    #[error("{0}")]
+    Bad(String),
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// What an unpacked layer left behind.
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    /// Regular files by relative path.
+    pub files: BTreeMap<String, FileRecord>,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Device nodes and FIFOs skipped, setuid/setgid bits dropped: (entry, what).
+    pub dropped: Vec<(String, &'static str)>,
+}
+
+/// Unpacks `blob` (a tar, maybe compressed) under `root/into`, writing at most `max_bytes`.
+pub fn unpack(
+    blob: &Path,
+    compression: Compression,
+    root: &Path,
+    into: &Path,
+    max_bytes: u64,
+) -> Result<Unpacked, UnpackError> {
+    let file = File::open(blob).map_err(|source| UnpackError::Io {
+        action: "opening",
+        path: blob.to_owned(),
+        source,
+    })?;
+    let reader = BufReader::with_capacity(256 << 10, file);
+    let reader: Box<dyn Read> = match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(reader)
+                .map_err(|e| UnpackError::Bad(format!("not zstd: {e}")))?,
+        ),
+    };
+    Unpacker {
+        root,
+        into,
+        max_bytes,
+        out: Unpacked::default(),
+        dir_modes: Vec::new(),
+    }
+    .run(reader)
+}
+
+struct Unpacker<'a> {
+    root: &'a Path,
+    into: &'a Path,
+    max_bytes: u64,
+    out: Unpacked,
+    /// Directory modes applied last, deepest first, so a read-only directory can still be filled.
+    dir_modes: Vec<(PathBuf, u32)>,
+}
+
+fn unsafe_entry(entry: &Path, why: impl ToString) -> UnpackError {
+    UnpackError::Unsafe {
+        entry: entry.display().to_string(),
+        why: why.to_string(),
+    }
+}
+
+fn io_at<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
+    move |source| UnpackError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Unpacker<'_> {
+    fn run(mut self, reader: Box<dyn Read>) -> Result<Unpacked, UnpackError> {
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive
+            .entries()
+            .map_err(|e| UnpackError::Bad(format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| UnpackError::Bad(format!("corrupt tar archive: {e}")))?;
+            self.entry(entry)?;
+        }
+        self.dir_modes
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (path, mode) in &self.dir_modes {
+            fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                .map_err(io_at("setting the mode of", path))?;
+        }
+        Ok(self.out)
+    }
+
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let name = entry
+            .path()
+            .map_err(|e| UnpackError::Bad(format!("entry with an unreadable name: {e}")))?
+            .into_owned();
+        let rel = match paths::relative(&name) {
+            Ok(rel) => self.into.join(rel),
+            // `./` itself: the top directory, which exists.
+            Err(PathError::Empty) => return Ok(()),
+            Err(why) => return Err(unsafe_entry(&name, why)),
+        };
+        let kind = entry.header().entry_type();
+        let mode = entry
+            .header()
+            .mode()
+            .map_err(|e| UnpackError::Bad(format!("{}: bad mode: {e}", name.display())))?;
+        if let Some(whiteout) = rel
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(".wh."))
+        {
+            return self.whiteout(&name, &rel, whiteout);
+        }
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mode = self.drop_special_bits(&name, mode);
+                self.regular(&name, &rel, mode, &mut entry)
+            }
+            tar::EntryType::Directory => self.directory(&name, &rel, mode),
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| UnpackError::Bad(format!("{}: bad link: {e}", name.display())))?
+                    .ok_or_else(|| unsafe_entry(&name, "symlink without a target"))?
+                    .into_owned();
+                self.symlink(&name, &rel, &target)
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| UnpackError::Bad(format!("{}: bad link: {e}", name.display())))?
+                    .ok_or_else(|| unsafe_entry(&name, "hard link without a target"))?
+                    .into_owned();
+                self.hard_link(&name, &rel, &target)
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                // DESIGN.md "Trust boundary": tar layers lose device nodes; a kata bundle has none.
+                tracing::warn!(entry = %name.display(), "device node or FIFO in a tar layer skipped");
+                self.out
+                    .dropped
+                    .push((name.display().to_string(), "device node or FIFO skipped"));
+                Ok(())
+            }
+            tar::EntryType::GNUSparse => Err(UnpackError::Bad(format!(
+                "{}: sparse files are not supported",
+                name.display()
+            ))),
+            // PAX and GNU long-name headers are consumed by the tar reader; anything else
+            // (e.g. GNU volume labels) carries no file.
+            _ => Ok(()),
+        }
+    }
+
+    fn drop_special_bits(&mut self, name: &Path, mode: u32) -> u32 {
+        if mode & 0o6000 != 0 {
+            // DESIGN.md "Trust boundary": no setuid/setgid binaries from an artifact.
+            tracing::warn!(entry = %name.display(), mode = format_args!("{mode:o}"), "setuid/setgid bits dropped");
+            self.out
+                .dropped
+                .push((name.display().to_string(), "setuid/setgid bits dropped"));
+        }
+        mode & 0o777
+    }
+
+    fn parent(&self, name: &Path, rel: &Path) -> Result<PathBuf, UnpackError> {
+        paths::prepare_parent(self.root, rel)
+            .map_err(io_at("creating the parents of", &self.root.join(rel)))?
+            .map_err(|why| unsafe_entry(name, why))
+    }
+
+    /// Removes what an earlier entry or layer left at `path` (a later entry wins, as in images).
+    fn clear(&self, path: &Path, keep_dir: bool) -> Result<(), UnpackError> {
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() && keep_dir => Ok(()),
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map_err(io_at("replacing", path)),
+            Ok(_) => fs::remove_file(path).map_err(io_at("replacing", path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_at("inspecting", path)(e)),
+        }
+    }
+
+    fn regular<R: Read>(
+        &mut self,
+        name: &Path,
+        rel: &Path,
+        mode: u32,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> Result<(), UnpackError> {
+        let path = self.parent(name, rel)?;
+        self.clear(&path, false)?;
+        // create_new: O_EXCL never follows a symlink at the final component.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(io_at("creating", &path))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut size = 0u64;
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| {
+                UnpackError::Bad(format!("{}: truncated archive: {e}", name.display()))
+            })?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            self.out.bytes += n as u64;
+            if self.out.bytes > self.max_bytes {
+                return Err(UnpackError::Bad(format!(
+                    "unpacks to more than limits.maxArtifactBytes ({} bytes)",
+                    self.max_bytes
+                )));
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(io_at("writing", &path))?;
+        }
+        // The umask may have narrowed the mode given at creation.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_at("setting the mode of", &path))?;
+        self.out.files.insert(
+            rel.display().to_string(),
+            FileRecord {
+                size,
+                sha256: super::hex(&hasher.finalize()),
+            },
+        );
+        Ok(())
+    }
+
+    fn directory(&mut self, name: &Path, rel: &Path, mode: u32) -> Result<(), UnpackError> {
+        let path = self.parent(name, rel)?;
+        self.clear(&path, true)?;
+        if !path.is_dir() {
+            fs::create_dir(&path).map_err(io_at("creating", &path))?;
+        }
+        self.dir_modes.push((path, (mode & 0o777) | 0o700));
+        Ok(())
+    }
+
+    fn symlink(&mut self, name: &Path, rel: &Path, target: &Path) -> Result<(), UnpackError> {
+        paths::check_link_target(rel, target).map_err(|why| unsafe_entry(name, why))?;
+        let path = self.parent(name, rel)?;
+        self.clear(&path, false)?;
+        std::os::unix::fs::symlink(target, &path).map_err(io_at("creating the symlink", &path))?;
+        self.out.files.remove(&rel.display().to_string());
+        Ok(())
+    }
+
+    fn hard_link(&mut self, name: &Path, rel: &Path, target: &Path) -> Result<(), UnpackError> {
+        let target_rel = paths::relative(target)
+            .map(|t| self.into.join(t))
+            .map_err(|why| unsafe_entry(name, format!("hard link target: {why}")))?;
+        let key = target_rel.display().to_string();
+        // Only to a regular file this layer already wrote: never to a host file, never through
+        // a symlink.
+        let record = self.out.files.get(&key).cloned().ok_or_else(|| {
+            unsafe_entry(
+                name,
+                format!("hard link target {key:?} is not a regular file unpacked before it"),
+            )
+        })?;
+        let source = self.parent(name, &target_rel)?;
+        let path = self.parent(name, rel)?;
+        self.clear(&path, false)?;
+        fs::hard_link(&source, &path).map_err(io_at("creating the hard link", &path))?;
+        self.out.files.insert(rel.display().to_string(), record);
+        Ok(())
+    }
+
+    fn whiteout(&mut self, name: &Path, rel: &Path, hidden: &str) -> Result<(), UnpackError> {
+        if hidden == ".wh..opq" {
+            // An opaque directory hides lower layers; we unpack into an empty tree, so only
+            // this archive's earlier entries could be hidden, and images do not do that.
+            return Ok(());
+        }
+        let target = rel.with_file_name(hidden);
+        let path = self.parent(name, &target)?;
+        self.clear(&path, false)?;
+        let prefix = target.display().to_string();
+        self.out
+            .files
+            .retain(|k, _| k != &prefix && !k.starts_with(&format!("{prefix}/")));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Builds a tar with raw headers, so that hostile names reach the archive unchanged.
+    /// name, type, mode, contents, link target.
+    type Spec<'a> = (&'a str, tar::EntryType, u32, &'a [u8], Option<&'a str>);
+
+    fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, mode, data, link) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(*mode);
+            header.set_size(data.len() as u64);
+            {
+                let bytes = header.as_old_mut().name.as_mut();
+                bytes[..name.len()].copy_from_slice(name.as_bytes());
+            }
+            if let Some(link) = link {
+                let bytes = header.as_old_mut().linkname.as_mut();
+                bytes[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            header.set_cksum();
+            builder.append(&header, *data).expect("append");
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    fn run(tar: &[u8]) -> (tempfile::TempDir, Result<Unpacked, UnpackError>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blob = dir.path().join("blob");
+        fs::write(&blob, tar).expect("write");
+        let root = dir.path().join("root");
+        fs::create_dir(&root).expect("root");
+        let result = unpack(&blob, Compression::None, &root, Path::new(""), 1 << 20);
+        (dir, result)
+    }
+
+    use tar::EntryType::{Block, Directory, Link, Regular, Symlink};
+
+    #[test]
+    fn unpacks_with_modes_links_and_digests() {
+        let (dir, result) = run(&tar_of(&[
+            ("./opt/kata/bin/", Directory, 0o755, b"", None),
+            ("./opt/kata/bin/qemu", Regular, 0o4755, b"elf", None),
+            (
+                "./opt/kata/share/vmlinux-6",
+                Regular,
+                0o644,
+                b"kernel",
+                None,
+            ),
+            (
+                "./opt/kata/share/vmlinux.container",
+                Symlink,
+                0o777,
+                b"",
+                Some("vmlinux-6"),
+            ),
+            (
+                "./opt/kata/share/again",
+                Link,
+                0o644,
+                b"",
+                Some("./opt/kata/share/vmlinux-6"),
+            ),
+            ("./dev/null", Block, 0o666, b"", None),
+        ]));
+        let out = result.expect("unpacked");
+        let root = dir.path().join("root");
+        let qemu = fs::metadata(root.join("opt/kata/bin/qemu")).expect("qemu");
+        assert_eq!(qemu.mode() & 0o7777, 0o755, "setuid dropped");
+        assert_eq!(
+            fs::read_link(root.join("opt/kata/share/vmlinux.container")).expect("link"),
+            Path::new("vmlinux-6")
+        );
+        assert_eq!(
+            fs::read(root.join("opt/kata/share/again")).expect("hard link"),
+            b"kernel"
+        );
+        assert!(!root.join("dev/null").exists());
+        assert_eq!(out.dropped.len(), 2);
+        assert_eq!(out.files["opt/kata/share/vmlinux-6"].size, 6);
+        assert_eq!(out.bytes, 9);
+    }
+
+    #[test]
+    fn refuses_entries_that_escape() {
+        for (entries, expected) in [
+            (vec![("../x", Regular, 0o644, &b"x"[..], None)], "`..`"),
+            (
+                vec![("/etc/x", Regular, 0o644, &b"x"[..], None)],
+                "absolute",
+            ),
+            (
+                vec![("l", Symlink, 0o777, &b""[..], Some("/etc"))],
+                "inside the artifact",
+            ),
+            (
+                vec![("a/l", Symlink, 0o777, &b""[..], Some("../../x"))],
+                "inside the artifact",
+            ),
+            (
+                vec![
+                    ("l", Symlink, 0o777, &b""[..], Some(".")),
+                    ("l/x", Regular, 0o644, &b"x"[..], None),
+                ],
+                "symlink or not a directory",
+            ),
+            (
+                vec![("h", Link, 0o644, &b""[..], Some("/etc/passwd"))],
+                "hard link target",
+            ),
+            (
+                vec![("h", Link, 0o644, &b""[..], Some("../etc/passwd"))],
+                "hard link target",
+            ),
+            (
+                vec![("h", Link, 0o644, &b""[..], Some("missing"))],
+                "not a regular file",
+            ),
+        ] {
+            let (_dir, result) = run(&tar_of(&entries));
+            let error = result.expect_err("refused").to_string();
+            assert!(
+                error.contains(expected),
+                "{error} should mention {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn stops_at_the_size_limit() {
+        let big = vec![0u8; 2 << 20];
+        let (_dir, result) = run(&tar_of(&[("big", Regular, 0o644, &big, None)]));
+        assert!(
+            result
+                .expect_err("too big")
+                .to_string()
+                .contains("maxArtifactBytes")
+        );
+    }
+}

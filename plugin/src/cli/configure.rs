@@ -1,0 +1,346 @@
+//! `kata-nri-manager configure` and `kata-nri-manager uninstall`: write (or remove) every runtime
+//! class's stanza in containerd's config in one edit, check it with containerd, commit it, and
+//! restart containerd once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::config::{Config, ContainerdMode, Restart};
+use crate::containerd::commit::{self, read_optional};
+use crate::containerd::diff::edit_diff;
+use crate::containerd::restart::{self, Outcome, ReadyProbe, Strategy};
+use crate::containerd::validate::{ContainerdCheck, DropinCandidate};
+use crate::containerd::{
+    AtomicWriter, ContainerdVersion, DropinChange, Edit, EditOptions, Mode, OwnershipRecord,
+    RuntimeStanza, apply,
+};
+
+/// Where the ownership record lives unless `--state-dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kata-nri-manager";
+/// The ownership record's file name in the state dir.
+pub const OWNERSHIP_FILE: &str = "containerd-ownership.json";
+
+#[derive(Debug, Args)]
+pub struct ConfigureArgs {
+    /// Operator config (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Node-local config (root-owned YAML).
+    #[arg(long, value_name = "FILE")]
+    pub node_config: Option<PathBuf>,
+    /// Print the unified diff of what would be written; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the config but do not restart containerd (a restart is pending).
+    #[arg(long)]
+    pub no_restart: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Operator config (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Node-local config (root-owned YAML).
+    #[arg(long, value_name = "FILE")]
+    pub node_config: Option<PathBuf>,
+    /// Print the unified diff of what would be written; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the config but do not restart containerd (a restart is pending).
+    #[arg(long)]
+    pub no_restart: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Node facts, hidden: for tests and unusual nodes.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Directory of the ownership record.
+    #[arg(
+        long,
+        value_name = "DIR",
+        hide = true,
+        env = "KATA_NRI_MANAGER_STATE_DIR"
+    )]
+    pub state_dir: Option<PathBuf>,
+    /// The containerd binary (version, `config dump` check) [default: `containerd` on PATH].
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub containerd_binary: Option<PathBuf>,
+}
+
+/// `configure`: makes containerd's config serve exactly the config's runtime classes.
+pub fn configure(args: ConfigureArgs) -> Result<()> {
+    let loaded = crate::config::load(&args.config, args.node_config.as_deref())?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let desired = stanzas(&loaded.config);
+    run(
+        &loaded.config,
+        &desired,
+        &args.node,
+        args.dry_run,
+        args.no_restart,
+    )
+}
+
+/// `uninstall`: removes every stanza (and the drop-in and its `imports` entry) we wrote.
+pub fn uninstall(args: UninstallArgs) -> Result<()> {
+    let loaded = crate::config::load(&args.config, args.node_config.as_deref())?;
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    run(
+        &loaded.config,
+        &[],
+        &args.node,
+        args.dry_run,
+        args.no_restart,
+    )
+}
+
+/// The stanza of each runtime class, as the config asks for it.
+pub fn stanzas(config: &Config) -> Vec<RuntimeStanza> {
+    config
+        .runtime_classes
+        .iter()
+        .map(|class| {
+            let runtime = &class.runtime;
+            let mut stanza = RuntimeStanza::new(&class.name, &runtime.runtime_type);
+            stanza.runtime_path = runtime
+                .runtime_path
+                .as_ref()
+                .map(|p| p.display().to_string());
+            stanza.pod_annotations = runtime.pod_annotations.clone();
+            stanza.privileged_without_host_devices = Some(runtime.privileged_without_host_devices);
+            stanza.config_path = runtime.config_file.as_ref().map(|file| {
+                config
+                    .artifacts_dir
+                    .join(&class.name)
+                    .join(file)
+                    .display()
+                    .to_string()
+            });
+            stanza
+        })
+        .collect()
+}
+
+fn mode(mode: ContainerdMode) -> Mode {
+    match mode {
+        ContainerdMode::Auto => Mode::Auto,
+        ContainerdMode::Inline => Mode::Inline,
+        ContainerdMode::Dropin => Mode::Dropin,
+    }
+}
+
+/// The restart strategy of the config.
+pub fn strategy(restart: &Restart) -> Strategy {
+    match restart {
+        Restart::Systemd(s) => Strategy::Systemd {
+            unit: s.unit.clone(),
+            timeout: s.timeout.get(),
+        },
+        Restart::Command(c) => Strategy::Command {
+            argv: c.command.clone(),
+            timeout: c.timeout.get(),
+        },
+        Restart::None => Strategy::None,
+    }
+}
+
+/// The containerd binary: the flag, else `containerd` on PATH.
+fn containerd_binary(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = flag {
+        return Some(path.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("containerd"))
+        .find(|candidate| candidate.is_file())
+}
+
+fn containerd_version(binary: &Path) -> Result<ContainerdVersion> {
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", binary.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} --version failed ({}): {}",
+            binary.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(ContainerdVersion::from_version_output(
+        &String::from_utf8_lossy(&output.stdout),
+    )?)
+}
+
+fn run(
+    config: &Config,
+    desired: &[RuntimeStanza],
+    node: &NodeArgs,
+    dry_run: bool,
+    no_restart: bool,
+) -> Result<()> {
+    let main_path = config.containerd.config_path.as_path();
+    let state_path = node
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+        .join(OWNERSHIP_FILE);
+    let binary = containerd_binary(node.containerd_binary.as_deref());
+    let version = match &binary {
+        Some(binary) => Some(containerd_version(binary)?),
+        None => {
+            eprintln!(
+                "warning: no containerd binary on PATH: the schema comes from the file's `version`, and containerd does not check the new config before it is written"
+            );
+            None
+        }
+    };
+
+    let original = read_optional(main_path)?.unwrap_or_default();
+    let owned = OwnershipRecord::load(&state_path)?;
+    let mut opts = EditOptions::new(main_path);
+    opts.containerd_version = version;
+    opts.enable_nri = !desired.is_empty();
+    opts.dropin_text = read_optional(&opts.dropin_path())?;
+    let edit = apply(
+        &original,
+        desired,
+        &owned,
+        mode(config.containerd.mode),
+        &opts,
+    )?;
+
+    if dry_run {
+        let diff = edit_diff(&edit, main_path);
+        if diff.is_empty() {
+            println!("containerd config {}: no change", main_path.display());
+        } else {
+            print!("{diff}");
+        }
+        return Ok(());
+    }
+    if edit.is_noop() {
+        commit::commit(&edit, main_path, &state_path, &owned, &AtomicWriter::new())?;
+        println!(
+            "containerd config {}: already up to date, no restart",
+            main_path.display()
+        );
+        return Ok(());
+    }
+    let strategy = strategy(&config.containerd.restart);
+    if !no_restart && let Strategy::Systemd { unit, .. } = &strategy {
+        // Refused before writing: a config nobody restarts onto would only be a surprise later.
+        return Err(restart::RestartError::SystemdNotImplemented { unit: unit.clone() }.into());
+    }
+    if let Some(binary) = &binary {
+        check(binary, main_path, &edit, desired)?;
+    }
+    let writer = AtomicWriter::new();
+    let committed = commit::commit(&edit, main_path, &state_path, &owned, &writer)?;
+    for change in &edit.changes {
+        println!("{change:?}");
+    }
+    if no_restart {
+        println!("containerd config written: restart containerd to apply it (restart pending)");
+        return Ok(());
+    }
+    let probe = ReadyProbe::new(&config.containerd.address);
+    match restart::restart_or_roll_back(&strategy, &probe, &committed, &writer)? {
+        Outcome::Restarted { took } => {
+            println!(
+                "containerd restarted and serving ({:.1}s)",
+                took.as_secs_f64()
+            )
+        }
+        Outcome::Pending => println!(
+            "containerd config written; restart method is none: restart containerd to apply it (restart pending)"
+        ),
+    }
+    Ok(())
+}
+
+/// Asks containerd whether it accepts the new files and sees every desired runtime in them.
+fn check(binary: &Path, main_path: &Path, edit: &Edit, desired: &[RuntimeStanza]) -> Result<()> {
+    let dropin = match &edit.dropin {
+        DropinChange::Write { path, text, .. } => Some(DropinCandidate {
+            path: path.as_path(),
+            text: text.as_str(),
+        }),
+        _ => None,
+    };
+    let names: Vec<&str> = desired.iter().map(|s| s.name.as_str()).collect();
+    let accepted = ContainerdCheck::new(binary).check(main_path, &edit.main, dropin, &names)?;
+    for warning in &accepted.warnings {
+        eprintln!("warning: containerd: {warning}");
+    }
+    if let Some(why) = &accepted.skipped {
+        eprintln!("warning: {why}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileKind, parse_str};
+
+    #[test]
+    fn stanzas_follow_the_classes() {
+        let config = parse_str(
+            "artifactsDir: /opt/knm/artifacts\n\
+             annotations: {allowed: [\"io.katacontainers.config.hypervisor.*\"]}\n\
+             runtimeClasses:\n\
+             - name: kata-qemu\n\
+             \x20 artifacts: {url: nvcr.io/kata/qemu:1}\n\
+             \x20 runtime: {runtimePath: /opt/kata/bin/shim, configFile: share/kata.toml, podAnnotations: [\"io.katacontainers.config.hypervisor.*\"]}\n\
+             - name: plain\n\
+             \x20 artifacts: {url: nvcr.io/kata/qemu:1}\n\
+             \x20 runtime: {runtimeType: io.containerd.runc.v2, privilegedWithoutHostDevices: false}\n",
+            Path::new("node.yaml"),
+            FileKind::Trusted,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let stanzas = stanzas(&config);
+        assert_eq!(stanzas.len(), 2);
+        let kata = &stanzas[0];
+        assert_eq!(kata.name, "kata-qemu");
+        assert_eq!(kata.runtime_type, "io.containerd.kata.v2");
+        assert_eq!(kata.runtime_path.as_deref(), Some("/opt/kata/bin/shim"));
+        assert_eq!(
+            kata.config_path.as_deref(),
+            Some("/opt/knm/artifacts/kata-qemu/share/kata.toml")
+        );
+        assert_eq!(kata.privileged_without_host_devices, Some(true));
+        assert_eq!(
+            kata.pod_annotations,
+            ["io.katacontainers.config.hypervisor.*"]
+        );
+        let plain = &stanzas[1];
+        assert_eq!(plain.runtime_type, "io.containerd.runc.v2");
+        assert_eq!(plain.runtime_path, None);
+        assert_eq!(plain.config_path, None);
+        assert_eq!(plain.privileged_without_host_devices, Some(false));
+    }
+
+    #[test]
+    fn restart_methods_map_to_strategies() {
+        assert_eq!(strategy(&Restart::None), Strategy::None);
+        assert!(matches!(
+            strategy(&Restart::default()),
+            Strategy::Systemd { ref unit, .. } if unit == "containerd.service"
+        ));
+    }
+}

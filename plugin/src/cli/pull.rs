@@ -1,0 +1,226 @@
+//! `kata-nri-manager pull --config FILE [--node-config FILE] [CLASS…] [--output json]`: makes
+//! runtime classes' artifacts current, as the daemon would, with a progress bar per layer on a
+//! terminal, plain log lines otherwise, or one JSON document for scripts.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::EnvFilter;
+
+use crate::artifacts::{ArtifactError, ArtifactStore, Installed, PullObserver, StoreSettings};
+use crate::config::RuntimeClass;
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Operator config (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Node-local config (root-owned YAML) holding the keys the operator config may not set.
+    #[arg(long, value_name = "FILE")]
+    pub node_config: Option<PathBuf>,
+    /// Runtime classes to pull [default: every class of the config].
+    #[arg(value_name = "CLASS")]
+    pub classes: Vec<String>,
+    /// `text` for people, `json` for scripts (one document on stdout).
+    #[arg(long, value_enum, default_value_t = PullOutput::Text)]
+    pub output: PullOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullOutput {
+    Text,
+    Json,
+}
+
+/// Pulls the chosen classes at once; fails (after reporting every class) if any failed.
+pub async fn run(args: PullArgs) -> Result<()> {
+    let bars = args.output == PullOutput::Text && std::io::stderr().is_terminal();
+    init_logging(if bars { "warn" } else { "info" });
+    let loaded = crate::config::load(&args.config, args.node_config.as_deref())
+        .with_context(|| format!("loading config {}", args.config.display()))?;
+    for warning in &loaded.warnings {
+        tracing::warn!(%warning, "config");
+    }
+    let config = loaded.config;
+    let classes = select(&config.runtime_classes, &args.classes)?;
+
+    let observer: Arc<dyn PullObserver> = if bars {
+        Arc::new(Bars::default())
+    } else {
+        Arc::new(LogLines)
+    };
+    let store = ArtifactStore::with_observer(StoreSettings::from_config(&config), observer);
+    let results = futures::future::join_all(classes.iter().map(|class| store.ensure(class))).await;
+
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for (class, result) in classes.iter().zip(results) {
+        match result {
+            Ok(installed) => {
+                if args.output == PullOutput::Text {
+                    println!("{}", summary(&installed));
+                }
+                report.push(serde_json::to_value(&installed)?);
+            }
+            Err(error) => {
+                report.push(serde_json::json!({"class": class.name, "error": error.to_string()}));
+                failures.push(error);
+            }
+        }
+    }
+    if args.output == PullOutput::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(anyhow::Error::new(failures.remove(0))),
+        n => {
+            for error in &failures[..n - 1] {
+                eprintln!("error: {error}");
+            }
+            Err(anyhow::Error::new(failures.remove(n - 1)))
+                .context(format!("{n} of {} runtime classes failed", classes.len()))
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A second init (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// The classes named on the command line, in that order, or all of them.
+fn select<'a>(all: &'a [RuntimeClass], names: &[String]) -> Result<Vec<&'a RuntimeClass>> {
+    if names.is_empty() {
+        if all.is_empty() {
+            bail!("the config has no runtimeClasses");
+        }
+        return Ok(all.iter().collect());
+    }
+    names
+        .iter()
+        .map(|name| {
+            all.iter().find(|c| &c.name == name).ok_or_else(|| {
+                anyhow::Error::new(ArtifactError::UnknownClass {
+                    class: name.clone(),
+                    known: all
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            })
+        })
+        .collect()
+}
+
+fn summary(installed: &Installed) -> String {
+    let verb = if installed.pulled {
+        "installed"
+    } else {
+        "up to date"
+    };
+    format!(
+        "{}: {verb} {} ({} files, {} bytes in {:.1}s) at {}",
+        installed.class,
+        installed.digest,
+        installed.files.len(),
+        installed.bytes,
+        installed.duration.as_secs_f64(),
+        installed.link.display()
+    )
+}
+
+/// Progress bars on a terminal, one per layer.
+struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<(String, String), ProgressBar>>,
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Bars {
+    fn bar(&self, class: &str, layer: &str) -> Option<ProgressBar> {
+        self.bars
+            .lock()
+            .ok()?
+            .get(&(class.to_owned(), layer.to_owned()))
+            .cloned()
+    }
+}
+
+impl PullObserver for Bars {
+    fn layer_started(&self, class: &str, layer: &str, size: u64, resumed_at: u64) {
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        let bar = bars
+            .entry((class.to_owned(), layer.to_owned()))
+            .or_insert_with(|| {
+                let bar = self.multi.add(ProgressBar::new(size));
+                let style = ProgressStyle::with_template(
+                    "{prefix:30!} [{bar:30}] {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                bar.set_style(style);
+                bar.set_prefix(format!("{class} {layer}"));
+                bar
+            });
+        bar.set_position(resumed_at);
+    }
+
+    fn layer_progress(&self, class: &str, layer: &str, bytes: u64) {
+        if let Some(bar) = self.bar(class, layer) {
+            bar.inc(bytes);
+        }
+    }
+
+    fn layer_retry(&self, class: &str, layer: &str, attempt: u32, why: &str) {
+        if let Some(bar) = self.bar(class, layer) {
+            bar.set_message(format!("retry {attempt}: {why}"));
+        }
+    }
+
+    fn layer_done(&self, class: &str, layer: &str) {
+        if let Some(bar) = self.bar(class, layer) {
+            bar.finish_with_message("verified");
+        }
+    }
+}
+
+/// Plain log lines (not a terminal: CI logs, journald).
+struct LogLines;
+
+impl PullObserver for LogLines {
+    fn layer_started(&self, class: &str, layer: &str, size: u64, resumed_at: u64) {
+        tracing::info!(
+            runtime_class = class,
+            layer,
+            size,
+            resumed_at,
+            "layer transfer started"
+        );
+    }
+
+    fn layer_done(&self, class: &str, layer: &str) {
+        tracing::info!(runtime_class = class, layer, "layer verified");
+    }
+}

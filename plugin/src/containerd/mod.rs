@@ -1,0 +1,36 @@
+//! containerd's side of a runtime class: its handler stanza in containerd's config.
+//!
+//! - [`schema`]: which config layout (version 2 or 3) a file uses, and k3s/rke2 generated files.
+//! - [`stanza`]: the stanza the rest of the product asks for.
+//! - [`editor`]: the format-preserving edit of the main file; [`dropin`]: our drop-in.
+//! - [`ownership`]: the record of what we wrote, so that we change nothing else.
+//! - [`atomic`] and [`fault`]: atomic file replacement with a backup, and its test fault points.
+//! - [`validate`]: does the result parse, and does containerd accept it (`config dump`).
+//! - [`diff`]: the unified diff `configure --dry-run` prints.
+//! - [`commit`]: writes an edit's files in a crash-safe order and can roll them back.
+
+pub mod atomic;
+pub mod commit;
+pub mod diff;
+pub mod dropin;
+pub mod editor;
+pub mod error;
+pub mod fault;
+mod imports;
+mod layout;
+pub mod ownership;
+mod render;
+pub mod restart;
+pub mod schema;
+mod splice;
+pub mod stanza;
+mod template;
+pub mod validate;
+mod verify;
+
+pub use atomic::{AtomicWriter, FileMode};
+pub use editor::{Change, DropinChange, Edit, EditOptions, Mode, Placement, apply};
+pub use error::{ContainerdError, Result};
+pub use ownership::{DropinRecord, OwnershipRecord};
+pub use schema::{ContainerdVersion, Schema};
+pub use stanza::{OptionValue, RuntimeStanza};

@@ -1,0 +1,422 @@
+//! Getting containerd to read its new config: the restart strategies, the wait until it serves
+//! again, and the way back to the previous config when it does not.
+//!
+//! - `command`: the operator's argv, run without a shell, bounded by the strategy's timeout.
+//! - `none`: nothing is restarted; the caller reports that a restart is pending.
+//! - `systemd`: D-Bus `RestartUnit` (not implemented yet: refused with a clear error).
+//!
+//! Ready means: containerd's gRPC socket was created again (containerd removes and recreates it
+//! on every start, so a changed inode proves a new process) and accepts connections, and still
+//! does after a short settle. Restarts are coalesced by the caller: one edit holds every class,
+//! then one restart.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::atomic::AtomicWriter;
+use super::commit::Committed;
+use super::error::ContainerdError;
+
+/// How containerd is restarted (the config's `containerd.restart`, resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Run `argv` (`argv[0]` an absolute path); it must exit 0 within `timeout`, and containerd
+    /// must serve again within the same `timeout`.
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+    /// systemd's `RestartUnit` over D-Bus.
+    Systemd { unit: String, timeout: Duration },
+    /// Never restart: a restart is pending.
+    None,
+}
+
+impl Strategy {
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Strategy::Command { timeout, .. } | Strategy::Systemd { timeout, .. } => Some(*timeout),
+            Strategy::None => None,
+        }
+    }
+}
+
+/// What a restart did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// containerd was restarted and serves again.
+    Restarted { took: Duration },
+    /// Strategy `none`: containerd still runs with the old config until someone restarts it.
+    Pending,
+}
+
+/// Why containerd could not be restarted onto the new config.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    #[error("restart command is empty: set containerd.restart.command to an argv")]
+    EmptyCommand,
+    #[error(
+        "restart command {program:?} is not an absolute path: give the full path of the program"
+    )]
+    RelativeCommand { program: String },
+    #[error("starting restart command {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("restart command {argv:?} {status}{stderr}")]
+    CommandFailed {
+        argv: Vec<String>,
+        status: String,
+        stderr: String,
+    },
+    #[error("restart command {argv:?} did not finish within {timeout:?} (killed)")]
+    CommandTimeout {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+    #[error(
+        "restart method systemd (unit {unit}) is not implemented yet: use method command (e.g. [\"/usr/bin/systemctl\", \"restart\", \"{unit}\"], with KillMode=process or mixed on the unit) or method none and restart containerd yourself"
+    )]
+    SystemdNotImplemented { unit: String },
+    #[error(
+        "containerd did not serve again on {address} within {timeout:?} after the restart: {detail}"
+    )]
+    NotReady {
+        address: PathBuf,
+        timeout: Duration,
+        detail: String,
+    },
+    #[error(
+        "{cause}; the previous containerd config was restored and containerd restarted with it: look at containerd's log for why it did not start with the new config"
+    )]
+    RolledBack {
+        #[source]
+        cause: Box<RestartError>,
+    },
+    #[error(
+        "{cause}; restoring the previous containerd config then failed too ({rollback}): the node may be left without a working containerd, restore the backups (*.kata-nri-manager.bak) by hand"
+    )]
+    RollbackFailed {
+        #[source]
+        cause: Box<RestartError>,
+        rollback: String,
+    },
+}
+
+/// Waits for containerd at `address` to serve after a restart.
+#[derive(Debug, Clone)]
+pub struct ReadyProbe {
+    /// containerd's gRPC socket.
+    pub address: PathBuf,
+    /// How long the socket must keep answering before containerd counts as up (its CRI plugin
+    /// loads the runtimes just after the socket is served).
+    pub settle: Duration,
+    /// Poll interval.
+    pub interval: Duration,
+}
+
+impl ReadyProbe {
+    pub fn new(address: impl Into<PathBuf>) -> Self {
+        Self {
+            address: address.into(),
+            settle: Duration::from_millis(500),
+            interval: Duration::from_millis(50),
+        }
+    }
+
+    /// What identifies the running containerd's socket (inode and change time), if it exists.
+    pub fn socket_identity(&self) -> Option<(u64, i64, i64)> {
+        std::fs::metadata(&self.address)
+            .ok()
+            .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+    }
+
+    /// Waits until the socket differs from `before` (a new containerd made it), accepts a
+    /// connection, and accepts one again after `settle`; gives up at `deadline`.
+    pub fn wait(
+        &self,
+        before: Option<(u64, i64, i64)>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), RestartError> {
+        let mut last = String::from("the socket does not exist");
+        loop {
+            let identity = self.socket_identity();
+            if identity.is_some() && identity != before {
+                match UnixStream::connect(&self.address) {
+                    Ok(_) => {
+                        let settled = Instant::now() + self.settle;
+                        if settled > deadline {
+                            thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                        } else {
+                            thread::sleep(self.settle);
+                        }
+                        match UnixStream::connect(&self.address) {
+                            Ok(_) if self.socket_identity() == identity => return Ok(()),
+                            Ok(_) => last = "containerd restarted again while settling".into(),
+                            Err(e) => last = format!("connecting after the settle: {e}"),
+                        }
+                    }
+                    Err(e) => last = format!("connecting: {e}"),
+                }
+            } else if identity.is_some() {
+                last = "the socket is still the one of the containerd before the restart".into();
+            }
+            if Instant::now() >= deadline {
+                return Err(RestartError::NotReady {
+                    address: self.address.clone(),
+                    timeout,
+                    detail: last,
+                });
+            }
+            thread::sleep(self.interval);
+        }
+    }
+}
+
+/// Restarts containerd per `strategy` and waits until it serves again.
+pub fn restart(strategy: &Strategy, probe: &ReadyProbe) -> Result<Outcome, RestartError> {
+    match strategy {
+        Strategy::None => Ok(Outcome::Pending),
+        Strategy::Systemd { unit, .. } => {
+            Err(RestartError::SystemdNotImplemented { unit: unit.clone() })
+        }
+        Strategy::Command { argv, timeout } => {
+            let start = Instant::now();
+            let deadline = start + *timeout;
+            let before = probe.socket_identity();
+            run_command(argv, *timeout)?;
+            probe.wait(before, deadline, *timeout)?;
+            Ok(Outcome::Restarted {
+                took: start.elapsed(),
+            })
+        }
+    }
+}
+
+/// Restarts containerd onto the config `committed` wrote. When the restart fails or containerd
+/// does not come back in time, puts the previous files back, restarts again, and returns the
+/// first failure (wrapped in [`RestartError::RolledBack`]).
+pub fn restart_or_roll_back(
+    strategy: &Strategy,
+    probe: &ReadyProbe,
+    committed: &Committed,
+    writer: &AtomicWriter,
+) -> Result<Outcome, RestartError> {
+    let cause = match restart(strategy, probe) {
+        Ok(outcome) => return Ok(outcome),
+        // Nothing was restarted: the new files are on disk, the old containerd still runs.
+        Err(e @ RestartError::SystemdNotImplemented { .. }) => return Err(e),
+        Err(e) => e,
+    };
+    let cause = Box::new(cause);
+    if let Err(e) = committed.rollback(writer) {
+        return Err(RestartError::RollbackFailed {
+            cause,
+            rollback: rollback_detail(&e),
+        });
+    }
+    match restart(strategy, probe) {
+        Ok(_) => Err(RestartError::RolledBack { cause }),
+        Err(e) => Err(RestartError::RollbackFailed {
+            cause,
+            rollback: format!("containerd did not come back with the previous config either: {e}"),
+        }),
+    }
+}
+
+fn rollback_detail(e: &ContainerdError) -> String {
+    format!("putting the previous files back: {e}")
+}
+
+/// Runs `argv` without a shell; it must exit 0 within `timeout`. Its stdout goes nowhere, the
+/// end of its stderr goes into the error.
+pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), RestartError> {
+    let Some(program) = argv.first() else {
+        return Err(RestartError::EmptyCommand);
+    };
+    if !Path::new(program).is_absolute() {
+        return Err(RestartError::RelativeCommand {
+            program: program.clone(),
+        });
+    }
+    let spawn_error = |source| RestartError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let stderr = child.stderr.take().map(|mut pipe| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        })
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().map_err(spawn_error)? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RestartError::CommandTimeout {
+                    argv: argv.to_vec(),
+                    timeout,
+                });
+            }
+            None => thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let text = stderr
+        .and_then(|h| h.join().ok())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let tail: String = {
+        let chars: Vec<char> = text.chars().collect();
+        let skip = chars.len().saturating_sub(2000);
+        chars[skip..].iter().collect()
+    };
+    Err(RestartError::CommandFailed {
+        argv: argv.to_vec(),
+        status: match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => format!("was killed ({status})"),
+        },
+        stderr: if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_command_that_succeeds_is_ok() {
+        run_command(&argv(&["/bin/true"]), Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn a_failing_command_reports_its_status_and_stderr() {
+        let err = run_command(
+            &argv(&["/bin/sh", "-c", "echo no unit >&2; exit 3"]),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("status 3"), "{text}");
+        assert!(text.contains("no unit"), "{text}");
+        let err = run_command(&argv(&["/bin/false"]), Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, RestartError::CommandFailed { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_slow_command_is_killed_at_the_timeout() {
+        let start = Instant::now();
+        let err =
+            run_command(&argv(&["/bin/sleep", "10"]), Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, RestartError::CommandTimeout { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn relative_and_empty_commands_are_refused() {
+        assert!(matches!(
+            run_command(&[], Duration::from_secs(1)),
+            Err(RestartError::EmptyCommand)
+        ));
+        assert!(matches!(
+            run_command(&argv(&["systemctl"]), Duration::from_secs(1)),
+            Err(RestartError::RelativeCommand { .. })
+        ));
+    }
+
+    #[test]
+    fn none_is_pending_and_systemd_is_refused() {
+        let probe = ReadyProbe::new("/nonexistent/containerd.sock");
+        assert_eq!(restart(&Strategy::None, &probe).unwrap(), Outcome::Pending);
+        let err = restart(
+            &Strategy::Systemd {
+                unit: "containerd.service".into(),
+                timeout: Duration::from_secs(1),
+            },
+            &probe,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not implemented yet"), "{err}");
+    }
+
+    #[test]
+    fn the_probe_waits_for_a_new_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = dir.path().join("containerd.sock");
+        let old = std::os::unix::net::UnixListener::bind(&address).unwrap();
+        let mut probe = ReadyProbe::new(&address);
+        probe.settle = Duration::from_millis(20);
+        let before = probe.socket_identity();
+        // The same socket: not restarted.
+        let timeout = Duration::from_millis(200);
+        let err = probe
+            .wait(before, Instant::now() + timeout, timeout)
+            .unwrap_err();
+        assert!(err.to_string().contains("still the one"), "{err}");
+        drop(old);
+        std::fs::remove_file(&address).unwrap();
+        let _new = std::os::unix::net::UnixListener::bind(&address).unwrap();
+        let timeout = Duration::from_secs(2);
+        probe
+            .wait(before, Instant::now() + timeout, timeout)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_failed_restart_rolls_the_files_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "old").unwrap();
+        let writer = AtomicWriter::new();
+        writer
+            .write_with_backup(
+                &main,
+                b"new",
+                crate::containerd::FileMode::Preserve { if_new: 0o644 },
+            )
+            .unwrap();
+        let committed = Committed {
+            changed: vec![crate::containerd::commit::Previous::BackedUp(main.clone())],
+        };
+        let strategy = Strategy::Command {
+            argv: argv(&["/bin/false"]),
+            timeout: Duration::from_secs(2),
+        };
+        let probe = ReadyProbe::new(dir.path().join("containerd.sock"));
+        let err = restart_or_roll_back(&strategy, &probe, &committed, &writer).unwrap_err();
+        // The second restart fails as well here (the command always fails).
+        assert!(matches!(err, RestartError::RollbackFailed { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&main).unwrap(), "old");
+    }
+}

@@ -1,0 +1,170 @@
+//! The daemon's side of the gate protocol.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, info, warn};
+
+use super::error::{GateError, Result};
+use super::protocol::{EnsureReply, EnsureRequest, MAX_LINE};
+
+/// Makes a class ready for a waiting gate.
+///
+/// Implementations run the work in a task of their own: a gate that gives up (its sandbox start
+/// timed out, or containerd killed it) drops this future, and that must never cancel a pull.
+pub trait Ensurer: Send + Sync + 'static {
+    fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// Binds the gate socket (root-only) and answers gates until the future is dropped.
+pub async fn serve(socket: &Path, ensurer: Arc<dyn Ensurer>) -> Result<()> {
+    let listener = bind(socket)?;
+    info!(socket = %socket.display(), "gate socket listening");
+    loop {
+        let (stream, _) = listener.accept().await.map_err(|source| GateError::Io {
+            what: format!("accepting on {}", socket.display()),
+            source,
+        })?;
+        let ensurer = ensurer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, ensurer).await {
+                debug!(error = %e, "gate connection ended early");
+            }
+        });
+    }
+}
+
+fn bind(socket: &Path) -> Result<UnixListener> {
+    let io = |what: String| move |source| GateError::Io { what, source };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("securing {}", dir.display())))?;
+    }
+    // A socket left by a previous daemon would make bind fail.
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("removing stale {}", socket.display()))(e)),
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(io(format!("binding {}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("securing {}", socket.display())))?;
+    Ok(listener)
+}
+
+async fn answer(stream: UnixStream, ensurer: Arc<dyn Ensurer>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_LINE as u64))
+        .read_line(&mut line)
+        .await?;
+    let reply = match serde_json::from_str::<EnsureRequest>(&line) {
+        Ok(request) => {
+            info!(
+                runtime_class = %request.class,
+                sandbox = request.sandbox_id.as_deref().unwrap_or(""),
+                pod = %format_args!("{}/{}", request.pod_namespace.as_deref().unwrap_or("?"), request.pod_name.as_deref().unwrap_or("?")),
+                "gate waits for runtime class"
+            );
+            let class = request.class.clone();
+            match ensurer.ensure(request).await {
+                Ok(()) => EnsureReply::Ready,
+                Err(reason) => {
+                    warn!(runtime_class = %class, %reason, "gate refused");
+                    EnsureReply::Failed { reason }
+                }
+            }
+        }
+        Err(e) => EnsureReply::Failed {
+            reason: format!("unreadable request: {e}"),
+        },
+    };
+    let mut body = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    body.push(b'\n');
+    write.write_all(&body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::client;
+    use std::time::Duration;
+
+    struct Scripted;
+
+    impl Ensurer for Scripted {
+        fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(async move {
+                match request.class.as_str() {
+                    "ready" => Ok(()),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        Ok(())
+                    }
+                    _ => Err("denied by policy 10-namespace-gate: namespace not allowed".into()),
+                }
+            })
+        }
+    }
+
+    fn request(class: &str) -> EnsureRequest {
+        EnsureRequest {
+            class: class.into(),
+            sandbox_id: Some("abc".into()),
+            pod_namespace: Some("team-a".into()),
+            pod_name: Some("p".into()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gates_get_ready_denied_or_timed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/gate.sock");
+        let server = tokio::spawn({
+            let socket = socket.clone();
+            async move { serve(&socket, Arc::new(Scripted)).await }
+        });
+        while !socket.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let ask = |class: &'static str, timeout| {
+            let socket = socket.clone();
+            tokio::task::spawn_blocking(move || client::ensure(&socket, &request(class), timeout))
+        };
+        ask("ready", Duration::from_secs(5)).await.unwrap().unwrap();
+        let denied = ask("other", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(denied.to_string().contains("namespace-gate"), "{denied}");
+        let timed_out = ask("slow", Duration::from_millis(200))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(timed_out, GateError::Timeout { .. }),
+            "{timed_out}"
+        );
+        server.abort();
+    }
+
+    #[test]
+    fn a_missing_daemon_is_named() {
+        let err = client::ensure(
+            Path::new("/nonexistent/gate.sock"),
+            &request("x"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("is the daemon running?"), "{err}");
+    }
+}

@@ -1,0 +1,232 @@
+//! The one wasmtime `Engine` of the daemon: its configuration, the epoch ticker that enforces
+//! deadlines, compilation through the cache, and fresh stores for each call.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use crate::config::PolicyLimits;
+
+use super::bindings::{Policy, PolicyPre, wit};
+use super::cache::{CompileCache, Lookup, hex_sha256};
+use super::error::PolicyError;
+use super::limits::StoreState;
+
+/// How the engine is set up.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Deadline and memory cap of each call (`policies.limits`).
+    pub limits: PolicyLimits,
+    /// Where compiled policies are cached (root-only); `None` compiles in memory every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Shared handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: Option<CompileCache>,
+    /// Hex of the engine's compatibility hash: part of every cache key.
+    engine_hash: String,
+    deadline: Duration,
+    deadline_ticks: u64,
+    memory_cap: usize,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Epoch ticks per deadline: finer ticks cost wakeups, coarser ones make the deadline loose.
+const TICKS_PER_DEADLINE: u32 = 10;
+const MIN_TICK: Duration = Duration::from_millis(1);
+/// Instances the pooling allocator keeps slots for; decisions run at most this many at once.
+pub(crate) const MAX_CONCURRENT_CALLS: u32 = 16;
+
+impl PolicyEngine {
+    pub fn new(options: EngineOptions) -> Result<Self, PolicyError> {
+        let deadline = options.limits.deadline.get();
+        let memory_cap = usize::try_from(options.limits.memory.bytes()).unwrap_or(usize::MAX);
+        let engine = build_engine(memory_cap)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+        Policy::add_to_linker::<_, wasmtime::component::HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+        let cache = match options.cache_dir {
+            Some(dir) => match CompileCache::open(&dir) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    tracing::warn!(error = %e, "compiling policies without a cache");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let tick = (deadline / TICKS_PER_DEADLINE).max(MIN_TICK);
+        let deadline_ticks = u64::try_from(deadline.as_nanos().div_ceil(tick.as_nanos()))
+            .unwrap_or(u64::MAX)
+            // The tick under way when a call starts may end at once: one more keeps the full
+            // deadline.
+            .saturating_add(1);
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), tick, stop_ticker.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                engine_hash: format!("{:016x}", hasher.finish()),
+                deadline,
+                deadline_ticks,
+                memory_cap,
+                stop_ticker,
+            }),
+        })
+    }
+
+    /// The deadline of one call.
+    pub fn deadline(&self) -> Duration {
+        self.inner.deadline
+    }
+
+    /// The memory cap of one call, in bytes.
+    pub fn memory_cap(&self) -> usize {
+        self.inner.memory_cap
+    }
+
+    /// The compile cache in use, if any.
+    pub fn cache(&self) -> Option<&CompileCache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Compiles `bytes` (a component), through the cache. `Err` is the reason, for the caller
+    /// to put into its own error.
+    pub(crate) fn compile(&self, bytes: &[u8]) -> Result<Component, String> {
+        let Some(cache) = &self.inner.cache else {
+            return Component::new(&self.inner.engine, bytes).map_err(|e| format!("{e:#}"));
+        };
+        let key = format!("{}-{}", hex_sha256(bytes), self.inner.engine_hash);
+        match cache.lookup(&key) {
+            Lookup::Hit(compiled) => {
+                // SAFETY: `compiled` is byte for byte what `serialize` gave us for this key:
+                // its sha256 matches the index entry we wrote into a directory only we may
+                // write. That is the condition `deserialize` asks for.
+                match unsafe { Component::deserialize(&self.inner.engine, &compiled) } {
+                    Ok(component) => return Ok(component),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "compiled policy unusable; recompiling")
+                    }
+                }
+            }
+            Lookup::Tampered => tracing::warn!(
+                key,
+                cache = %cache.dir().display(),
+                "compiled policy does not match the digest we recorded; recompiling"
+            ),
+            Lookup::Miss => {}
+        }
+        let component = Component::new(&self.inner.engine, bytes).map_err(|e| format!("{e:#}"))?;
+        match component.serialize() {
+            Ok(compiled) => {
+                if let Err(e) = cache.store(&key, &compiled) {
+                    tracing::warn!(key, error = %e, "cannot cache the compiled policy");
+                }
+            }
+            Err(e) => tracing::warn!(key, error = %e, "cannot serialize the compiled policy"),
+        }
+        Ok(component)
+    }
+
+    /// Links `component` against WASI and checks it exports the policy world.
+    pub(crate) fn instantiate_pre(
+        &self,
+        component: &Component,
+    ) -> Result<PolicyPre<StoreState>, String> {
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("{e:#}"))?;
+        PolicyPre::new(pre).map_err(|e| format!("{e:#}"))
+    }
+
+    /// A store for one call: empty WASI, the memory cap, the deadline armed.
+    pub(crate) fn new_store(&self) -> Store<StoreState> {
+        let mut store = Store::new(&self.inner.engine, StoreState::new(self.inner.memory_cap));
+        store.limiter(|state| &mut state.memory);
+        // Armed before instantiation, which runs guest code too (and traps without it).
+        store.set_epoch_deadline(self.inner.deadline_ticks);
+        store
+    }
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("deadline", &self.inner.deadline)
+            .field("memory_cap", &self.inner.memory_cap)
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_error(e: wasmtime::Error) -> PolicyError {
+    PolicyError::Engine(format!("{e:#}"))
+}
+
+fn build_engine(memory_cap: usize) -> Result<Engine, PolicyError> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    let mut pooling = PoolingAllocationConfig::default();
+    // A Rust wasip2 component is a handful of core instances with one memory; leave room.
+    pooling
+        .total_component_instances(MAX_CONCURRENT_CALLS)
+        .total_core_instances(MAX_CONCURRENT_CALLS * 8)
+        .total_memories(MAX_CONCURRENT_CALLS * 2)
+        .total_tables(MAX_CONCURRENT_CALLS * 8)
+        .max_memory_size(memory_cap);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    match Engine::new(&config) {
+        Ok(engine) => Ok(engine),
+        Err(pooled) => {
+            // Pooling reserves address space up front; where that is refused (a low
+            // RLIMIT_AS), allocate on demand: slower to instantiate, same limits.
+            tracing::warn!(error = %pooled, "policy engine without the pooling allocator");
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&config).map_err(engine_error)
+        }
+    }
+}
+
+fn spawn_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) -> Result<(), PolicyError> {
+    thread::Builder::new()
+        .name("policy-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+        .map_err(|e| PolicyError::Engine(format!("cannot start the epoch ticker: {e}")))
+}
+
+/// The types interface has no functions; the generated trait must still be implemented.
+impl wit::Host for StoreState {}

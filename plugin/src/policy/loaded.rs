@@ -1,0 +1,198 @@
+//! One policy, compiled and linked once, called in a fresh store per decision. Every way a call
+//! can go wrong comes back as a [`PolicyFailure`] naming the policy.
+
+use std::path::{Path, PathBuf};
+
+use wasmtime::Store;
+
+use crate::config::FailurePolicy;
+
+use super::bindings::{
+    Admission, Node, Pod, Policy, PolicyPre, RuntimeDecision, RuntimeSettings, Source,
+    SourceDecision, wit,
+};
+use super::cache::hex_sha256;
+use super::engine::PolicyEngine;
+use super::error::{FailureKind, PolicyError, PolicyFailure};
+use super::limits::StoreState;
+
+/// A policy ready to run.
+pub struct LoadedPolicy {
+    name: String,
+    file: PathBuf,
+    /// `sha256:<hex>` of the component file.
+    digest: String,
+    /// The operator's settings as JSON text, handed to every call.
+    settings: String,
+    failure_policy: FailurePolicy,
+    engine: PolicyEngine,
+    pre: PolicyPre<StoreState>,
+}
+
+impl std::fmt::Debug for LoadedPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPolicy")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .field("digest", &self.digest)
+            .field("failure_policy", &self.failure_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPolicy {
+    /// Reads, compiles (through the cache) and links `file`, then has the policy validate its
+    /// settings (`None`: `{}`).
+    pub fn load(
+        engine: &PolicyEngine,
+        name: &str,
+        file: &Path,
+        settings: Option<&serde_json::Value>,
+        failure_policy: FailurePolicy,
+    ) -> Result<Self, PolicyError> {
+        let bytes = std::fs::read(file).map_err(|source| PolicyError::Read {
+            policy: name.to_owned(),
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(engine, name, file, &bytes, settings, failure_policy)
+    }
+
+    /// [`load`](Self::load) from bytes already read; `file` is for messages.
+    pub fn from_bytes(
+        engine: &PolicyEngine,
+        name: &str,
+        file: &Path,
+        bytes: &[u8],
+        settings: Option<&serde_json::Value>,
+        failure_policy: FailurePolicy,
+    ) -> Result<Self, PolicyError> {
+        let component = engine
+            .compile(bytes)
+            .map_err(|reason| PolicyError::Compile {
+                policy: name.to_owned(),
+                file: file.to_owned(),
+                reason,
+            })?;
+        let pre = engine
+            .instantiate_pre(&component)
+            .map_err(|reason| PolicyError::WrongWorld {
+                policy: name.to_owned(),
+                file: file.to_owned(),
+                reason,
+            })?;
+        let policy = Self {
+            name: name.to_owned(),
+            file: file.to_owned(),
+            digest: format!("sha256:{}", hex_sha256(bytes)),
+            settings: settings.map_or_else(|| "{}".to_owned(), serde_json::Value::to_string),
+            failure_policy,
+            engine: engine.clone(),
+            pre,
+        };
+        let settings_error = |reason| PolicyError::Settings {
+            policy: name.to_owned(),
+            reason,
+        };
+        match policy.call(|p, store| p.call_validate_settings(store, &policy.settings)) {
+            Ok(Ok(())) => Ok(policy),
+            Ok(Err(reason)) => Err(settings_error(bounded(reason))),
+            Err(failure) => Err(settings_error(failure.to_string())),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.failure_policy
+    }
+
+    pub(crate) fn select_source(
+        &self,
+        request: &wit::Request,
+        node: &Node,
+        current: &[Source],
+    ) -> Result<SourceDecision, PolicyFailure> {
+        self.call(|p, store| p.call_select_source(store, &self.settings, request, node, current))
+    }
+
+    pub(crate) fn mutate_runtime(
+        &self,
+        request: &wit::Request,
+        node: &Node,
+        current: &RuntimeSettings,
+    ) -> Result<RuntimeDecision, PolicyFailure> {
+        self.call(|p, store| p.call_mutate_runtime(store, &self.settings, request, node, current))
+    }
+
+    pub(crate) fn admit(
+        &self,
+        request: &wit::Request,
+        node: &Node,
+        pod: &Pod,
+    ) -> Result<Admission, PolicyFailure> {
+        self.call(|p, store| p.call_admit(store, &self.settings, request, node, pod))
+    }
+
+    /// Instantiates in a fresh store and makes one call; the store (and with it all the
+    /// guest's memory) is dropped afterwards, so nothing carries over to the next decision.
+    fn call<R>(
+        &self,
+        f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyFailure> {
+        let mut store = self.engine.new_store();
+        let result = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|policy| f(&policy, &mut store));
+        result.map_err(|error| self.failure(&store, &error))
+    }
+
+    fn failure(&self, store: &Store<StoreState>, error: &wasmtime::Error) -> PolicyFailure {
+        let (kind, message) = if store.data().memory.hit {
+            // The guest's allocator turns a refused grow into an abort (a trap) or an error:
+            // either way the cause is the cap.
+            let cap = crate::config::ByteSize::from_bytes(self.engine.memory_cap() as u64);
+            (FailureKind::MemoryCap, cap.to_string())
+        } else if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            let deadline = self.engine.deadline();
+            (FailureKind::Deadline, format!("{deadline:?}"))
+        } else if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            // The trap alone: the guest's backtrace would bury it.
+            (FailureKind::Trap, trap.to_string())
+        } else {
+            (FailureKind::Trap, bounded(format!("{error:#}")))
+        };
+        PolicyFailure {
+            policy: self.name.clone(),
+            kind,
+            message,
+        }
+    }
+}
+
+/// Longest text of a policy's we repeat in a message.
+const MAX_MESSAGE: usize = 1024;
+
+/// Text from a policy, cut to a size fit for a log line.
+pub(crate) fn bounded(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}

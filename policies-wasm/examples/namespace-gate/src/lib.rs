@@ -1,0 +1,141 @@
+//! `namespace-gate`: only pods of listed namespaces may trigger or start the gated classes.
+//!
+//! Settings: `{"namespaces": ["ml-team", "ci-*"], "classes": ["kata-qemu-nvidia-gpu"]}`. A
+//! namespace entry ending in `*` is a prefix. `classes` limits the gate to those classes (all
+//! classes when absent). Sources and runtime settings pass through unchanged.
+
+use kata_policy_sdk::{
+    Admission, Guest, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source, SourceDecision,
+    keep_runtime, keep_sources, settings,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Settings {
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+}
+
+impl Settings {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let settings: Settings = settings::parse(text)?;
+        if let Some(bad) = settings
+            .namespaces
+            .iter()
+            .find(|n| n.is_empty() || n[..n.len() - 1].contains('*'))
+        {
+            return Err(format!("settings: namespaces: {bad:?} may only end in '*'"));
+        }
+        Ok(settings)
+    }
+
+    fn gates(&self, class: &str) -> bool {
+        self.classes
+            .as_ref()
+            .is_none_or(|classes| classes.iter().any(|c| c == class))
+    }
+
+    fn lists(&self, namespace: &str) -> bool {
+        self.namespaces
+            .iter()
+            .any(|entry| match entry.strip_suffix('*') {
+                Some(prefix) => namespace.starts_with(prefix),
+                None => namespace == entry,
+            })
+    }
+}
+
+/// Whether `pod` may trigger `class`.
+pub fn admit(settings: &Settings, class: &str, pod: &Pod) -> Admission {
+    if !settings.gates(class) || settings.lists(&pod.namespace) {
+        Admission::Allow
+    } else {
+        Admission::Deny(format!(
+            "pods of namespace {:?} may not trigger {class}",
+            pod.namespace
+        ))
+    }
+}
+
+struct NamespaceGate;
+
+impl Guest for NamespaceGate {
+    fn validate_settings(settings: String) -> Result<(), String> {
+        Settings::parse(&settings).map(|_| ())
+    }
+
+    fn select_source(
+        _settings: String,
+        _request: Request,
+        _node: Node,
+        current: Vec<Source>,
+    ) -> SourceDecision {
+        keep_sources(current)
+    }
+
+    fn mutate_runtime(
+        _settings: String,
+        _request: Request,
+        _node: Node,
+        current: RuntimeSettings,
+    ) -> RuntimeDecision {
+        keep_runtime(current)
+    }
+
+    fn admit(settings: String, request: Request, _node: Node, pod: Pod) -> Admission {
+        match Settings::parse(&settings) {
+            Ok(settings) => admit(&settings, &request.class_name, &pod),
+            Err(e) => Admission::Deny(e),
+        }
+    }
+}
+
+kata_policy_sdk::export!(NamespaceGate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(namespace: &str) -> Pod {
+        Pod {
+            namespace: namespace.into(),
+            name: "p".into(),
+            annotations: vec![],
+        }
+    }
+
+    #[test]
+    fn admits_listed_namespaces_and_prefixes() {
+        let s = Settings::parse(r#"{"namespaces":["ml","ci-*"]}"#).expect("settings");
+        assert!(matches!(admit(&s, "kata", &pod("ml")), Admission::Allow));
+        assert!(matches!(admit(&s, "kata", &pod("ci-42")), Admission::Allow));
+        match admit(&s, "kata", &pod("mlx")) {
+            Admission::Deny(reason) => {
+                assert_eq!(reason, r#"pods of namespace "mlx" may not trigger kata"#)
+            }
+            Admission::Allow => panic!("mlx is not listed"),
+        }
+    }
+
+    #[test]
+    fn gates_only_the_listed_classes() {
+        let s =
+            Settings::parse(r#"{"namespaces":["ml"],"classes":["kata-gpu"]}"#).expect("settings");
+        assert!(matches!(
+            admit(&s, "kata-qemu", &pod("default")),
+            Admission::Allow
+        ));
+        assert!(matches!(
+            admit(&s, "kata-gpu", &pod("default")),
+            Admission::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn refuses_inner_stars() {
+        assert!(Settings::parse(r#"{"namespaces":["a*b"]}"#).is_err());
+        assert!(Settings::parse(r#"{"namespaces":[""]}"#).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! A hostile policy for the host's tests: its settings choose how it misbehaves in every call
+//! but `validate-settings` (so it loads): `{"mode": "loop" | "alloc" | "trap" | "recurse" |
+//! "huge-string"}`. Never deploy it.
+
+use std::hint::black_box;
+
+use kata_policy_sdk::{
+    Admission, Guest, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source, SourceDecision,
+};
+
+/// Runs the misbehaviour; returns only for `huge-string` (and unknown modes).
+fn misbehave(settings: &str) -> String {
+    if settings.contains("\"loop\"") {
+        let mut n: u64 = 0;
+        loop {
+            n = black_box(n.wrapping_add(1));
+        }
+    }
+    if settings.contains("\"alloc\"") {
+        // 4 GiB in 64 MiB steps, each touched so it is really committed.
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..64 {
+            hoard.push(vec![1u8; 64 << 20]);
+            black_box(&hoard);
+        }
+    }
+    if settings.contains("\"trap\"") {
+        panic!("misbehave: trap on purpose");
+    }
+    if settings.contains("\"recurse\"") {
+        return format!("{}", deep(black_box(0)));
+    }
+    if settings.contains("\"huge-string\"") {
+        return "x".repeat(10 << 20);
+    }
+    String::from("unknown mode")
+}
+
+// Unbounded on purpose: the host must stop it with its stack limit.
+#[allow(unconditional_recursion)]
+fn deep(n: u64) -> u64 {
+    // The array keeps each frame big and black_box keeps the recursion from becoming a loop.
+    let frame = black_box([n; 64]);
+    deep(black_box(frame[3] + 1)) + frame[7]
+}
+
+struct Misbehave;
+
+impl Guest for Misbehave {
+    fn validate_settings(_settings: String) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn select_source(
+        settings: String,
+        _request: Request,
+        _node: Node,
+        _current: Vec<Source>,
+    ) -> SourceDecision {
+        SourceDecision::Deny(misbehave(&settings))
+    }
+
+    fn mutate_runtime(
+        settings: String,
+        _request: Request,
+        _node: Node,
+        _current: RuntimeSettings,
+    ) -> RuntimeDecision {
+        RuntimeDecision::Deny(misbehave(&settings))
+    }
+
+    fn admit(settings: String, _request: Request, _node: Node, _pod: Pod) -> Admission {
+        Admission::Deny(misbehave(&settings))
+    }
+}
+
+kata_policy_sdk::export!(Misbehave);
