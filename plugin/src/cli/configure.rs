@@ -23,6 +23,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/kata-nri-manager";
 /// The ownership record's file name in the state dir.
 pub const OWNERSHIP_FILE: &str = "containerd-ownership.json";
 
+/// Arguments of `configure` and `uninstall`.
 #[derive(Debug, Args)]
 pub struct ConfigureArgs {
     /// Operator config (YAML).
@@ -41,23 +42,8 @@ pub struct ConfigureArgs {
     pub node: NodeArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct UninstallArgs {
-    /// Operator config (YAML).
-    #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
-    /// Node-local config (root-owned YAML).
-    #[arg(long, value_name = "FILE")]
-    pub node_config: Option<PathBuf>,
-    /// Print the unified diff of what would be written; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Write the config but do not restart containerd (a restart is pending).
-    #[arg(long)]
-    pub no_restart: bool,
-    #[command(flatten)]
-    pub node: NodeArgs,
-}
+/// `uninstall` takes the same arguments as `configure`.
+pub type UninstallArgs = ConfigureArgs;
 
 /// Node facts, hidden: for tests and unusual nodes.
 #[derive(Debug, Args)]
@@ -77,14 +63,10 @@ pub struct NodeArgs {
 
 /// `configure`: makes containerd's config serve exactly the config's runtime classes.
 pub fn configure(args: ConfigureArgs) -> Result<()> {
-    let loaded = crate::config::load(&args.config, args.node_config.as_deref())?;
-    for warning in &loaded.warnings {
-        eprintln!("warning: {warning}");
-    }
-    let desired = stanzas(&loaded.config);
+    let config = load(&args)?;
     run(
-        &loaded.config,
-        &desired,
+        &config,
+        &stanzas(&config),
         &args.node,
         args.dry_run,
         args.no_restart,
@@ -93,17 +75,16 @@ pub fn configure(args: ConfigureArgs) -> Result<()> {
 
 /// `uninstall`: removes every stanza (and the drop-in and its `imports` entry) we wrote.
 pub fn uninstall(args: UninstallArgs) -> Result<()> {
+    let config = load(&args)?;
+    run(&config, &[], &args.node, args.dry_run, args.no_restart)
+}
+
+fn load(args: &ConfigureArgs) -> Result<Config> {
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
-    run(
-        &loaded.config,
-        &[],
-        &args.node,
-        args.dry_run,
-        args.no_restart,
-    )
+    Ok(loaded.config)
 }
 
 /// The stanza of each runtime class, as the config asks for it.
