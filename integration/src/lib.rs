@@ -30,7 +30,7 @@ pub use containerd::{Containerd, K8S_NAMESPACE, KEEP_ENV};
 pub use cri::{
     ContainerSpec, Cri, CriCallError, PodSandboxState, PodSpec, RuntimeStatus, cri_status,
 };
-pub use deps::{Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, require_e2e};
+pub use deps::{Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, repo_root, require_e2e};
 pub use plugin::{EMPTY_CONFIG, PluginOptions, PluginProcess, run_to_completion};
 pub use proxy::CutProxy;
 pub use registry::{Registry, RegistryOptions};

@@ -10,8 +10,16 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-/// A config that configures nothing: enough for the NRI tests.
-pub const EMPTY_CONFIG: &str = "runtimeClasses: []\n";
+/// A config that configures nothing: enough for the NRI tests. The operations endpoint takes
+/// any free port so that tests can run side by side.
+pub const EMPTY_CONFIG: &str = "listen: 127.0.0.1:0\nruntimeClasses: []\n";
+
+/// The node-local config every test daemon gets unless it brings its own: everything the daemon
+/// writes stays in its temporary directory (`{dir}` is replaced with it).
+pub const NODE_CONFIG_TEMPLATE: &str = "artifactsDir: {dir}/artifacts\n\
+containerd:\n  configPath: {dir}/containerd/config.toml\n  restart: {method: none}\n\
+gate: {dir: {dir}/gate, socket: {dir}/run/gate.sock}\n\
+policies: {dir: {dir}/policies.d}\n";
 
 /// How a test starts the daemon.
 #[derive(Debug, Clone)]
@@ -19,6 +27,11 @@ pub struct PluginOptions {
     pub name: String,
     pub idx: String,
     pub config: String,
+    /// The node-local config; `{dir}` is replaced with the daemon's temporary directory.
+    pub node_config: String,
+    /// The daemon's state directory (ownership record, status); default: in its temporary
+    /// directory. Give one to keep state across daemon restarts, as a node does.
+    pub state_dir: Option<PathBuf>,
     pub extra_args: Vec<String>,
 }
 
@@ -28,6 +41,8 @@ impl Default for PluginOptions {
             name: "kata-nri-manager".into(),
             idx: "42".into(),
             config: EMPTY_CONFIG.into(),
+            node_config: NODE_CONFIG_TEMPLATE.into(),
+            state_dir: None,
             extra_args: Vec::new(),
         }
     }
@@ -60,23 +75,49 @@ pub struct PluginProcess {
 impl PluginProcess {
     /// Starts `binary run` against `nri_socket`.
     pub fn start(binary: &Path, nri_socket: &Path, opts: &PluginOptions) -> Result<Self> {
+        Self::start_with_env(binary, nri_socket, opts, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    pub fn start_with_env(
+        binary: &Path,
+        nri_socket: &Path,
+        opts: &PluginOptions,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("knm-plugin-").tempdir()?;
         let config = dir.path().join("config.yaml");
         fs::write(&config, &opts.config)?;
         // The daemon refuses an operator config that others may write.
         fs::set_permissions(&config, fs::Permissions::from_mode(0o600))?;
+        let node_config = dir.path().join("node.yaml");
+        let dir_text = dir
+            .path()
+            .to_str()
+            .context("temporary directory is not UTF-8")?;
+        fs::write(&node_config, opts.node_config.replace("{dir}", dir_text))?;
+        fs::set_permissions(&node_config, fs::Permissions::from_mode(0o600))?;
         let log = dir.path().join("plugin.log");
         let log_file = fs::File::create(&log)?;
         let child = Command::new(binary)
             .arg("run")
             .arg("--config")
             .arg(&config)
+            .arg("--node-config")
+            .arg(&node_config)
+            .arg("--state-dir")
+            .arg(
+                opts.state_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("state")),
+            )
             .arg("--nri-socket")
             .arg(nri_socket)
             .args(["--plugin-name", &opts.name, "--plugin-idx", &opts.idx])
             .args(["--log-format", "json"])
             .args(&opts.extra_args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -92,6 +133,11 @@ impl PluginProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// The daemon's temporary directory (its node-local paths live here).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// The raw log (JSON lines).

@@ -23,6 +23,10 @@ struct Shared {
     cut_after: AtomicU64,
     cuts: AtomicUsize,
     cut: Notify,
+    /// Bytes a connection may carry downstream before it stalls until [`CutProxy::release`].
+    hold_after: AtomicU64,
+    held: AtomicUsize,
+    released: Notify,
 }
 
 impl CutProxy {
@@ -34,6 +38,9 @@ impl CutProxy {
             cut_after: AtomicU64::new(u64::MAX),
             cuts: AtomicUsize::new(0),
             cut: Notify::new(),
+            hold_after: AtomicU64::new(u64::MAX),
+            held: AtomicUsize::new(0),
+            released: Notify::new(),
         });
         let accept_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
@@ -56,6 +63,23 @@ impl CutProxy {
 
     pub fn cuts(&self) -> usize {
         self.shared.cuts.load(Ordering::SeqCst)
+    }
+
+    /// Stalls every connection that carries more than `bytes` downstream (a registry that hangs
+    /// mid-blob) until [`release`](Self::release).
+    pub fn hold_after(&self, bytes: u64) {
+        self.shared.hold_after.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Connections stalled so far.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// Lets stalled connections go on, and stops holding new ones.
+    pub fn release(&self) {
+        self.shared.hold_after.store(u64::MAX, Ordering::SeqCst);
+        self.shared.released.notify_waiters();
     }
 
     /// Resolves when a connection has been cut.
@@ -99,6 +123,14 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
             shared.cuts.fetch_add(1, Ordering::SeqCst);
             shared.cut.notify_one();
             break;
+        }
+        if sent + n as u64 > shared.hold_after.load(Ordering::SeqCst) {
+            let released = shared.released.notified();
+            shared.held.fetch_add(1, Ordering::SeqCst);
+            // Checked again after registering: a release in between must not be missed.
+            if shared.hold_after.load(Ordering::SeqCst) != u64::MAX {
+                released.await;
+            }
         }
         if client_write.write_all(&buf[..n]).await.is_err() {
             break;

@@ -10,3 +10,4 @@ pub mod gate;
 pub mod nri;
 pub mod pods;
 pub mod policy;
+pub mod reconcile;

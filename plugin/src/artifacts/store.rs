@@ -136,6 +136,82 @@ impl ArtifactStore {
         state::read(&self.inner.settings.artifacts_dir, class)
     }
 
+    /// The recorded state of `class` when its link points at the recorded version and the
+    /// version's files are there with their sizes; `None` otherwise. No network.
+    pub fn verified(&self, class: &RuntimeClass) -> Option<ClassState> {
+        let state = state::read(&self.inner.settings.artifacts_dir, &class.name)?;
+        self.inner.intact(class, &state).then_some(state)
+    }
+
+    /// The classes that have an install record, sorted.
+    pub fn recorded_classes(&self) -> Vec<String> {
+        let dir = state::dir(&self.inner.settings.artifacts_dir);
+        let mut classes: Vec<String> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let class = name.strip_suffix(".json")?;
+                (!class.starts_with('.')).then(|| class.to_owned())
+            })
+            .collect();
+        classes.sort();
+        classes
+    }
+
+    /// Removes what we installed for `class`: its link, every version it recorded that no other
+    /// class records, and then its record. Each version leaves the store by a rename before it
+    /// is deleted, and the record goes last, so a crash midway leaves a class that a second
+    /// call removes, never a half-deleted version anyone points at. Returns the versions removed.
+    pub fn remove(&self, class: &str) -> Result<Vec<String>> {
+        let dir = &self.inner.settings.artifacts_dir;
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ArtifactError::Io {
+                class: class.to_owned(),
+                action,
+                path,
+                source,
+            }
+        };
+        let Some(state) = state::read(dir, class) else {
+            return Ok(Vec::new());
+        };
+        let link = dir.join(class);
+        if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&link).map_err(io("removing", &link))?;
+        }
+        let others: HashSet<String> = self
+            .recorded_classes()
+            .into_iter()
+            .filter(|other| other != class)
+            .filter_map(|other| state::read(dir, &other))
+            .flat_map(|s| std::iter::once(s.manifest_digest).chain(s.previous))
+            .collect();
+        let mut removed = Vec::new();
+        for digest in std::iter::once(&state.manifest_digest).chain(&state.previous) {
+            if others.contains(digest) || !is_digest_name(digest) {
+                continue;
+            }
+            let version = dir.join(".store").join(digest);
+            if !version.exists() {
+                continue;
+            }
+            let doomed = dir.join(".store").join(format!(
+                ".gc-{}-{}",
+                digest.replace(':', "-"),
+                std::process::id()
+            ));
+            fs::rename(&version, &doomed).map_err(io("moving aside", &version))?;
+            fs::remove_dir_all(&doomed).map_err(io("removing", &doomed))?;
+            removed.push(digest.clone());
+        }
+        let record = state::file(dir, class);
+        fs::remove_file(&record).map_err(io("removing", &record))?;
+        Ok(removed)
+    }
+
     /// Makes `class`'s artifacts current: checks the manifest and, when it changed (or nothing
     /// is installed, or the installed files are damaged), pulls and installs the new version.
     ///
@@ -739,6 +815,14 @@ fn installed(
         pulled,
         duration: started.elapsed(),
     }
+}
+
+/// `sha256:<64 hex>`: the only names a version directory has (a record naming anything else
+/// is not followed out of the store).
+fn is_digest_name(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn hash_file(path: &Path) -> io::Result<FileRecord> {

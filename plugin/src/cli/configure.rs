@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::config::{Config, ContainerdMode, Restart};
+use crate::config::{Config, ContainerdMode, Provision, Restart};
 use crate::containerd::commit::{self, read_optional};
 use crate::containerd::diff::edit_diff;
 use crate::containerd::restart::{self, Outcome, ReadyProbe, Strategy};
@@ -80,6 +80,8 @@ pub fn uninstall(args: UninstallArgs) -> Result<()> {
 }
 
 fn load(args: &ConfigureArgs) -> Result<Config> {
+    // The edit's warnings and changes are logged; stdout stays the command's report.
+    let _ = super::logging::init(super::LogFormat::Text, None);
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())?;
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
@@ -95,10 +97,18 @@ pub fn stanzas(config: &Config) -> Vec<RuntimeStanza> {
         .map(|class| {
             let runtime = &class.runtime;
             let mut stanza = RuntimeStanza::new(&class.name, &runtime.runtime_type);
-            stanza.runtime_path = runtime
-                .runtime_path
-                .as_ref()
-                .map(|p| p.display().to_string());
+            // An onDemand class starts through its gate link (the daemon installs the gate).
+            stanza.runtime_path = match class.provision {
+                Provision::OnDemand => Some(
+                    crate::gate::link_path(&config.gate.dir, &class.name)
+                        .display()
+                        .to_string(),
+                ),
+                Provision::Eager => runtime
+                    .runtime_path
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+            };
             stanza.pod_annotations = runtime.pod_annotations.clone();
             stanza.privileged_without_host_devices = Some(runtime.privileged_without_host_devices);
             stanza.config_path = runtime.config_file.as_ref().map(|file| {
@@ -166,14 +176,19 @@ fn containerd_version(binary: &Path) -> Result<ContainerdVersion> {
     )?)
 }
 
-fn run(
-    config: &Config,
-    desired: &[RuntimeStanza],
-    node: &NodeArgs,
-    dry_run: bool,
-    no_restart: bool,
-) -> Result<()> {
-    let main_path = config.containerd.config_path.as_path();
+/// An edit of containerd's config, computed and not yet written.
+struct Planned {
+    edit: Edit,
+    owned: OwnershipRecord,
+    main_path: PathBuf,
+    state_path: PathBuf,
+    binary: Option<PathBuf>,
+}
+
+/// Reads containerd's config and our ownership record and computes the edit that makes the
+/// config serve exactly `desired` (of ours).
+fn plan(config: &Config, desired: &[RuntimeStanza], node: &NodeArgs) -> Result<Planned> {
+    let main_path = config.containerd.config_path.clone();
     let state_path = node
         .state_dir
         .clone()
@@ -183,16 +198,15 @@ fn run(
     let version = match &binary {
         Some(binary) => Some(containerd_version(binary)?),
         None => {
-            eprintln!(
-                "warning: no containerd binary on PATH: the schema comes from the file's `version`, and containerd does not check the new config before it is written"
+            tracing::warn!(
+                "no containerd binary on PATH: the schema comes from the file's `version`, and containerd does not check the new config before it is written"
             );
             None
         }
     };
-
-    let original = read_optional(main_path)?.unwrap_or_default();
+    let original = read_optional(&main_path)?.unwrap_or_default();
     let owned = OwnershipRecord::load(&state_path)?;
-    let mut opts = EditOptions::new(main_path);
+    let mut opts = EditOptions::new(&main_path);
     opts.containerd_version = version;
     opts.enable_nri = !desired.is_empty();
     opts.dropin_text = read_optional(&opts.dropin_path())?;
@@ -203,9 +217,86 @@ fn run(
         mode(config.containerd.mode),
         &opts,
     )?;
+    Ok(Planned {
+        edit,
+        owned,
+        main_path,
+        state_path,
+        binary,
+    })
+}
 
+/// What [`write_and_restart`] did.
+pub enum Applied {
+    Unchanged,
+    Written { restart: Option<Outcome> },
+}
+
+/// Checks, commits and (unless `no_restart`) restarts containerd onto a planned edit, rolling
+/// back if containerd does not come back.
+fn write_and_restart(
+    config: &Config,
+    planned: &Planned,
+    desired: &[RuntimeStanza],
+    no_restart: bool,
+) -> Result<Applied> {
+    let Planned {
+        edit,
+        owned,
+        main_path,
+        state_path,
+        binary,
+    } = planned;
+    if edit.is_noop() {
+        commit::commit(edit, main_path, state_path, owned, &AtomicWriter::new())?;
+        return Ok(Applied::Unchanged);
+    }
+    let strategy = strategy(&config.containerd.restart);
+    if !no_restart && let Strategy::Systemd { unit, .. } = &strategy {
+        // Refused before writing: a config nobody restarts onto would only be a surprise later.
+        return Err(restart::RestartError::SystemdNotImplemented { unit: unit.clone() }.into());
+    }
+    if let Some(binary) = binary {
+        check(binary, main_path, edit, desired)?;
+    }
+    let writer = AtomicWriter::new();
+    let committed = commit::commit(edit, main_path, state_path, owned, &writer)?;
+    for change in &edit.changes {
+        tracing::info!(?change, "containerd config changed");
+    }
+    if no_restart {
+        return Ok(Applied::Written { restart: None });
+    }
+    let probe = ReadyProbe::new(&config.containerd.address);
+    let outcome = restart::restart_or_roll_back(&strategy, &probe, &committed, &writer)?;
+    Ok(Applied::Written {
+        restart: Some(outcome),
+    })
+}
+
+/// Makes containerd's config serve exactly `desired` of ours, restarting once if it changed
+/// (unless `no_restart`): the daemon's side of `configure`.
+pub fn sync(
+    config: &Config,
+    desired: &[RuntimeStanza],
+    node: &NodeArgs,
+    no_restart: bool,
+) -> Result<Applied> {
+    let planned = plan(config, desired, node)?;
+    write_and_restart(config, &planned, desired, no_restart)
+}
+
+fn run(
+    config: &Config,
+    desired: &[RuntimeStanza],
+    node: &NodeArgs,
+    dry_run: bool,
+    no_restart: bool,
+) -> Result<()> {
+    let planned = plan(config, desired, node)?;
+    let main_path = &planned.main_path;
     if dry_run {
-        let diff = edit_diff(&edit, main_path);
+        let diff = edit_diff(&planned.edit, main_path);
         if diff.is_empty() {
             println!("containerd config {}: no change", main_path.display());
         } else {
@@ -213,40 +304,26 @@ fn run(
         }
         return Ok(());
     }
-    if edit.is_noop() {
-        commit::commit(&edit, main_path, &state_path, &owned, &AtomicWriter::new())?;
-        println!(
-            "containerd config {}: already up to date, no restart",
-            main_path.display()
-        );
-        return Ok(());
-    }
-    let strategy = strategy(&config.containerd.restart);
-    if !no_restart && let Strategy::Systemd { unit, .. } = &strategy {
-        // Refused before writing: a config nobody restarts onto would only be a surprise later.
-        return Err(restart::RestartError::SystemdNotImplemented { unit: unit.clone() }.into());
-    }
-    if let Some(binary) = &binary {
-        check(binary, main_path, &edit, desired)?;
-    }
-    let writer = AtomicWriter::new();
-    let committed = commit::commit(&edit, main_path, &state_path, &owned, &writer)?;
-    for change in &edit.changes {
+    for change in &planned.edit.changes {
         println!("{change:?}");
     }
-    if no_restart {
-        println!("containerd config written: restart containerd to apply it (restart pending)");
-        return Ok(());
-    }
-    let probe = ReadyProbe::new(&config.containerd.address);
-    match restart::restart_or_roll_back(&strategy, &probe, &committed, &writer)? {
-        Outcome::Restarted { took } => {
-            println!(
-                "containerd restarted and serving ({:.1}s)",
-                took.as_secs_f64()
-            )
+    match write_and_restart(config, &planned, desired, no_restart)? {
+        Applied::Unchanged => println!(
+            "containerd config {}: already up to date, no restart",
+            main_path.display()
+        ),
+        Applied::Written { restart: None } => {
+            println!("containerd config written: restart containerd to apply it (restart pending)")
         }
-        Outcome::Pending => println!(
+        Applied::Written {
+            restart: Some(Outcome::Restarted { took }),
+        } => println!(
+            "containerd restarted and serving ({:.1}s)",
+            took.as_secs_f64()
+        ),
+        Applied::Written {
+            restart: Some(Outcome::Pending),
+        } => println!(
             "containerd config written; restart method is none: restart containerd to apply it (restart pending)"
         ),
     }
@@ -265,10 +342,10 @@ fn check(binary: &Path, main_path: &Path, edit: &Edit, desired: &[RuntimeStanza]
     let names: Vec<&str> = desired.iter().map(|s| s.name.as_str()).collect();
     let accepted = ContainerdCheck::new(binary).check(main_path, &edit.main, dropin, &names)?;
     for warning in &accepted.warnings {
-        eprintln!("warning: containerd: {warning}");
+        tracing::warn!(%warning, "containerd accepted the new config with a warning");
     }
     if let Some(why) = &accepted.skipped {
-        eprintln!("warning: {why}");
+        tracing::warn!(reason = %why, "containerd's config check skipped");
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod logging;
 pub mod policy;
 pub mod pull;
 pub mod run;
+pub mod status;
 
 pub use logging::LogFormat;
 
@@ -38,6 +39,8 @@ pub enum Command {
     Policy(policy::PolicyCommand),
     /// Write the runtime classes' stanzas into containerd's config and restart containerd once.
     Configure(configure::ConfigureArgs),
+    /// Show each runtime class's mode, policy decision, source, digest, state and pods.
+    Status(status::StatusArgs),
     /// Remove every stanza kata-nri-manager wrote from containerd's config; restart once.
     Uninstall(configure::UninstallArgs),
     /// Serve as a runtime class's shim gate. containerd runs the gate through the per-class links
@@ -86,4 +89,15 @@ pub struct RunArgs {
     /// Log format [default: the config's log.format, else text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// How long a class that left the config stays unused before its artifacts are removed.
+    #[arg(long, value_name = "DURATION", hide = true, env = "KATA_NRI_MANAGER_GC_GRACE", value_parser = parse_duration)]
+    pub gc_grace: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub node: configure::NodeArgs,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<crate::config::Duration>()
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
 }

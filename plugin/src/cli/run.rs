@@ -1,48 +1,77 @@
-//! `kata-nri-manager run`, and the launched (pre-registered) mode.
+//! `kata-nri-manager run`, and the launched (pre-registered) mode: the daemon.
+//!
+//! Start-up order matters: the policies decide what this node serves, the gate and its state
+//! files are put in place, containerd's config gets every stanza in one edit and one restart
+//! (before the gate socket listens, so no gate can be waiting while containerd restarts),
+//! then the gate socket, the operations endpoint, the eager classes, GC, and NRI.
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tracing::{error, info};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
 
 use super::RunArgs;
+use super::configure::{self, Applied, NodeArgs};
 use super::logging::{self, LogFormat};
+use crate::artifacts::{ArtifactStore, StoreSettings};
+use crate::config::{Config, Provision};
+use crate::containerd::RuntimeStanza;
+use crate::containerd::restart::Outcome;
+use crate::gate;
 use crate::nri::{self, LaunchEnv, PluginIdentity};
 use crate::pods::PodInventory;
+use crate::policy::{EngineOptions, Guard, NodeFacts, PolicyChain, PolicyEngine, WATCH_INTERVAL};
+use crate::reconcile::gc::Collector;
+use crate::reconcile::status::STATUS_FILE;
+use crate::reconcile::{
+    ContainerdSync, GateEnsurer, Metrics, NriTriggers, Reconciler, StatusBoard, SyncOutcome, http,
+};
 
 /// Where a launched plugin logs: containerd gives it no stdout or stderr.
 const LAUNCHED_LOG_DIR: &str = "/var/log/kata-nri-manager";
+/// The config a launched plugin reads (containerd starts it without arguments).
+const LAUNCHED_CONFIG: &str = "/etc/kata-nri-manager/config.yaml";
+const ENV_CONFIG: &str = "KATA_NRI_MANAGER_CONFIG";
+const ENV_NODE_CONFIG: &str = "KATA_NRI_MANAGER_NODE_CONFIG";
+/// How often a failed containerd configuration is tried again.
+const SYNC_RETRY: Duration = Duration::from_secs(30);
 
 /// Runs the daemon against containerd's NRI socket until SIGTERM or SIGINT.
 pub async fn external(args: RunArgs) -> Result<()> {
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
-    let config = &loaded.config;
+    let config = loaded.config;
     let format = args.log_format.unwrap_or(match config.log.format {
         crate::config::LogFormat::Text => LogFormat::Text,
         crate::config::LogFormat::Json => LogFormat::Json,
     });
     logging::init(format, None).context("setting up logging")?;
     for warning in &loaded.warnings {
-        tracing::warn!(%warning, "config");
+        warn!(%warning, "config");
     }
-
     let identity = PluginIdentity::new(
         args.plugin_name
             .unwrap_or_else(|| config.nri.plugin_name.clone()),
         args.plugin_idx
             .unwrap_or_else(|| config.nri.plugin_idx.clone()),
     )?;
-    let socket = args.nri_socket.unwrap_or_else(|| config.nri.socket.clone());
+    let socket = args
+        .nri_socket
+        .clone()
+        .unwrap_or_else(|| config.nri.socket.clone());
     info!(plugin = %identity, socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "starting");
 
-    let inventory = Arc::new(PodInventory::new());
+    let daemon = Daemon::start(config, args.node, args.gc_grace, true).await?;
     tokio::select! {
-        result = nri::run_external(&socket, &identity, inventory, Arc::new(())) => {
+        result = nri::run_external(&socket, &identity, daemon.triggers.clone(), daemon.triggers.clone()) => {
             result.context("NRI connection")?;
         }
         signal = shutdown_signal() => {
+            // SIGTERM never uninstalls: rolling updates send it.
             info!(signal, "stopping");
         }
     }
@@ -56,9 +85,40 @@ pub async fn launched(launch: nri::Result<LaunchEnv>) -> Result<()> {
     logging::init(LogFormat::Json, Some(&log_file))
         .with_context(|| format!("opening log file {}", log_file.display()))?;
     info!(plugin = %launch.identity, version = env!("CARGO_PKG_VERSION"), "starting as a launched plugin");
-    let inventory = Arc::new(PodInventory::new());
+
+    let config_path = std::env::var_os(ENV_CONFIG)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(LAUNCHED_CONFIG));
+    let node_config = std::env::var_os(ENV_NODE_CONFIG).map(PathBuf::from);
+    let triggers: Arc<NriTriggers> = if config_path.exists() {
+        let loaded = crate::config::load(&config_path, node_config.as_deref())
+            .with_context(|| format!("loading config {}", config_path.display()))?;
+        for warning in &loaded.warnings {
+            warn!(%warning, "config");
+        }
+        // containerd launched us and kills us when it stops: restarting it is not ours to do.
+        let node = NodeArgs {
+            state_dir: None,
+            containerd_binary: None,
+        };
+        Daemon::start(loaded.config, node, None, false)
+            .await?
+            .triggers
+    } else {
+        warn!(
+            config = %config_path.display(),
+            "no config: tracking pods only (set {ENV_CONFIG} or install the config there)"
+        );
+        Arc::new(NriTriggers::new(
+            Arc::new(PodInventory::new()),
+            BTreeSet::new(),
+            mpsc::unbounded_channel().0,
+            Arc::new(Metrics::new()),
+            Arc::new(StatusBoard::new([])),
+        ))
+    };
     let end = tokio::select! {
-        end = nri::run_launched(launch, inventory, Arc::new(())) => end,
+        end = nri::run_launched(launch, triggers.clone(), triggers) => end,
         signal = shutdown_signal() => {
             info!(signal, "stopping");
             return Ok(());
@@ -77,6 +137,330 @@ pub async fn launched(launch: nri::Result<LaunchEnv>) -> Result<()> {
             Err(e.into())
         }
     }
+}
+
+/// The running daemon's parts that outlive start-up.
+struct Daemon {
+    triggers: Arc<NriTriggers>,
+}
+
+impl Daemon {
+    async fn start(
+        config: Config,
+        node: NodeArgs,
+        gc_grace: Option<Duration>,
+        may_restart: bool,
+    ) -> Result<Self> {
+        let config = Arc::new(config);
+        let state_dir = node
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(configure::DEFAULT_STATE_DIR));
+        let metrics = Arc::new(Metrics::new());
+        let board = Arc::new(StatusBoard::new(
+            config
+                .runtime_classes
+                .iter()
+                .map(|c| (c.name.clone(), c.provision)),
+        ));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {} (config key `listen`)", config.listen))?;
+        info!(address = %listener.local_addr().unwrap_or(config.listen), "operations endpoint listening (/metrics, /healthz, /readyz)");
+        tokio::spawn({
+            let (metrics, board) = (metrics.clone(), board.clone());
+            async move {
+                if let Err(e) = http::serve(listener, metrics, board).await {
+                    error!(error = %e, "operations endpoint stopped");
+                }
+            }
+        });
+
+        let engine = PolicyEngine::new(EngineOptions {
+            limits: config.policies.limits.clone(),
+            cache_dir: Some(state_dir.join("policy-cache")),
+        })
+        .context("starting the policy engine")?;
+        let (policies, errors) =
+            PolicyChain::start(engine, config.policies.clone(), Guard::from_config(&config));
+        for e in errors {
+            warn!(error = %e, dir = %config.policies.dir.display(), "policy not loaded");
+        }
+        policies.watch(WATCH_INTERVAL);
+        let node_facts = Arc::new(tokio::task::spawn_blocking(NodeFacts::probe).await?);
+
+        let store = ArtifactStore::new(StoreSettings::from_config(&config));
+        let reconciler = Reconciler::new(
+            config.clone(),
+            store.clone(),
+            policies,
+            node_facts,
+            board.clone(),
+            metrics.clone(),
+        );
+        let stanzas = reconciler.plan().await;
+        let gate_binary =
+            std::env::current_exe().context("locating our own binary for the gate")?;
+        if let Err(e) = reconciler.prepare_gate(&gate_binary) {
+            error!(error = %e, gate_dir = %config.gate.dir.display(), "gate not installed: onDemand classes cannot start");
+        }
+
+        let sync: Arc<dyn ContainerdSync> = Arc::new(CliSync {
+            config: config.clone(),
+            node,
+            may_restart,
+        });
+        configure_containerd(&reconciler, &sync, stanzas.clone(), &metrics).await;
+        if board
+            .not_ready()
+            .is_some_and(|why| why.starts_with("containerd"))
+        {
+            tokio::spawn(retry_containerd(
+                reconciler.clone(),
+                sync.clone(),
+                stanzas,
+                metrics.clone(),
+            ));
+        }
+
+        tokio::spawn({
+            let socket = config.gate.socket.clone();
+            let ensurer = Arc::new(GateEnsurer(reconciler.clone()));
+            async move {
+                if let Err(e) = gate::serve(&socket, ensurer).await {
+                    error!(error = %e, "gate socket stopped: onDemand starts fail until the daemon restarts");
+                }
+            }
+        });
+        reconciler.start_eager();
+
+        let inventory = Arc::new(PodInventory::new());
+        let (signals, mut received) = mpsc::unbounded_channel();
+        let classes: BTreeSet<String> = config
+            .runtime_classes
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let triggers = Arc::new(NriTriggers::new(
+            inventory.clone(),
+            classes,
+            signals,
+            metrics.clone(),
+            board.clone(),
+        ));
+        tokio::spawn({
+            let reconciler = reconciler.clone();
+            async move {
+                while let Some(signal) = received.recv().await {
+                    reconciler.handle(signal);
+                }
+            }
+        });
+        tokio::spawn(write_status(
+            board.clone(),
+            inventory.clone(),
+            state_dir.join(STATUS_FILE),
+        ));
+        tokio::spawn(collect_garbage(
+            reconciler,
+            store,
+            inventory,
+            metrics,
+            config.containerd.address.clone(),
+            gc_grace.unwrap_or(crate::reconcile::gc::DEFAULT_GRACE),
+        ));
+        let on_demand = config
+            .runtime_classes
+            .iter()
+            .filter(|c| c.provision == Provision::OnDemand)
+            .count();
+        info!(
+            classes = config.runtime_classes.len(),
+            on_demand, "daemon started"
+        );
+        Ok(Self { triggers })
+    }
+}
+
+/// containerd configured through the same code as `configure`.
+struct CliSync {
+    config: Arc<Config>,
+    node: NodeArgs,
+    may_restart: bool,
+}
+
+impl ContainerdSync for CliSync {
+    fn sync(&self, desired: &[RuntimeStanza]) -> Result<SyncOutcome, String> {
+        match configure::sync(&self.config, desired, &self.node, !self.may_restart) {
+            Ok(Applied::Unchanged) => Ok(SyncOutcome::Unchanged),
+            Ok(Applied::Written {
+                restart: Some(Outcome::Restarted { took }),
+            }) => Ok(SyncOutcome::Restarted { took }),
+            Ok(Applied::Written { .. }) => Ok(SyncOutcome::Pending),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+}
+
+async fn configure_containerd(
+    reconciler: &Reconciler,
+    sync: &Arc<dyn ContainerdSync>,
+    stanzas: Vec<RuntimeStanza>,
+    metrics: &Metrics,
+) {
+    let board = reconciler.board().clone();
+    let count = stanzas.len();
+    let sync = sync.clone();
+    let result = tokio::task::spawn_blocking(move || sync.sync(&stanzas))
+        .await
+        .unwrap_or_else(|e| Err(format!("configuring containerd did not finish: {e}")));
+    let label = match &result {
+        Ok(SyncOutcome::Unchanged) => "unchanged",
+        Ok(SyncOutcome::Restarted { .. }) => "restarted",
+        Ok(SyncOutcome::Pending) => "pending",
+        Err(_) => "failed",
+    };
+    metrics
+        .containerd_restarts
+        .get_or_create(&crate::reconcile::metrics::ResultLabels { result: label })
+        .inc();
+    match result {
+        Ok(SyncOutcome::Pending) => {
+            warn!(
+                stanzas = count,
+                "containerd config written; restart containerd to serve it (restart pending)"
+            );
+            board.update_containerd(|c| {
+                c.configured = false;
+                c.restart_pending = true;
+                c.last_error = Some(
+                    "restart pending: restart containerd to serve the new runtime handlers".into(),
+                );
+            });
+        }
+        Ok(outcome) => {
+            info!(
+                stanzas = count,
+                ?outcome,
+                "containerd serves the runtime classes"
+            );
+            board.update_containerd(|c| {
+                c.configured = true;
+                c.restart_pending = false;
+                c.last_error = None;
+            });
+        }
+        Err(e) => {
+            error!(error = %e, "containerd not configured");
+            board.update_containerd(|c| {
+                c.configured = false;
+                c.last_error = Some(e);
+            });
+        }
+    }
+}
+
+/// Tries a failed containerd configuration again, never while a gate waits (a restart would
+/// kill the sandbox start it waits for).
+async fn retry_containerd(
+    reconciler: Arc<Reconciler>,
+    sync: Arc<dyn ContainerdSync>,
+    stanzas: Vec<RuntimeStanza>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        tokio::time::sleep(SYNC_RETRY).await;
+        let board = reconciler.board().clone();
+        let pending = {
+            let report = board.report(&[]);
+            report.containerd.restart_pending
+        };
+        if pending
+            || board
+                .not_ready()
+                .is_none_or(|why| !why.starts_with("containerd"))
+        {
+            return;
+        }
+        if reconciler.waiting_gates() > 0 {
+            continue;
+        }
+        configure_containerd(&reconciler, &sync, stanzas.clone(), &metrics).await;
+    }
+}
+
+async fn write_status(board: Arc<StatusBoard>, inventory: Arc<PodInventory>, path: PathBuf) {
+    let mut warned = false;
+    loop {
+        let (board, pods, file) = (board.clone(), inventory.snapshot(), path.clone());
+        let written =
+            tokio::task::spawn_blocking(move || board.write_if_changed(&file, &pods)).await;
+        if let Ok(Err(e)) = written
+            && !warned
+        {
+            warn!(path = %path.display(), error = %e, "status file not written; `status` will not see this daemon");
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn collect_garbage(
+    reconciler: Arc<Reconciler>,
+    store: ArtifactStore,
+    inventory: Arc<PodInventory>,
+    metrics: Arc<Metrics>,
+    cri_address: PathBuf,
+    grace: Duration,
+) {
+    let mut collector = Collector::new(grace);
+    let period = (grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut cri_warned = false;
+    loop {
+        // CRI knows every sandbox; NRI misses the removal of a sandbox whose handler is gone.
+        let pods = match crate::containerd::cri::list_sandboxes(&cri_address).await {
+            Ok(pods) => Some(pods),
+            Err(e) => {
+                if !cri_warned {
+                    warn!(error = %e, "CRI unavailable: garbage collection relies on NRI's pod list");
+                    cri_warned = true;
+                }
+                let synchronized = reconciler.board().report(&[]).nri.synchronized;
+                synchronized.then(|| inventory.snapshot())
+            }
+        };
+        let served: BTreeSet<String> = reconciler.served().into_iter().collect();
+        let recorded = store.recorded_classes();
+        for class in collector.sweep(&recorded, &served, pods.as_deref(), Instant::now()) {
+            match remove(&store, &class).await {
+                Ok(versions) => {
+                    info!(runtime_class = %class, ?versions, "artifacts of a class no longer served removed");
+                    metrics
+                        .gc_removed
+                        .get_or_create(&crate::reconcile::metrics::ClassLabels {
+                            class: class.clone(),
+                        })
+                        .inc();
+                    collector.removed(&class);
+                }
+                Err(e) => warn!(runtime_class = %class, error = %e, "artifacts not removed"),
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+async fn remove(store: &ArtifactStore, class: &str) -> Result<Vec<String>> {
+    let (store, class) = (store.clone(), class.to_owned());
+    Ok(tokio::task::spawn_blocking(move || store.remove(&class)).await??)
+}
+
+/// The daemon's status file under `state_dir`.
+pub fn status_file(state_dir: Option<&Path>) -> PathBuf {
+    state_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(configure::DEFAULT_STATE_DIR))
+        .join(STATUS_FILE)
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -11,6 +11,7 @@
 
 pub mod atomic;
 pub mod commit;
+pub mod cri;
 pub mod diff;
 pub mod dropin;
 pub mod editor;

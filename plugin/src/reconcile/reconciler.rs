@@ -1,0 +1,706 @@
+//! The reconciler: the desired state (the config, and the policies' decisions for this node)
+//! against the observed one (installed artifacts, containerd's stanzas, the pods that run). One
+//! ensure per class at a time, whoever asks (start-up, a gate, a pod's annotation, a pod in
+//! use); the work runs on its own task, so a caller that goes away cancels nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tracing::{info, warn};
+
+use super::metrics::{ClassLabels, GateLabels, Metrics, PullLabels};
+use super::status::{ArtifactState, ClassDecision, StatusBoard};
+use super::triggers::PodSignal;
+use crate::artifacts::ArtifactStore;
+use crate::config::{Config, Provision, RuntimeClass};
+use crate::containerd::RuntimeStanza;
+use crate::gate::{self, EnsureRequest, Ensurer, GateState};
+use crate::policy::{
+    AdmitOutcome, IgnoredFailure, NodeFacts, PodInfo, PolicyChain, Request, RuntimeOutcome,
+    RuntimeOverrides, SourceOutcome, Trigger,
+};
+
+/// Writes containerd's config with exactly the given stanzas of ours and restarts it once if
+/// anything changed. Blocking; the daemon runs it on a blocking thread.
+pub trait ContainerdSync: Send + Sync + 'static {
+    fn sync(&self, desired: &[RuntimeStanza]) -> Result<SyncOutcome, String>;
+}
+
+/// What a containerd sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The config already said this: no write, no restart.
+    Unchanged,
+    /// Written, containerd restarted and serving.
+    Restarted { took: Duration },
+    /// Written; containerd runs the old config until someone restarts it.
+    Pending,
+}
+
+/// A class made ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub digest: String,
+    pub source: String,
+    /// Whether this ensure downloaded (false: the installed version was current).
+    pub pulled: bool,
+}
+
+/// What the node does with a class.
+#[derive(Debug, Clone)]
+enum Plan {
+    Serve(Box<Served>),
+    NotServed { reason: String },
+}
+
+/// A class this node serves.
+#[derive(Debug, Clone)]
+struct Served {
+    class: RuntimeClass,
+    stanza: RuntimeStanza,
+    /// The shim the gate hands over to (`onDemand`).
+    real_shim: Option<PathBuf>,
+}
+
+type SharedEnsure = Shared<BoxFuture<'static, Result<Ready, String>>>;
+
+/// First wait after a failed eager ensure; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+pub struct Reconciler {
+    config: Arc<Config>,
+    store: ArtifactStore,
+    policies: Arc<PolicyChain>,
+    node: Arc<NodeFacts>,
+    board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
+    plans: Mutex<BTreeMap<String, Plan>>,
+    inflight: Mutex<HashMap<String, SharedEnsure>>,
+    waiting_gates: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section is a single insert, remove or replace.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Reconciler {
+    pub fn new(
+        config: Arc<Config>,
+        store: ArtifactStore,
+        policies: Arc<PolicyChain>,
+        node: Arc<NodeFacts>,
+        board: Arc<StatusBoard>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            store,
+            policies,
+            node,
+            board,
+            metrics,
+            plans: Mutex::new(BTreeMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            waiting_gates: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn board(&self) -> &Arc<StatusBoard> {
+        &self.board
+    }
+
+    /// Gates waiting for a class now: containerd is never restarted while one waits.
+    pub fn waiting_gates(&self) -> usize {
+        self.waiting_gates.load(Ordering::SeqCst)
+    }
+
+    /// Names of the classes this node serves.
+    pub fn served(&self) -> Vec<String> {
+        lock(&self.plans)
+            .iter()
+            .filter(|(_, plan)| matches!(plan, Plan::Serve(_)))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Asks the policies about every class and returns the stanzas of the classes this node
+    /// serves. Classes whose artifacts are installed and intact are marked ready (no network).
+    pub async fn plan(&self) -> Vec<RuntimeStanza> {
+        let mut plans = BTreeMap::new();
+        for class in &self.config.runtime_classes {
+            let plan = self.plan_class(class).await;
+            match &plan {
+                Plan::Serve(served) => {
+                    let class = &served.class;
+                    let verified = self.store.verified(class);
+                    self.metrics.set_ready(&class.name, verified.is_some());
+                    self.board.update_class(&class.name, |status| {
+                        status.decision = ClassDecision::Serve;
+                        status.reason = None;
+                        match &verified {
+                            Some(installed) => {
+                                status.state = ArtifactState::Ready;
+                                status.digest = Some(installed.manifest_digest.clone());
+                                status.source = Some(installed.reference.clone());
+                            }
+                            None => status.state = ArtifactState::Absent,
+                        }
+                    });
+                }
+                Plan::NotServed { reason } => {
+                    warn!(runtime_class = %class.name, %reason, "runtime class not served on this node");
+                    self.metrics.set_ready(&class.name, false);
+                }
+            }
+            plans.insert(class.name.clone(), plan);
+        }
+        let stanzas = plans
+            .values()
+            .filter_map(|plan| match plan {
+                Plan::Serve(served) => Some(served.stanza.clone()),
+                Plan::NotServed { .. } => None,
+            })
+            .collect();
+        *lock(&self.plans) = plans;
+        stanzas
+    }
+
+    async fn plan_class(&self, class: &RuntimeClass) -> Plan {
+        let request = Request::for_class(class, Trigger::Startup);
+        let source = self
+            .policies
+            .select_source(request.clone(), self.node.clone())
+            .await;
+        self.log_ignored(&class.name, &source.ignored);
+        match source.outcome {
+            SourceOutcome::Pull { sources } => {
+                self.metrics.decision(&class.name, "select-source", "allow");
+                let first = sources.first().map(|s| s.reference.as_str().to_owned());
+                self.board.update_class(&class.name, |s| s.source = first);
+            }
+            SourceOutcome::Skip { policy, reason } => {
+                self.metrics.decision(&class.name, "select-source", "skip");
+                return self.not_served(
+                    class,
+                    ClassDecision::Skip,
+                    format!("skipped by policy {policy}: {reason}"),
+                );
+            }
+            SourceOutcome::Deny(denial) => {
+                self.metrics.decision(&class.name, "select-source", "deny");
+                return self.not_served(class, ClassDecision::Deny, denial.to_string());
+            }
+        }
+        let runtime = self
+            .policies
+            .mutate_runtime(
+                request,
+                self.node.clone(),
+                RuntimeOverrides::from(&class.runtime),
+            )
+            .await;
+        self.log_ignored(&class.name, &runtime.ignored);
+        let overrides = match runtime.outcome {
+            RuntimeOutcome::Settings { settings } => {
+                self.metrics
+                    .decision(&class.name, "mutate-runtime", "allow");
+                settings
+            }
+            RuntimeOutcome::Deny(denial) => {
+                self.metrics.decision(&class.name, "mutate-runtime", "deny");
+                return self.not_served(class, ClassDecision::Deny, denial.to_string());
+            }
+        };
+        if !overrides.kata_config.is_empty() {
+            warn!(
+                runtime_class = %class.name,
+                settings = ?overrides.kata_config,
+                "policies set kata configuration values; this version does not write them into the installed kata configuration"
+            );
+        }
+
+        let mut stanza = RuntimeStanza::new(&class.name, &class.runtime.runtime_type);
+        stanza.pod_annotations = overrides.pod_annotations;
+        stanza.container_annotations = overrides.container_annotations;
+        stanza.privileged_without_host_devices = Some(overrides.privileged_without_host_devices);
+        stanza.config_path = class.runtime.config_file.as_ref().map(|file| {
+            self.config
+                .artifacts_dir
+                .join(&class.name)
+                .join(file)
+                .display()
+                .to_string()
+        });
+        let real_shim = class
+            .runtime
+            .runtime_path
+            .clone()
+            .or_else(|| shim_on_path(&class.runtime.runtime_type));
+        match class.provision {
+            Provision::Eager => {
+                stanza.runtime_path = class
+                    .runtime
+                    .runtime_path
+                    .as_ref()
+                    .map(|p| p.display().to_string());
+            }
+            Provision::OnDemand => {
+                if real_shim.is_none() {
+                    return self.not_served(
+                        class,
+                        ClassDecision::Deny,
+                        format!(
+                            "no real shim for the gate to start: set runtimeClasses[].runtime.runtimePath in the node-local config, or put {} on PATH",
+                            shim_binary_name(&class.runtime.runtime_type)
+                                .unwrap_or_else(|| "the shim".to_owned())
+                        ),
+                    );
+                }
+                stanza.runtime_path = Some(
+                    gate::link_path(&self.config.gate.dir, &class.name)
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+        if let Err(e) = stanza.validate() {
+            return self.not_served(class, ClassDecision::Deny, e.to_string());
+        }
+        Plan::Serve(Box::new(Served {
+            class: class.clone(),
+            stanza,
+            real_shim,
+        }))
+    }
+
+    fn not_served(&self, class: &RuntimeClass, decision: ClassDecision, reason: String) -> Plan {
+        self.board.update_class(&class.name, |status| {
+            status.decision = decision;
+            status.state = ArtifactState::NotServed;
+            status.reason = Some(reason.clone());
+        });
+        Plan::NotServed { reason }
+    }
+
+    fn log_ignored(&self, class: &str, ignored: &[IgnoredFailure]) {
+        for failure in ignored {
+            warn!(runtime_class = class, policy = %failure.policy, error = %failure, "policy failed; skipped (failurePolicy: ignore)");
+        }
+    }
+
+    /// Installs the gate (`binary` as `<gate.dir>/shim-gate`, a link per `onDemand` class) and
+    /// writes each gated class's state file. Classes gated before but no longer served keep
+    /// their link (containerd may still run their sandboxes' `delete` through it) and are
+    /// marked not ready, so a start asks the daemon, which refuses it.
+    pub fn prepare_gate(&self, binary: &Path) -> Result<(), String> {
+        let gated: Vec<(String, PathBuf)> = lock(&self.plans)
+            .values()
+            .filter_map(|plan| match plan {
+                Plan::Serve(served) if served.class.provision == Provision::OnDemand => served
+                    .real_shim
+                    .clone()
+                    .map(|real| (served.class.name.clone(), real)),
+                _ => None,
+            })
+            .collect();
+        let gate_dir = &self.config.gate.dir;
+        if !gated.is_empty() {
+            let names: Vec<&str> = gated.iter().map(|(name, _)| name.as_str()).collect();
+            gate::links::install(gate_dir, binary, &names).map_err(|e| e.to_string())?;
+        }
+        for (name, real_shim) in &gated {
+            let ready = self.board.class(name).map(|s| s.state) == Some(ArtifactState::Ready);
+            self.write_gate_state(name, real_shim.clone(), ready)?;
+        }
+        let state_dir = gate_dir.join(gate::state::STATE_DIR);
+        for entry in std::fs::read_dir(&state_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let file = entry.file_name();
+            let Some(class) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
+                continue;
+            };
+            if gated.iter().any(|(name, _)| name == class) {
+                continue;
+            }
+            if let Ok(mut state) = GateState::read(gate_dir, class)
+                && state.ready
+            {
+                state.ready = false;
+                state.digest = None;
+                state.write(gate_dir).map_err(|e| e.to_string())?;
+                info!(
+                    runtime_class = class,
+                    "gate of a class no longer served now refuses starts"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn write_gate_state(&self, class: &str, real_shim: PathBuf, ready: bool) -> Result<(), String> {
+        let digest = self.board.class(class).and_then(|s| s.digest);
+        GateState {
+            class: class.to_owned(),
+            real_shim,
+            ready,
+            digest: if ready { digest } else { None },
+            daemon_socket: self.config.gate.socket.clone(),
+            timeout_ms: u64::try_from(self.config.gate.timeout.get().as_millis())
+                .unwrap_or(u64::MAX),
+        }
+        .write(&self.config.gate.dir)
+        .map_err(|e| e.to_string())
+    }
+
+    /// Makes `class` ready: `admit` for the asking pod (if any), then `select-source`, then the
+    /// artifacts. Concurrent calls for one class share one ensure.
+    pub async fn ensure(
+        self: &Arc<Self>,
+        class: &str,
+        trigger: Trigger,
+        pod: Option<PodInfo>,
+    ) -> Result<Ready, String> {
+        let planned = match lock(&self.plans).get(class) {
+            None => {
+                return Err(format!(
+                    "runtime class {class:?} is not in kata-nri-manager's config on this node"
+                ));
+            }
+            Some(Plan::NotServed { reason }) => {
+                return Err(format!(
+                    "runtime class {class} is not served on this node: {reason}"
+                ));
+            }
+            Some(Plan::Serve(served)) => served.class.clone(),
+        };
+        if let Some(pod) = pod {
+            let who = format!("{}/{}", pod.namespace, pod.name);
+            let admit = self
+                .policies
+                .admit(
+                    Request::for_class(&planned, trigger),
+                    self.node.clone(),
+                    pod,
+                )
+                .await;
+            self.log_ignored(class, &admit.ignored);
+            match admit.outcome {
+                AdmitOutcome::Allow => self.metrics.decision(class, "admit", "allow"),
+                AdmitOutcome::Deny(denial) => {
+                    self.metrics.decision(class, "admit", "deny");
+                    return Err(format!("pod {who}: {denial}"));
+                }
+            }
+        }
+        let shared = {
+            let mut inflight = lock(&self.inflight);
+            match inflight.get(class) {
+                Some(running) => running.clone(),
+                None => {
+                    let started = self.start(planned, trigger);
+                    inflight.insert(class.to_owned(), started.clone());
+                    started
+                }
+            }
+        };
+        shared.await
+    }
+
+    fn start(self: &Arc<Self>, class: RuntimeClass, trigger: Trigger) -> SharedEnsure {
+        let this = Arc::clone(self);
+        let name = class.name.clone();
+        let task = tokio::spawn(async move {
+            this.board.update_class(&class.name, |s| {
+                if s.state != ArtifactState::Ready {
+                    s.state = ArtifactState::Pulling;
+                }
+            });
+            let result = this.pull(&class, trigger).await;
+            this.record(&class, &result);
+            lock(&this.inflight).remove(&class.name);
+            result
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("ensuring {name} did not finish: {e}")))
+        }
+        .boxed()
+        .shared()
+    }
+
+    async fn pull(&self, class: &RuntimeClass, trigger: Trigger) -> Result<Ready, String> {
+        let decision = self
+            .policies
+            .select_source(Request::for_class(class, trigger), self.node.clone())
+            .await;
+        self.log_ignored(&class.name, &decision.ignored);
+        let sources = match decision.outcome {
+            SourceOutcome::Pull { sources } => {
+                self.metrics.decision(&class.name, "select-source", "allow");
+                sources
+            }
+            SourceOutcome::Skip { policy, reason } => {
+                self.metrics.decision(&class.name, "select-source", "skip");
+                return Err(format!("skipped by policy {policy}: {reason}"));
+            }
+            SourceOutcome::Deny(denial) => {
+                self.metrics.decision(&class.name, "select-source", "deny");
+                return Err(denial.to_string());
+            }
+        };
+        let mut failures = Vec::new();
+        for source in sources {
+            let mut attempt = class.clone();
+            attempt.artifacts.url = source.reference.clone();
+            if source.digest.is_some() {
+                attempt.artifacts.digest = source.digest.clone();
+            }
+            match self.store.ensure(&attempt).await {
+                Ok(installed) => {
+                    let labels = ClassLabels {
+                        class: class.name.clone(),
+                    };
+                    let result = if installed.pulled {
+                        self.metrics
+                            .pull_bytes
+                            .get_or_create(&labels)
+                            .inc_by(installed.bytes);
+                        self.metrics
+                            .pull_seconds
+                            .get_or_create(&labels)
+                            .observe(installed.duration.as_secs_f64());
+                        "pulled"
+                    } else {
+                        "up_to_date"
+                    };
+                    self.count_pull(&class.name, result);
+                    return Ok(Ready {
+                        digest: installed.digest,
+                        source: source.reference.as_str().to_owned(),
+                        pulled: installed.pulled,
+                    });
+                }
+                Err(e) => {
+                    self.count_pull(&class.name, "failed");
+                    failures.push(error_chain(&*e));
+                }
+            }
+        }
+        Err(match failures.len() {
+            0 => "the policies returned no source".to_owned(),
+            1 => failures.remove(0),
+            n => format!("all {n} sources failed: {}", failures.join("; ")),
+        })
+    }
+
+    fn count_pull(&self, class: &str, result: &'static str) {
+        self.metrics
+            .pulls
+            .get_or_create(&PullLabels {
+                class: class.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    fn record(&self, class: &RuntimeClass, result: &Result<Ready, String>) {
+        match result {
+            Ok(ready) => {
+                info!(runtime_class = %class.name, digest = %ready.digest, source = %ready.source, pulled = ready.pulled, "runtime class ready");
+                self.board.update_class(&class.name, |s| {
+                    s.state = ArtifactState::Ready;
+                    s.digest = Some(ready.digest.clone());
+                    s.source = Some(ready.source.clone());
+                    s.last_error = None;
+                    s.failures = 0;
+                });
+                self.metrics.set_ready(&class.name, true);
+                let real_shim = match lock(&self.plans).get(&class.name) {
+                    Some(Plan::Serve(served)) => served.real_shim.clone(),
+                    _ => None,
+                };
+                if class.provision == Provision::OnDemand
+                    && let Some(real) = real_shim
+                    && let Err(e) = self.write_gate_state(&class.name, real, true)
+                {
+                    warn!(runtime_class = %class.name, error = %e, "gate state not written: starts keep asking the daemon");
+                }
+            }
+            Err(e) => {
+                warn!(runtime_class = %class.name, error = %e, "runtime class not ready");
+                self.board.update_class(&class.name, |s| {
+                    if s.state != ArtifactState::Ready {
+                        s.state = ArtifactState::Failed;
+                    }
+                    s.last_error = Some(e.clone());
+                    s.failures += 1;
+                });
+            }
+        }
+    }
+
+    /// Ensures every served `eager` class in the background, retrying with backoff until it
+    /// is ready.
+    pub fn start_eager(self: &Arc<Self>) {
+        let eager: Vec<String> = lock(&self.plans)
+            .values()
+            .filter_map(|plan| match plan {
+                Plan::Serve(served) if served.class.provision == Provision::Eager => {
+                    Some(served.class.name.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for class in eager {
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let mut delay = FIRST_RETRY;
+                while let Err(e) = this.ensure(&class, Trigger::Startup, None).await {
+                    warn!(runtime_class = %class, error = %e, retry_in_s = delay.as_secs(), "eager runtime class failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY);
+                }
+            });
+        }
+    }
+
+    /// Acts on what a pod said (from an NRI hook, through the channel): never on the hook's
+    /// path.
+    pub fn handle(self: &Arc<Self>, signal: PodSignal) {
+        match signal {
+            PodSignal::Prepare { classes, pod } => {
+                for class in classes {
+                    let this = Arc::clone(self);
+                    let pod = pod.clone();
+                    tokio::spawn(async move {
+                        let who = format!("{}/{}", pod.namespace, pod.name);
+                        match this.ensure(&class, Trigger::PodAnnotation, Some(pod)).await {
+                            Ok(ready) => {
+                                info!(runtime_class = %class, pod = %who, digest = %ready.digest, "prepared on a pod's request")
+                            }
+                            Err(e) => {
+                                warn!(runtime_class = %class, pod = %who, error = %e, "prepare annotation not honoured")
+                            }
+                        }
+                    });
+                }
+            }
+            PodSignal::InUse { class } => {
+                let planned = match lock(&self.plans).get(&class) {
+                    Some(Plan::Serve(served)) => served.class.clone(),
+                    _ => return,
+                };
+                if self.store.verified(&planned).is_some() {
+                    return;
+                }
+                if lock(&self.inflight).contains_key(&class) {
+                    return;
+                }
+                warn!(runtime_class = %class, "a sandbox of this class runs but its artifacts are missing or damaged; repairing");
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let _ = this.ensure(&class, Trigger::Update, None).await;
+                });
+            }
+        }
+    }
+}
+
+/// The gate socket's side: each waiting gate is an ensure with the pod's identity.
+pub struct GateEnsurer(pub Arc<Reconciler>);
+
+impl Ensurer for GateEnsurer {
+    fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), String>> {
+        let reconciler = Arc::clone(&self.0);
+        Box::pin(async move {
+            reconciler.waiting_gates.fetch_add(1, Ordering::SeqCst);
+            // An unknown identity is an empty one: a namespace rule then denies, never admits.
+            let pod = PodInfo {
+                namespace: request.pod_namespace.unwrap_or_default(),
+                name: request.pod_name.unwrap_or_default(),
+                annotations: BTreeMap::new(),
+            };
+            let result = reconciler
+                .ensure(&request.class, Trigger::Gate, Some(pod))
+                .await;
+            reconciler.waiting_gates.fetch_sub(1, Ordering::SeqCst);
+            reconciler
+                .metrics
+                .gate_requests
+                .get_or_create(&GateLabels {
+                    class: request.class.clone(),
+                    result: if result.is_ok() { "ready" } else { "failed" },
+                })
+                .inc();
+            result.map(|_| ())
+        })
+    }
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// containerd's shim binary name for a runtime type: `io.containerd.kata-qemu.v2` →
+/// `containerd-shim-kata-qemu-v2`.
+fn shim_binary_name(runtime_type: &str) -> Option<String> {
+    let rest = runtime_type.strip_prefix("io.containerd.")?;
+    let (name, version) = rest.rsplit_once('.')?;
+    Some(format!("containerd-shim-{name}-{version}"))
+}
+
+/// Where containerd would find the shim of `runtime_type` on PATH.
+fn shim_on_path(runtime_type: &str) -> Option<PathBuf> {
+    let binary = shim_binary_name(runtime_type)?;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(&binary))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_names_follow_containerd() {
+        assert_eq!(
+            shim_binary_name("io.containerd.kata-qemu-nvidia-gpu.v2").as_deref(),
+            Some("containerd-shim-kata-qemu-nvidia-gpu-v2")
+        );
+        assert_eq!(
+            shim_binary_name("io.containerd.runc.v2").as_deref(),
+            Some("containerd-shim-runc-v2")
+        );
+        assert_eq!(shim_binary_name("kata"), None);
+    }
+
+    #[test]
+    fn error_chains_skip_repeated_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("pulling kata: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(error_chain(&e), "pulling kata: connection refused");
+    }
+}

@@ -1,0 +1,343 @@
+//! What the daemon knows about each class and about its connections: the source of `status`,
+//! `/readyz` and the status file the `status` command reads.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Provision;
+use crate::pods::PodRecord;
+
+/// The status file's name in the state directory.
+pub const STATUS_FILE: &str = "status.json";
+
+/// Where a class's artifacts are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ArtifactState {
+    /// Not installed (an `onDemand` class nobody asked for yet).
+    Absent,
+    Pulling,
+    Ready,
+    /// The last attempt failed; `lastError` says why.
+    Failed,
+    /// Policies decided this node does not serve the class: no stanza, no artifacts.
+    NotServed,
+}
+
+impl ArtifactState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactState::Absent => "absent",
+            ArtifactState::Pulling => "pulling",
+            ArtifactState::Ready => "ready",
+            ArtifactState::Failed => "failed",
+            ArtifactState::NotServed => "not-served",
+        }
+    }
+}
+
+/// What the policies decided for a class on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ClassDecision {
+    /// Stanza written; artifacts pulled per the provisioning mode.
+    Serve,
+    /// A policy said `skip`: the class is not for this node.
+    Skip,
+    /// A policy (or the host's checks) denied it.
+    Deny,
+}
+
+/// One runtime class as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassStatus {
+    pub class: String,
+    pub provision: Provision,
+    pub decision: ClassDecision,
+    /// Why the class is skipped or denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The reference the artifacts come from (after policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The installed version (image manifest digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub state: ArtifactState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Failed attempts since the last success.
+    #[serde(default)]
+    pub failures: u32,
+    /// Pods (`namespace/name`) whose runtime handler is this class.
+    #[serde(default)]
+    pub pods: Vec<String>,
+    /// Seconds since the Unix epoch of the last change.
+    pub updated_at: u64,
+}
+
+/// The daemon's connection to containerd's NRI.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NriStatus {
+    pub connected: bool,
+    pub registrations: u64,
+    /// Whether the pod list is known (a Synchronize arrived): in-use tracking and GC need it.
+    pub synchronized: bool,
+}
+
+/// The containerd configuration step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerdStatus {
+    /// The stanzas of the served classes are in containerd's config.
+    pub configured: bool,
+    /// The config was written but containerd still runs the old one (restart method `none`).
+    pub restart_pending: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Everything `status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub pid: u32,
+    pub version: String,
+    pub started_at: u64,
+    pub nri: NriStatus,
+    pub containerd: ContainerdStatus,
+    pub classes: Vec<ClassStatus>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// The daemon's live status. Updates are short critical sections; the file is written by a
+/// background task (`write_if_changed`), never on an NRI hook's path.
+#[derive(Debug)]
+pub struct StatusBoard {
+    inner: Mutex<Board>,
+}
+
+#[derive(Debug)]
+struct Board {
+    report: StatusReport,
+    classes: BTreeMap<String, ClassStatus>,
+    written: Option<Vec<u8>>,
+}
+
+impl StatusBoard {
+    pub fn new(classes: impl IntoIterator<Item = (String, Provision)>) -> Self {
+        let started = now();
+        let classes = classes
+            .into_iter()
+            .map(|(class, provision)| {
+                let status = ClassStatus {
+                    class: class.clone(),
+                    provision,
+                    decision: ClassDecision::Serve,
+                    reason: None,
+                    source: None,
+                    digest: None,
+                    state: ArtifactState::Absent,
+                    last_error: None,
+                    failures: 0,
+                    pods: Vec::new(),
+                    updated_at: started,
+                };
+                (class, status)
+            })
+            .collect();
+        Self {
+            inner: Mutex::new(Board {
+                report: StatusReport {
+                    pid: std::process::id(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    started_at: started,
+                    nri: NriStatus::default(),
+                    containerd: ContainerdStatus::default(),
+                    classes: Vec::new(),
+                },
+                classes,
+                written: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Board> {
+        // Every update is a whole-field assignment: a panic cannot leave a record half-changed.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes one class's record (no-op for a class the board does not know).
+    pub fn update_class(&self, class: &str, f: impl FnOnce(&mut ClassStatus)) {
+        let mut board = self.lock();
+        if let Some(status) = board.classes.get_mut(class) {
+            f(status);
+            status.updated_at = now();
+        }
+    }
+
+    pub fn class(&self, class: &str) -> Option<ClassStatus> {
+        self.lock().classes.get(class).cloned()
+    }
+
+    pub fn update_nri(&self, f: impl FnOnce(&mut NriStatus)) {
+        f(&mut self.lock().report.nri);
+    }
+
+    pub fn update_containerd(&self, f: impl FnOnce(&mut ContainerdStatus)) {
+        f(&mut self.lock().report.containerd);
+    }
+
+    /// The report, with each class's pods taken from `pods`.
+    pub fn report(&self, pods: &[PodRecord]) -> StatusReport {
+        let board = self.lock();
+        let mut report = board.report.clone();
+        report.classes = board
+            .classes
+            .values()
+            .cloned()
+            .map(|mut status| {
+                status.pods = pods
+                    .iter()
+                    .filter(|p| p.runtime_handler == status.class)
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .collect();
+                status
+            })
+            .collect();
+        report
+    }
+
+    /// Why the node is not ready, or `None` when it is: containerd serves every class this node
+    /// serves, and every served `eager` class is ready.
+    pub fn not_ready(&self) -> Option<String> {
+        let board = self.lock();
+        let containerd = &board.report.containerd;
+        if !containerd.configured {
+            return Some(match &containerd.last_error {
+                Some(e) => format!("containerd is not configured: {e}"),
+                None => "containerd is not configured yet".to_owned(),
+            });
+        }
+        let waiting: Vec<&str> = board
+            .classes
+            .values()
+            .filter(|c| {
+                c.provision == Provision::Eager
+                    && c.decision == ClassDecision::Serve
+                    && c.state != ArtifactState::Ready
+            })
+            .map(|c| c.class.as_str())
+            .collect();
+        (!waiting.is_empty()).then(|| format!("eager classes not ready: {}", waiting.join(", ")))
+    }
+
+    /// Writes the report to `path` (atomically, root-only) when it differs from the last one
+    /// written.
+    pub fn write_if_changed(&self, path: &Path, pods: &[PodRecord]) -> std::io::Result<bool> {
+        let report = self.report(pods);
+        let body = serde_json::to_vec_pretty(&report).map_err(std::io::Error::other)?;
+        if self.lock().written.as_deref() == Some(body.as_slice()) {
+            return Ok(false);
+        }
+        write_atomically(path, &body)?;
+        self.lock().written = Some(body);
+        Ok(true)
+    }
+}
+
+/// Reads a status file the daemon wrote.
+pub fn read(path: &Path) -> std::io::Result<StatusReport> {
+    let text = fs::read(path)?;
+    serde_json::from_slice(&text)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let tmp: PathBuf = dir.join(format!(".{STATUS_FILE}.tmp-{}", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, handler: &str) -> PodRecord {
+        PodRecord {
+            id: name.into(),
+            namespace: "default".into(),
+            name: name.into(),
+            runtime_handler: handler.into(),
+            annotations: Default::default(),
+        }
+    }
+
+    #[test]
+    fn readiness_needs_containerd_and_every_eager_class() {
+        let board = StatusBoard::new([
+            ("eager".to_owned(), Provision::Eager),
+            ("lazy".to_owned(), Provision::OnDemand),
+            ("denied".to_owned(), Provision::Eager),
+        ]);
+        assert!(board.not_ready().unwrap().contains("not configured"));
+        board.update_containerd(|c| c.configured = true);
+        board.update_class("denied", |c| {
+            c.decision = ClassDecision::Deny;
+            c.state = ArtifactState::NotServed;
+        });
+        assert_eq!(
+            board.not_ready().as_deref(),
+            Some("eager classes not ready: eager")
+        );
+        board.update_class("eager", |c| c.state = ArtifactState::Ready);
+        assert_eq!(board.not_ready(), None);
+    }
+
+    #[test]
+    fn the_file_carries_pods_and_is_rewritten_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join(STATUS_FILE);
+        let board = StatusBoard::new([("kata".to_owned(), Provision::OnDemand)]);
+        let pods = [pod("a", "kata"), pod("b", "runc")];
+        assert!(board.write_if_changed(&path, &pods).unwrap());
+        assert!(!board.write_if_changed(&path, &pods).unwrap());
+        let report = read(&path).unwrap();
+        assert_eq!(report.classes[0].pods, ["default/a"]);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        board.update_class("kata", |c| c.state = ArtifactState::Pulling);
+        assert!(board.write_if_changed(&path, &pods).unwrap());
+        assert_eq!(
+            read(&path).unwrap().classes[0].state,
+            ArtifactState::Pulling
+        );
+    }
+}
