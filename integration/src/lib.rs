@@ -21,6 +21,7 @@ pub mod config;
 pub mod containerd;
 pub mod cri;
 pub mod deps;
+pub mod node;
 pub mod plugin;
 pub mod proxy;
 pub mod registry;
@@ -31,6 +32,7 @@ pub use cri::{
     ContainerSpec, Cri, CriCallError, PodSandboxState, PodSpec, RuntimeStatus, cri_status,
 };
 pub use deps::{Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, repo_root, require_e2e};
+pub use node::{Daemon, KataNode};
 pub use plugin::{EMPTY_CONFIG, PluginOptions, PluginProcess, run_to_completion};
 pub use proxy::CutProxy;
 pub use registry::{Registry, RegistryOptions};

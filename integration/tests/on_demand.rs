@@ -1,311 +1,74 @@
 //! The daemon end to end (issue 6): real containerd (2.1 and 1.7), a real registry, the daemon
-//! as a process, pods through CRI. A class's "real shim" is a stand-in kata shim: a script that
-//! refuses to start a sandbox unless the class's artifacts are installed with the pushed bytes,
-//! then `exec`s runc's shim. containerd restarts requested by the daemon (the `command`
-//! strategy) are carried out by the test through the harness.
+//! as a process, pods through CRI. The class's real shim is the harness's stand-in kata shim
+//! (`kata_nri_integration::node`): it refuses to start a sandbox unless the class's artifacts are
+//! installed with the pushed bytes.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use kata_nri_integration::{
-    Containerd, ContainerdOptions, CutProxy, Deps, PluginOptions, PluginProcess, PodSpec, Registry,
-    RegistryOptions, Version,
+use kata_nri_integration::node::{
+    self, ARTIFACT, CLASS, KATA_TOML, KataNode, VMLINUX, WAIT, class_status,
 };
+use kata_nri_integration::{CutProxy, PodSpec, Version, require_e2e};
 use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_knm-under-test");
-const CLASS: &str = "knm-kata";
-const VMLINUX: &[u8] = b"stand-in guest kernel\n";
-const ROOTFS: &[u8] = b"stand-in guest rootfs image\n";
-const KATA_TOML: &[u8] = b"[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\n";
-const WAIT: Duration = Duration::from_secs(90);
 
-/// A node: containerd, a registry holding the class's artifacts, the stand-in shim.
-struct Node {
-    deps: Deps,
-    cd: Containerd,
-    registry: Registry,
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    async fn start(version: Version) -> Option<Self> {
-        let deps = kata_nri_integration::require_e2e()?;
-        let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry starts");
-        registry
-            .push_files(
-                "kata/artifacts:1",
-                &[
-                    ("vmlinux", VMLINUX),
-                    ("rootfs.img", ROOTFS),
-                    ("configuration-test.toml", KATA_TOML),
-                ],
-            )
-            .expect("oras push");
-        let cd = Containerd::start(&deps, version, ContainerdOptions::default())
+async fn start(version: Version) -> Option<KataNode> {
+    let deps = require_e2e()?;
+    Some(
+        KataNode::start(deps, version)
             .await
-            .expect("containerd starts");
-        let dir = tempfile::tempdir().unwrap();
-        let node = Node {
-            deps,
-            cd,
-            registry,
-            dir,
-        };
-        node.write_stand_in_shim();
-        Some(node)
-    }
-
-    fn artifacts(&self) -> PathBuf {
-        self.dir.path().join("artifacts")
-    }
-
-    /// The daemon's state directory: it outlives a daemon, as on a node.
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn marker(&self) -> PathBuf {
-        self.dir.path().join("restart-requested")
-    }
-
-    fn restarts_requested(&self) -> usize {
-        std::fs::read_to_string(self.marker())
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    }
-
-    fn shim(&self) -> PathBuf {
-        self.dir.path().join("containerd-shim-kata-stand-in")
-    }
-
-    fn write_stand_in_shim(&self) {
-        use std::os::unix::fs::PermissionsExt;
-        let expected = self.dir.path().join("expected-vmlinux");
-        std::fs::write(&expected, VMLINUX).unwrap();
-        let script = format!(
-            "#!/bin/sh\n\
-             # A stand-in kata shim: a sandbox starts only on installed, intact artifacts.\n\
-             for arg in \"$@\"; do\n\
-             \x20 if [ \"$arg\" = start ] && ! cmp -s {installed} {expected}; then\n\
-             \x20   echo \"stand-in kata shim: artifacts of {CLASS} are not installed\" >&2\n\
-             \x20   exit 1\n\
-             \x20 fi\n\
-             done\n\
-             exec {runc} \"$@\"\n",
-            installed = self.artifacts().join(CLASS).join("vmlinux").display(),
-            expected = expected.display(),
-            runc = self.deps.runc_shim_bin(self.cd.version()).display(),
-        );
-        std::fs::write(self.shim(), script).unwrap();
-        std::fs::set_permissions(self.shim(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-
-    /// Operator config: the class (with `extra` lines for the class), reading from `registry`.
-    fn operator_config(&self, registry: &str, provision: &str, extra: &str) -> String {
-        format!(
-            "listen: 127.0.0.1:0\n\
-             registries: {{insecure: [\"{registry}\"]}}\n\
-             containerd: {{mode: inline, address: {address}}}\n\
-             {extra}\
-             runtimeClasses:\n\
-             - name: {CLASS}\n\
-             \x20 provision: {provision}\n\
-             \x20 artifacts: {{url: {registry}/kata/artifacts:1}}\n\
-             \x20 runtime: {{runtimeType: io.containerd.runc.v2, privilegedWithoutHostDevices: false}}\n",
-            address = self.cd.address().display(),
-        )
-    }
-
-    /// Node-local config: our artifacts dir, containerd's config, restarts through the marker.
-    fn node_config(&self, policies: Option<&Path>) -> String {
-        format!(
-            "artifactsDir: {artifacts}\n\
-             containerd:\n\
-             \x20 configPath: {config}\n\
-             \x20 restart: {{method: command, command: [/bin/sh, -c, 'echo >> {marker}'], timeout: 30s}}\n\
-             gate: {{dir: {{dir}}/gate, socket: {{dir}}/run/gate.sock, timeout: 60s}}\n\
-             policies: {{dir: {policies}}}\n\
-             runtimeClasses:\n\
-             - name: {CLASS}\n\
-             \x20 runtime: {{runtimePath: {shim}}}\n",
-            artifacts = self.artifacts().display(),
-            config = self.cd.layout().config.display(),
-            marker = self.marker().display(),
-            policies = policies
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| self.dir.path().join("no-policies"))
-                .display(),
-            shim = self.shim().display(),
-        )
-    }
-
-    /// Starts the daemon and carries out the containerd restart it asks for (if it asks).
-    async fn daemon(&mut self, operator: String, node: String, env: &[(&str, &str)]) -> Daemon {
-        let restarts_before = self.restarts_requested();
-        let opts = PluginOptions {
-            config: operator,
-            node_config: node,
-            state_dir: Some(self.state_dir()),
-            extra_args: vec![
-                "--containerd-binary".into(),
-                self.deps
-                    .containerd_bin(self.cd.version())
-                    .display()
-                    .to_string(),
-            ],
-            ..Default::default()
-        };
-        let process =
-            PluginProcess::start_with_env(Path::new(PLUGIN), self.cd.nri_socket(), &opts, env)
-                .expect("daemon starts");
-        let daemon = Daemon { process };
-        // The daemon configures containerd before anything else and waits for the restart it
-        // asked for: carry each request out until it reports that it started.
-        let mut carried_out = restarts_before;
-        let mut mark = None;
-        let started = Instant::now();
-        while daemon
-            .process
-            .events_with_message("daemon started")
-            .is_empty()
-        {
-            assert!(
-                started.elapsed() < WAIT,
-                "the daemon did not start\n{}",
-                daemon.process.log()
-            );
-            if self.restarts_requested() > carried_out {
-                carried_out += 1;
-                mark = Some(self.cd.log_mark());
-                self.cd.restart().await.expect("containerd restarts");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        match mark {
-            Some(mark) => self
-                .cd
-                .wait_nri_registered(&opts.full_name(), mark, WAIT)
-                .await
-                .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.process.log())),
-            None => daemon
-                .process
-                .wait_registered(1, WAIT)
-                .await
-                .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.process.log())),
-        }
-        daemon
-    }
-
-    fn installed(&self) -> Option<Vec<u8>> {
-        std::fs::read(self.artifacts().join(CLASS).join("vmlinux")).ok()
-    }
-
-    /// `status --output json` as the operator would run it.
-    async fn status(&self, daemon: &Daemon, operator: &str, node: &str) -> Value {
-        let dir = daemon.process.dir();
-        let operator_file = dir.join("status-operator.yaml");
-        let node_file = dir.join("status-node.yaml");
-        write_private(&operator_file, operator);
-        write_private(&node_file, &node.replace("{dir}", dir.to_str().unwrap()));
-        let output = tokio::process::Command::new(PLUGIN)
-            .args(["status", "--output", "json", "--config"])
-            .arg(&operator_file)
-            .arg("--node-config")
-            .arg(&node_file)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
+            .expect("containerd and the registry start"),
+    )
 }
 
-struct Daemon {
-    process: PluginProcess,
+async fn daemon(
+    node: &mut KataNode,
+    operator: &str,
+    node_config: &str,
+    env: &[(&str, &str)],
+) -> node::Daemon {
+    node.daemon(
+        Path::new(PLUGIN),
+        operator.to_owned(),
+        node_config.to_owned(),
+        env,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-impl Daemon {
-    fn address(&self) -> String {
-        self.process
-            .events_with_message("operations endpoint listening (/metrics, /healthz, /readyz)")
-            .first()
-            .and_then(|e| e["address"].as_str().map(str::to_owned))
-            .expect("the daemon logs its operations address")
-    }
-
-    async fn http(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.address())
-            .await
-            .unwrap();
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: knm\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, response)
-    }
-
-    /// The value of one metric sample (`name{labels}`), 0 when absent.
-    async fn metric(&self, sample: &str) -> f64 {
-        let (_, text) = self.http("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    async fn wait_until(&self, what: &str, mut done: impl AsyncFnMut() -> bool) {
-        let started = Instant::now();
-        while !done().await {
-            assert!(
-                started.elapsed() < WAIT,
-                "timed out waiting until {what}\n{}",
-                self.process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+async fn metric(daemon: &node::Daemon, sample: &str) -> f64 {
+    daemon.metric(sample).await.unwrap()
 }
 
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+async fn readyz(daemon: &node::Daemon) -> u16 {
+    daemon.http("/readyz").await.unwrap().0
 }
 
-fn class_status(status: &Value) -> &Value {
-    status["classes"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["class"] == CLASS))
-        .unwrap_or_else(|| panic!("no {CLASS} in {status:#}"))
+async fn status_json(
+    node: &KataNode,
+    d: &node::Daemon,
+    operator: &str,
+    node_config: &str,
+) -> Value {
+    let text = node
+        .status(d, operator, node_config, "json")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    serde_json::from_str(&text).unwrap()
 }
 
 const PULLED: &str = "kata_nri_manager_artifact_pulls_total{class=\"knm-kata\",result=\"pulled\"}";
 
 async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {
-    let Some(mut node) = Node::start(version).await else {
+    let Some(mut node) = start(version).await else {
         return;
     };
     let operator = node.operator_config(&node.registry.host(), "onDemand", "");
     let node_config = node.node_config(None);
-    let daemon = node
-        .daemon(operator.clone(), node_config.clone(), &[])
-        .await;
+    let daemon = daemon(&mut node, &operator, &node_config, &[]).await;
     assert_eq!(node.restarts_requested(), 1, "one restart for the stanza");
     assert!(
         node.installed().is_none(),
@@ -333,7 +96,11 @@ async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", node.cd.log_tail(40)));
     }
     assert_eq!(node.installed().as_deref(), Some(VMLINUX));
-    assert_eq!(daemon.metric(PULLED).await, 1.0, "one pull for {pods} pods");
+    assert_eq!(
+        metric(&daemon, PULLED).await,
+        1.0,
+        "one pull for {pods} pods"
+    );
     assert_eq!(
         node.registry.blob_gets() - gets_before,
         3,
@@ -344,11 +111,12 @@ async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {
     let mut status = Value::Null;
     daemon
         .wait_until("status lists every pod", async || {
-            status = node.status(&daemon, &operator, &node_config).await;
-            class_status(&status)["pods"].as_array().map(Vec::len) == Some(pods)
+            status = status_json(&node, &daemon, &operator, &node_config).await;
+            class_status(&status).and_then(|c| c["pods"].as_array().map(Vec::len)) == Some(pods)
         })
-        .await;
-    let class = class_status(&status);
+        .await
+        .unwrap();
+    let class = class_status(&status).unwrap();
     assert_eq!(status["daemonRunning"], true);
     assert_eq!(class["state"], "ready");
     assert_eq!(class["provision"], "onDemand");
@@ -356,7 +124,16 @@ async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {
         class["digest"].as_str().unwrap().starts_with("sha256:"),
         "{class}"
     );
-    assert_eq!(daemon.http("/readyz").await.0, 200);
+    assert_eq!(readyz(&daemon).await, 200);
+    let text = node
+        .status(&daemon, &operator, &node_config, "text")
+        .await
+        .unwrap();
+    assert!(text.contains("daemon: running"), "{text}");
+    assert!(
+        text.contains(&format!("{CLASS}  onDemand  serve")),
+        "{text}"
+    );
     node.cd
         .cri()
         .await
@@ -376,18 +153,17 @@ async fn on_demand_pods_start_on_the_first_try_1_7() {
     on_demand_pods_start_on_the_first_try(Version::V1_7, 3).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_eager_class_is_ready_after_start() {
-    let Some(mut node) = Node::start(Version::V2_1).await else {
+async fn an_eager_class_is_ready_after_start(version: Version) {
+    let Some(mut node) = start(version).await else {
         return;
     };
     let operator = node.operator_config(&node.registry.host(), "eager", "");
-    let daemon = node.daemon(operator, node.node_config(None), &[]).await;
+    let node_config = node.node_config(None);
+    let daemon = daemon(&mut node, &operator, &node_config, &[]).await;
     daemon
-        .wait_until("/readyz says ready", async || {
-            daemon.http("/readyz").await.0 == 200
-        })
-        .await;
+        .wait_until("/readyz says ready", async || readyz(&daemon).await == 200)
+        .await
+        .unwrap();
     assert_eq!(node.installed().as_deref(), Some(VMLINUX));
     let config = std::fs::read_to_string(&node.cd.layout().config).unwrap();
     // An eager class runs its real shim directly, no gate.
@@ -396,12 +172,14 @@ async fn an_eager_class_is_ready_after_start() {
         "{config}"
     );
     let mut cri = node.cd.cri().await.unwrap();
-    let status = cri.status().await.unwrap();
-    assert!(
-        status.runtime_handlers.iter().any(|h| h == CLASS),
-        "{:?}",
-        status.runtime_handlers
-    );
+    if version == Version::V2_1 {
+        let status = cri.status().await.unwrap();
+        assert!(
+            status.runtime_handlers.iter().any(|h| h == CLASS),
+            "{:?}",
+            status.runtime_handlers
+        );
+    }
     cri.run_pod(&PodSpec::new("eager").handler(CLASS))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
@@ -409,12 +187,23 @@ async fn an_eager_class_is_ready_after_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_eager_class_is_ready_after_start_2_1() {
+    an_eager_class_is_ready_after_start(Version::V2_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_eager_class_is_ready_after_start_1_7() {
+    an_eager_class_is_ready_after_start(Version::V1_7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_prepare_annotation_on_any_pod_makes_the_class_ready() {
-    let Some(mut node) = Node::start(Version::V2_1).await else {
+    let Some(mut node) = start(Version::V2_1).await else {
         return;
     };
     let operator = node.operator_config(&node.registry.host(), "onDemand", "");
-    let daemon = node.daemon(operator, node.node_config(None), &[]).await;
+    let node_config = node.node_config(None);
+    let daemon = daemon(&mut node, &operator, &node_config, &[]).await;
     let mut cri = node.cd.cri().await.unwrap();
     cri.run_pod(&PodSpec::new("preparer").handler("runc").annotation(
         "kata-nri-manager.io/prepare",
@@ -426,13 +215,15 @@ async fn a_prepare_annotation_on_any_pod_makes_the_class_ready() {
         .wait_until("the annotation's class is installed", async || {
             node.installed().is_some()
         })
-        .await;
+        .await
+        .unwrap();
     assert_eq!(node.installed().as_deref(), Some(VMLINUX));
     daemon
         .wait_until("the pull is counted", async || {
-            daemon.metric(PULLED).await == 1.0
+            metric(&daemon, PULLED).await == 1.0
         })
-        .await;
+        .await
+        .unwrap();
     // The unknown class is reported, not fatal.
     daemon
         .process
@@ -446,10 +237,10 @@ async fn a_prepare_annotation_on_any_pod_makes_the_class_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_policy_denial_fails_the_start_with_the_policy_and_reason() {
-    let Some(mut node) = Node::start(Version::V2_1).await else {
+    let Some(mut node) = start(Version::V2_1).await else {
         return;
     };
-    let policies = node.dir.path().join("policies.d");
+    let policies = node.dir().join("policies.d");
     std::fs::create_dir_all(&policies).unwrap();
     let built = kata_nri_integration::repo_root()
         .join("policies-wasm/target/wasm32-wasip2/release/namespace_gate.wasm");
@@ -466,9 +257,8 @@ async fn a_policy_denial_fails_the_start_with_the_policy_and_reason() {
             "policies:\n  settings: {{namespace-gate: {{namespaces: [ml-team], classes: [{CLASS}]}}}}\n"
         ),
     );
-    let daemon = node
-        .daemon(operator, node.node_config(Some(&policies)), &[])
-        .await;
+    let node_config = node.node_config(Some(&policies));
+    let daemon = daemon(&mut node, &operator, &node_config, &[]).await;
     let mut cri = node.cd.cri().await.unwrap();
     let err = cri
         .run_pod(&PodSpec::new("outsider").handler(CLASS).namespace("team-b"))
@@ -483,7 +273,7 @@ async fn a_policy_denial_fails_the_start_with_the_policy_and_reason() {
         node.installed().is_none(),
         "nothing pulled for a denied pod"
     );
-    assert_eq!(daemon.metric(PULLED).await, 0.0);
+    assert_eq!(metric(&daemon, PULLED).await, 0.0);
     cri.run_pod(&PodSpec::new("insider").handler(CLASS).namespace("ml-team"))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.process.log()));
@@ -493,7 +283,7 @@ async fn a_policy_denial_fails_the_start_with_the_policy_and_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers() {
-    let Some(mut node) = Node::start(Version::V2_1).await else {
+    let Some(mut node) = start(Version::V2_1).await else {
         return;
     };
     let upstream = node.registry.host().parse().unwrap();
@@ -502,7 +292,7 @@ async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers() {
     let big = vec![7u8; 4 << 20];
     node.registry
         .push_files(
-            "kata/artifacts:1",
+            ARTIFACT,
             &[
                 ("vmlinux", VMLINUX),
                 ("rootfs.img", &big),
@@ -513,9 +303,7 @@ async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers() {
     proxy.hold_after(1 << 20);
     let operator = node.operator_config(&proxy.host(), "onDemand", "");
     let node_config = node.node_config(None);
-    let mut daemon = node
-        .daemon(operator.clone(), node_config.clone(), &[])
-        .await;
+    let first = daemon(&mut node, &operator, &node_config, &[]).await;
     let mut cri = node.cd.cri().await.unwrap();
     cri.run_pod(
         &PodSpec::new("preparer")
@@ -524,13 +312,14 @@ async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers() {
     )
     .await
     .unwrap();
-    daemon
+    first
         .wait_until("the pull stalls mid-blob", async || proxy.held() > 0)
-        .await;
-    let pid = daemon.process.pid().unwrap();
+        .await
+        .unwrap();
+    let pid = first.process.pid().unwrap();
     // SAFETY: kill(2) on the daemon we started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let _ = daemon.process.stop().await;
+    let _ = first.process.stop().await;
     assert!(
         std::fs::symlink_metadata(node.artifacts().join(CLASS)).is_err(),
         "no class link before the install completes"
@@ -542,12 +331,13 @@ async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers() {
 
     proxy.release();
     // The annotated pod is still there: the new daemon's Synchronize prepares the class again.
-    daemon = node.daemon(operator, node_config, &[]).await;
-    daemon
+    let second = daemon(&mut node, &operator, &node_config, &[]).await;
+    second
         .wait_until("the class is installed", async || {
             node.installed().is_some()
         })
-        .await;
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::read(node.artifacts().join(CLASS).join("rootfs.img")).unwrap(),
         big
@@ -557,19 +347,19 @@ async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts() {
-    let Some(mut node) = Node::start(Version::V2_1).await else {
+    let Some(mut node) = start(Version::V2_1).await else {
         return;
     };
     let operator = node.operator_config(&node.registry.host(), "onDemand", "");
     let node_config = node.node_config(None);
-    let daemon = node.daemon(operator, node_config.clone(), &[]).await;
+    let first = daemon(&mut node, &operator, &node_config, &[]).await;
     let mut cri = node.cd.cri().await.unwrap();
     let pod = cri
         .run_pod(&PodSpec::new("user").handler(CLASS))
         .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.process.log()));
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", first.process.log()));
     assert!(node.installed().is_some());
-    let _ = daemon.process.stop().await;
+    let _ = first.process.stop().await;
 
     let empty = format!(
         "listen: 127.0.0.1:0\ncontainerd: {{mode: inline, address: {}}}\nruntimeClasses: []\n",
@@ -577,9 +367,13 @@ async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts() {
     );
     let without_class = node_config[..node_config.find("runtimeClasses:").unwrap()].to_owned();
     let restarts = node.restarts_requested();
-    let daemon = node
-        .daemon(empty, without_class, &[("KATA_NRI_MANAGER_GC_GRACE", "1s")])
-        .await;
+    let second = daemon(
+        &mut node,
+        &empty,
+        &without_class,
+        &[("KATA_NRI_MANAGER_GC_GRACE", "1s")],
+    )
+    .await;
     assert_eq!(node.restarts_requested(), restarts + 1, "one restart");
     let config = std::fs::read_to_string(&node.cd.layout().config).unwrap();
     assert!(!config.contains(CLASS), "stanza removed:\n{config}");
@@ -592,23 +386,31 @@ async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts() {
     );
     cri.stop_pod(&pod).await.unwrap();
     cri.remove_pod(&pod).await.unwrap();
-    daemon
-        .wait_until("the artifacts are collected", async || {
-            node.installed().is_none()
-        })
-        .await;
-    assert!(
+    let store_is_empty = || {
         std::fs::read_dir(node.artifacts().join(".store"))
-            .unwrap()
-            .flatten()
-            .next()
-            .is_none(),
-        "every version removed"
-    );
-    assert_eq!(
-        daemon
-            .metric("kata_nri_manager_gc_removed_total{class=\"knm-kata\"}")
-            .await,
-        1.0
-    );
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    };
+    // Removal order: the link, each version, then the record (see ArtifactStore::remove).
+    let record = node
+        .artifacts()
+        .join(".state")
+        .join(format!("{CLASS}.json"));
+    second
+        .wait_until("the artifacts are collected", async || !record.exists())
+        .await
+        .unwrap();
+    assert!(node.installed().is_none(), "the class link is gone");
+    assert!(store_is_empty(), "every version removed");
+    second
+        .wait_until("the removal is counted", async || {
+            metric(
+                &second,
+                "kata_nri_manager_gc_removed_total{class=\"knm-kata\"}",
+            )
+            .await
+                == 1.0
+        })
+        .await
+        .unwrap();
 }

@@ -1,14 +1,14 @@
-//! The README's end-to-end demo: a real containerd 2.1 with NRI, kata-nri-manager registered as
-//! an NRI plugin, and a pod whose annotation asks for a runtime class; prints what the plugin saw.
+//! The README's end-to-end demo: a real containerd 2.1 with NRI, a local registry holding a
+//! runtime class's artifacts, the kata-nri-manager daemon, and a pod of that `onDemand` class
+//! that starts on its first try, its artifacts pulled while the sandbox start waits at the gate;
+//! then `status`.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
-use kata_nri_integration::{
-    Containerd, ContainerdOptions, Deps, PluginOptions, PluginProcess, PodSpec, TEST_HANDLER,
-    Version,
-};
+use kata_nri_integration::node::{ARTIFACT, CLASS};
+use kata_nri_integration::{Deps, KataNode, PodSpec, Version};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -20,42 +20,64 @@ async fn main() -> Result<()> {
     })?;
     let plugin_bin = sibling_binary("knm-under-test")?;
 
-    println!("==> starting containerd 2.1 (NRI enabled) on a temp dir");
-    let cd = Containerd::start(&deps, Version::V2_1, ContainerdOptions::default()).await?;
-    println!("    NRI socket: {}", cd.nri_socket().display());
+    println!(
+        "==> starting a registry with the artifacts of runtime class {CLASS}, and containerd 2.1 (NRI on)"
+    );
+    let mut node = KataNode::start(deps, Version::V2_1).await?;
+    println!(
+        "    artifacts: {}/{ARTIFACT} (vmlinux, rootfs.img, configuration-test.toml)",
+        node.registry.host()
+    );
 
-    println!("==> starting kata-nri-manager and waiting for it to register");
-    let opts = PluginOptions::default();
-    let mark = cd.log_mark();
-    let plugin = PluginProcess::start(&plugin_bin, cd.nri_socket(), &opts)?;
-    cd.wait_nri_registered(&opts.full_name(), mark, Duration::from_secs(10))
-        .await
-        .with_context(|| format!("plugin log:\n{}", plugin.log()))?;
-    println!("    containerd: plugin \"{}\" registered", opts.full_name());
+    println!("==> starting kata-nri-manager with {CLASS} as an onDemand class");
+    let operator = node.operator_config(&node.registry.host(), "onDemand", "");
+    let node_config = node.node_config(None);
+    let daemon = node
+        .daemon(&plugin_bin, operator.clone(), node_config.clone(), &[])
+        .await?;
+    println!(
+        "    containerd got the {CLASS} stanza (runtime_path: the gate) and restarted once; the plugin is registered"
+    );
+    anyhow::ensure!(
+        node.installed().is_none(),
+        "artifacts present before any pod"
+    );
+    println!("    artifacts on disk: none yet");
 
-    println!("==> creating a pod that asks for runtime class kata-qemu");
-    let mut cri = cd.cri().await?;
+    println!("==> creating a pod with runtimeClassName {CLASS} (through CRI, as kubelet would)");
+    let mut cri = node.cd.cri().await?;
+    let started = Instant::now();
     let id = cri
-        .run_pod(
-            &PodSpec::new("demo")
-                .handler(TEST_HANDLER)
-                .annotation("kata-nri-manager.io/prepare", "kata-qemu"),
-        )
-        .await?;
-    println!("    pod sandbox {id} is ready");
+        .run_pod(&PodSpec::new("demo").handler(CLASS))
+        .await
+        .with_context(|| format!("daemon log:\n{}", daemon.process.log()))?;
+    println!(
+        "    pod sandbox {} is ready after {:.2}s, on the first try",
+        &id[..12],
+        started.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        node.installed().is_some(),
+        "the class's artifacts are not installed"
+    );
+    println!(
+        "    artifacts installed: {}",
+        node.artifacts().join(CLASS).display()
+    );
 
-    let seen = plugin
-        .wait_for_events(1, Duration::from_secs(10), |e| {
-            e["event"] == "RunPodSandbox" && e["pod_id"] == id.as_str()
-        })
-        .await?;
-    println!("==> the plugin saw the pod:");
-    println!("{}", serde_json::to_string_pretty(&seen[0])?);
+    // The status file is written within a second of a change.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    println!("==> kata-nri-manager status");
+    print!(
+        "{}",
+        node.status(&daemon, &operator, &node_config, "text")
+            .await?
+    );
 
     cri.stop_pod(&id).await?;
     cri.remove_pod(&id).await?;
-    plugin.stop().await?;
-    println!("==> done: containerd, the plugin and the pod are cleaned up");
+    daemon.process.stop().await?;
+    println!("==> done: containerd, the registry, the daemon and the pod are cleaned up");
     Ok(())
 }
 

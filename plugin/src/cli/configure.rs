@@ -189,11 +189,7 @@ struct Planned {
 /// config serve exactly `desired` (of ours).
 fn plan(config: &Config, desired: &[RuntimeStanza], node: &NodeArgs) -> Result<Planned> {
     let main_path = config.containerd.config_path.clone();
-    let state_path = node
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-        .join(OWNERSHIP_FILE);
+    let state_path = ownership_path(node);
     let binary = containerd_binary(node.containerd_binary.as_deref());
     let version = match &binary {
         Some(binary) => Some(containerd_version(binary)?),
@@ -282,8 +278,19 @@ pub fn sync(
     node: &NodeArgs,
     no_restart: bool,
 ) -> Result<Applied> {
+    if desired.is_empty() && OwnershipRecord::load(&ownership_path(node))?.is_empty() {
+        // Nothing to write and nothing of ours to remove: containerd's file is not ours to read.
+        return Ok(Applied::Unchanged);
+    }
     let planned = plan(config, desired, node)?;
     write_and_restart(config, &planned, desired, no_restart)
+}
+
+fn ownership_path(node: &NodeArgs) -> PathBuf {
+    node.state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+        .join(OWNERSHIP_FILE)
 }
 
 fn run(

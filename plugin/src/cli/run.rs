@@ -183,8 +183,12 @@ impl Daemon {
         .context("starting the policy engine")?;
         let (policies, errors) =
             PolicyChain::start(engine, config.policies.clone(), Guard::from_config(&config));
-        for e in errors {
-            warn!(error = %e, dir = %config.policies.dir.display(), "policy not loaded");
+        if !config.policies.dir.exists() {
+            info!(dir = %config.policies.dir.display(), "no policies directory: every class is served as configured");
+        } else {
+            for e in errors {
+                warn!(error = %e, dir = %config.policies.dir.display(), "policy not loaded");
+            }
         }
         policies.watch(WATCH_INTERVAL);
         let node_facts = Arc::new(tokio::task::spawn_blocking(NodeFacts::probe).await?);
@@ -417,6 +421,12 @@ async fn collect_garbage(
     let period = (grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut cri_warned = false;
     loop {
+        let served: BTreeSet<String> = reconciler.served().into_iter().collect();
+        let recorded = store.recorded_classes();
+        if recorded.iter().all(|class| served.contains(class)) {
+            tokio::time::sleep(period).await;
+            continue;
+        }
         // CRI knows every sandbox; NRI misses the removal of a sandbox whose handler is gone.
         let pods = match crate::containerd::cri::list_sandboxes(&cri_address).await {
             Ok(pods) => Some(pods),
@@ -429,8 +439,6 @@ async fn collect_garbage(
                 synchronized.then(|| inventory.snapshot())
             }
         };
-        let served: BTreeSet<String> = reconciler.served().into_iter().collect();
-        let recorded = store.recorded_classes();
         for class in collector.sweep(&recorded, &served, pods.as_deref(), Instant::now()) {
             match remove(&store, &class).await {
                 Ok(versions) => {
