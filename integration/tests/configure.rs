@@ -263,3 +263,99 @@ async fn a_config_containerd_rejects_is_never_written_on_2_1() {
 async fn a_config_containerd_rejects_is_never_written_on_1_7() {
     rejected_config_is_never_written(Version::V1_7).await;
 }
+
+/// The restart command's runs, as the test sees them: each run appends a line to `marker`.
+async fn wait_for_runs(marker: &Path, runs: usize) {
+    let waited = Instant::now();
+    loop {
+        let seen = std::fs::read_to_string(marker)
+            .map(|text| text.lines().count())
+            .unwrap_or(0);
+        if seen >= runs {
+            return;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "configure ran the restart command {seen} times, not {runs}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// containerd does not come back after the restart onto the new config: the backup is
+/// restored, the command runs again (and containerd comes back), and configure fails saying so.
+async fn restart_that_never_serves_is_rolled_back(version: Version) {
+    let deps = e2e_guard!();
+    let mut cd = Containerd::start(&deps, version, ContainerdOptions::default())
+        .await
+        .expect("containerd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("restart-requested");
+    let restart = format!(
+        "{{method: command, command: [/bin/sh, -c, 'echo >> {}'], timeout: 3s}}",
+        marker.display()
+    );
+    let (operator, node) = configs(dir.path(), &cd, &restart);
+    let original = std::fs::read(&cd.layout().config).unwrap();
+
+    let child = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // First run (new config): containerd goes down and stays down past the timeout.
+    wait_for_runs(&marker, 1).await;
+    cd.stop().await.expect("containerd stops");
+    // Second run (the restored config): containerd comes back.
+    wait_for_runs(&marker, 2).await;
+    assert_eq!(
+        std::fs::read(&cd.layout().config).unwrap(),
+        original,
+        "the backup is back before the second restart"
+    );
+    cd.start_again().await.expect("containerd starts again");
+    let output = child.wait_with_output().await.unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("containerd did not serve again") && stderr.contains("within 3s"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("the previous containerd config was restored and containerd restarted"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(std::fs::read(&cd.layout().config).unwrap(), original);
+
+    // containerd serves the old config: the class is unknown to it.
+    let mut cri = cd.cri().await.unwrap();
+    if version == Version::V2_1 {
+        let status = cri.status().await.unwrap();
+        assert!(
+            !status.runtime_handlers.iter().any(|h| h == CLASS),
+            "{:?}",
+            status.runtime_handlers
+        );
+    }
+    let err = cri
+        .run_pod(&PodSpec::new("after").handler(CLASS))
+        .await
+        .expect_err("the class is not served after the rollback");
+    assert!(format!("{err:#}").contains("no runtime for"), "{err:#}");
+    cri.run_pod(&PodSpec::new("runc").handler("runc"))
+        .await
+        .expect("containerd still runs pods");
+    cd.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_that_never_serves_is_rolled_back_on_2_1() {
+    restart_that_never_serves_is_rolled_back(Version::V2_1).await;
+}
+
+#[tokio::test]
+async fn a_restart_that_never_serves_is_rolled_back_on_1_7() {
+    restart_that_never_serves_is_rolled_back(Version::V1_7).await;
+}

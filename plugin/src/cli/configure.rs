@@ -12,6 +12,7 @@ use crate::config::{Config, ContainerdMode, Restart};
 use crate::containerd::commit::{self, read_optional};
 use crate::containerd::diff::edit_diff;
 use crate::containerd::restart::{self, Outcome, ReadyProbe, Strategy};
+use crate::containerd::systemd;
 use crate::containerd::validate::{ContainerdCheck, DropinCandidate};
 use crate::containerd::{
     AtomicWriter, ContainerdVersion, DropinChange, Edit, EditOptions, Mode, OwnershipRecord,
@@ -222,9 +223,10 @@ fn run(
         return Ok(());
     }
     let strategy = strategy(&config.containerd.restart);
-    if !no_restart && let Strategy::Systemd { unit, .. } = &strategy {
-        // Refused before writing: a config nobody restarts onto would only be a surprise later.
-        return Err(restart::RestartError::SystemdNotImplemented { unit: unit.clone() }.into());
+    if !no_restart && let Strategy::Systemd { unit, timeout } = &strategy {
+        // Before writing: an unreachable bus, a missing unit or a KillMode that would kill every
+        // pod would otherwise leave a config on disk that nobody restarts onto.
+        systemd::check_unit(unit, *timeout)?;
     }
     if let Some(binary) = &binary {
         check(binary, main_path, &edit, desired)?;
