@@ -9,7 +9,8 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use kata_nri_integration::{
-    Containerd, ContainerdOptions, Deps, PodSandboxState, PodSpec, Version, e2e_guard,
+    Containerd, ContainerdOptions, Deps, PodSandboxState, PodSpec, RuntimeHandler, Version,
+    e2e_guard,
 };
 
 const CLASS: &str = "knm-runc";
@@ -358,4 +359,67 @@ async fn a_restart_that_never_serves_is_rolled_back_on_2_1() {
 #[tokio::test]
 async fn a_restart_that_never_serves_is_rolled_back_on_1_7() {
     restart_that_never_serves_is_rolled_back(Version::V1_7).await;
+}
+
+/// A stanza of the class's name that the node wrote itself stops configure, byte for byte
+/// untouched, until the node config says `runtime.adopt: true`; then it is replaced and ours.
+#[tokio::test]
+async fn the_nodes_own_stanza_is_only_replaced_when_adopted() {
+    let deps = e2e_guard!();
+    let version = Version::V2_1;
+    let node_own = RuntimeHandler::runc(CLASS).pod_annotation("io.example.node-own");
+    let cd = Containerd::start(
+        &deps,
+        version,
+        ContainerdOptions::default().handler(node_own),
+    )
+    .await
+    .expect("containerd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, node) = configs(dir.path(), &cd, "{method: none}");
+    let original = std::fs::read_to_string(&cd.layout().config).unwrap();
+    assert!(original.contains("io.example.node-own"), "{original}");
+
+    let output = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!(
+            "already has a runtime \"{CLASS}\" that kata-nri-manager did not create: set runtime.adopt: true"
+        )),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cd.layout().config).unwrap(),
+        original
+    );
+
+    let mut node_text = std::fs::read_to_string(&node).unwrap();
+    node_text.push_str(&format!(
+        "runtimeClasses:\n- {{name: {CLASS}, runtime: {{adopt: true}}}}\n"
+    ));
+    write(&node, &node_text, 0o600);
+    let output = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&format!("Adopted(\"{CLASS}\")")),
+        "{}",
+        text(&output)
+    );
+    let config = std::fs::read_to_string(&cd.layout().config).unwrap();
+    assert!(!config.contains("io.example.node-own"), "{config}");
+    assert!(
+        config.contains("privileged_without_host_devices = false"),
+        "{config}"
+    );
+    let record =
+        std::fs::read_to_string(dir.path().join("state/containerd-ownership.json")).unwrap();
+    assert!(record.contains(CLASS), "{record}");
+    cd.shutdown().await.unwrap();
 }

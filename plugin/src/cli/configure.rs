@@ -2,6 +2,7 @@
 //! class's stanza in containerd's config in one edit, check it with containerd, commit it, and
 //! restart containerd once.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -115,6 +116,16 @@ pub fn stanzas(config: &Config) -> Vec<RuntimeStanza> {
         .collect()
 }
 
+/// The classes whose existing stanza (not written by us) the node lets us take over.
+pub fn adopted(config: &Config) -> BTreeSet<String> {
+    config
+        .runtime_classes
+        .iter()
+        .filter(|class| class.runtime.adopt)
+        .map(|class| class.name.clone())
+        .collect()
+}
+
 fn mode(mode: ContainerdMode) -> Mode {
     match mode {
         ContainerdMode::Auto => Mode::Auto,
@@ -197,6 +208,7 @@ fn run(
     opts.containerd_version = version;
     opts.enable_nri = !desired.is_empty();
     opts.dropin_text = read_optional(&opts.dropin_path())?;
+    opts.adopt = adopted(config);
     let edit = apply(
         &original,
         desired,
@@ -316,6 +328,19 @@ mod tests {
         assert_eq!(plain.runtime_path, None);
         assert_eq!(plain.config_path, None);
         assert_eq!(plain.privileged_without_host_devices, Some(false));
+    }
+
+    #[test]
+    fn adopted_classes_are_those_the_node_hands_over() {
+        let config = parse_str(
+            "runtimeClasses:\n\
+             - {name: kata, artifacts: {url: nvcr.io/kata/qemu:1}, runtime: {adopt: true}}\n\
+             - {name: kata-clh, artifacts: {url: nvcr.io/kata/clh:1}}\n",
+            Path::new("node.yaml"),
+            FileKind::Trusted,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(adopted(&config), BTreeSet::from(["kata".to_string()]));
     }
 
     #[test]
