@@ -224,30 +224,38 @@ pub fn restart_or_roll_back(
     committed: &Committed,
     writer: &AtomicWriter,
 ) -> Result<Outcome, RestartError> {
-    let cause = match restart(strategy, probe) {
-        Ok(outcome) => return Ok(outcome),
-        Err(e) => e,
-    };
+    restart(strategy, probe).map_err(|cause| roll_back(cause, strategy, probe, committed, writer))
+}
+
+/// After the restart failed with `cause`: puts the previous files back and, unless nothing was
+/// restarted, restarts containerd onto them. Returns the error to report.
+fn roll_back(
+    cause: RestartError,
+    strategy: &Strategy,
+    probe: &ReadyProbe,
+    committed: &Committed,
+    writer: &AtomicWriter,
+) -> RestartError {
     // systemd refused before touching the unit: the old containerd still runs, so the old files
     // go back and nothing needs a second restart.
     let untouched = matches!(&cause, RestartError::Systemd(e) if e.nothing_restarted());
     let cause = Box::new(cause);
     if let Err(e) = committed.rollback(writer) {
-        return Err(RestartError::RollbackFailed {
+        return RestartError::RollbackFailed {
             cause,
             rollback: rollback_detail(&e),
-        });
+        };
     }
     if untouched {
-        return Err(RestartError::NotRestarted { cause });
+        return RestartError::NotRestarted { cause };
     }
     tracing::warn!(error = %cause, "containerd did not come back with the new config: restarting it with the previous one");
     match restart(strategy, probe) {
-        Ok(_) => Err(RestartError::RolledBack { cause }),
-        Err(e) => Err(RestartError::RollbackFailed {
+        Ok(_) => RestartError::RolledBack { cause },
+        Err(e) => RestartError::RollbackFailed {
             cause,
             rollback: format!("containerd did not come back with the previous config either: {e}"),
-        }),
+        },
     }
 }
 
@@ -403,10 +411,9 @@ mod tests {
             .unwrap();
     }
 
-    #[test]
-    fn a_failed_restart_rolls_the_files_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("config.toml");
+    /// `config.toml` rewritten from "old" to "new" with a backup, as a commit leaves it.
+    fn committed_new_config(dir: &Path) -> (PathBuf, AtomicWriter, Committed) {
+        let main = dir.join("config.toml");
         std::fs::write(&main, "old").unwrap();
         let writer = AtomicWriter::new();
         writer
@@ -419,6 +426,33 @@ mod tests {
         let committed = Committed {
             changed: vec![crate::containerd::commit::Previous::BackedUp(main.clone())],
         };
+        (main, writer, committed)
+    }
+
+    #[test]
+    fn a_refusal_before_the_restart_rolls_back_without_restarting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, writer, committed) = committed_new_config(dir.path());
+        // Restarting with this strategy would fail: a second restart would be RollbackFailed.
+        let strategy = Strategy::Command {
+            argv: argv(&["/bin/false"]),
+            timeout: Duration::from_secs(2),
+        };
+        let probe = ReadyProbe::new(dir.path().join("containerd.sock"));
+        let cause = RestartError::Systemd(SystemdError::UnsafeKillMode {
+            unit: "containerd.service".into(),
+            kill_mode: "control-group".into(),
+        });
+        let err = roll_back(cause, &strategy, &probe, &committed, &writer);
+        assert!(matches!(err, RestartError::NotRestarted { .. }), "{err}");
+        assert!(err.to_string().contains("nothing was restarted"), "{err}");
+        assert_eq!(std::fs::read_to_string(&main).unwrap(), "old");
+    }
+
+    #[test]
+    fn a_failed_restart_rolls_the_files_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, writer, committed) = committed_new_config(dir.path());
         let strategy = Strategy::Command {
             argv: argv(&["/bin/false"]),
             timeout: Duration::from_secs(2),
