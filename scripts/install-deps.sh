@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Installs what building and testing kata-nri-manager needs on a fresh Debian bookworm machine
-# (run as root): protoc for the CRI client, the Rust components and the wasm32-wasip2 target, and the real
-# containerd / runc / registry / oras binaries (unpacked into a cache, never installed
-# system-wide). Idempotent: a second run takes about a second.
+# (run as root): protoc for the CRI client, dbus-daemon for the systemd restart tests, the Rust
+# components and the wasm32-wasip2 target, and the real containerd / runc / registry / oras
+# binaries (unpacked into a cache, never installed system-wide). Idempotent: a second run takes
+# about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+# The systemd restart tests run a private bus with a fake systemd on it. Debian's dbus-daemon
+# package has the daemon alone (the dbus package adds the system bus's service).
+[ -x /usr/bin/dbus-daemon ] || missing+=(dbus-daemon)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: need root to apt-get install ${missing[*]}" >&2

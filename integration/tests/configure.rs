@@ -9,7 +9,8 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use kata_nri_integration::{
-    Containerd, ContainerdOptions, Deps, PodSandboxState, PodSpec, Version, e2e_guard,
+    Containerd, ContainerdOptions, Deps, PodSandboxState, PodSpec, RuntimeHandler, Version,
+    e2e_guard,
 };
 
 const CLASS: &str = "knm-runc";
@@ -262,4 +263,163 @@ async fn a_config_containerd_rejects_is_never_written_on_2_1() {
 #[tokio::test]
 async fn a_config_containerd_rejects_is_never_written_on_1_7() {
     rejected_config_is_never_written(Version::V1_7).await;
+}
+
+/// The restart command's runs, as the test sees them: each run appends a line to `marker`.
+async fn wait_for_runs(marker: &Path, runs: usize) {
+    let waited = Instant::now();
+    loop {
+        let seen = std::fs::read_to_string(marker)
+            .map(|text| text.lines().count())
+            .unwrap_or(0);
+        if seen >= runs {
+            return;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "configure ran the restart command {seen} times, not {runs}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// containerd does not come back after the restart onto the new config: the backup is
+/// restored, the command runs again (and containerd comes back), and configure fails saying so.
+async fn restart_that_never_serves_is_rolled_back(version: Version) {
+    let deps = e2e_guard!();
+    let mut cd = Containerd::start(&deps, version, ContainerdOptions::default())
+        .await
+        .expect("containerd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("restart-requested");
+    let restart = format!(
+        "{{method: command, command: [/bin/sh, -c, 'echo >> {}'], timeout: 3s}}",
+        marker.display()
+    );
+    let (operator, node) = configs(dir.path(), &cd, &restart);
+    let original = std::fs::read(&cd.layout().config).unwrap();
+
+    let child = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // First run (new config): containerd goes down and stays down past the timeout.
+    wait_for_runs(&marker, 1).await;
+    cd.stop().await.expect("containerd stops");
+    // Second run (the restored config): containerd comes back.
+    wait_for_runs(&marker, 2).await;
+    assert_eq!(
+        std::fs::read(&cd.layout().config).unwrap(),
+        original,
+        "the backup is back before the second restart"
+    );
+    cd.start_again().await.expect("containerd starts again");
+    let output = child.wait_with_output().await.unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("containerd did not serve again") && stderr.contains("within 3s"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("the previous containerd config was restored and containerd restarted"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(std::fs::read(&cd.layout().config).unwrap(), original);
+
+    // containerd serves the old config: the class is unknown to it.
+    let mut cri = cd.cri().await.unwrap();
+    if version == Version::V2_1 {
+        let status = cri.status().await.unwrap();
+        assert!(
+            !status.runtime_handlers.iter().any(|h| h == CLASS),
+            "{:?}",
+            status.runtime_handlers
+        );
+    }
+    let err = cri
+        .run_pod(&PodSpec::new("after").handler(CLASS))
+        .await
+        .expect_err("the class is not served after the rollback");
+    assert!(format!("{err:#}").contains("no runtime for"), "{err:#}");
+    cri.run_pod(&PodSpec::new("runc").handler("runc"))
+        .await
+        .expect("containerd still runs pods");
+    cd.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_that_never_serves_is_rolled_back_on_2_1() {
+    restart_that_never_serves_is_rolled_back(Version::V2_1).await;
+}
+
+#[tokio::test]
+async fn a_restart_that_never_serves_is_rolled_back_on_1_7() {
+    restart_that_never_serves_is_rolled_back(Version::V1_7).await;
+}
+
+/// A stanza of the class's name that the node wrote itself stops configure, byte for byte
+/// untouched, until the node config says `runtime.adopt: true`; then it is replaced and ours.
+#[tokio::test]
+async fn the_nodes_own_stanza_is_only_replaced_when_adopted() {
+    let deps = e2e_guard!();
+    let version = Version::V2_1;
+    let node_own = RuntimeHandler::runc(CLASS).pod_annotation("io.example.node-own");
+    let cd = Containerd::start(
+        &deps,
+        version,
+        ContainerdOptions::default().handler(node_own),
+    )
+    .await
+    .expect("containerd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, node) = configs(dir.path(), &cd, "{method: none}");
+    let original = std::fs::read_to_string(&cd.layout().config).unwrap();
+    assert!(original.contains("io.example.node-own"), "{original}");
+
+    let output = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!(
+            "already has a runtime \"{CLASS}\" that kata-nri-manager did not create: set runtime.adopt: true"
+        )),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cd.layout().config).unwrap(),
+        original
+    );
+
+    let mut node_text = std::fs::read_to_string(&node).unwrap();
+    node_text.push_str(&format!(
+        "runtimeClasses:\n- {{name: {CLASS}, runtime: {{adopt: true}}}}\n"
+    ));
+    write(&node, &node_text, 0o600);
+    let output = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&format!("Adopted(\"{CLASS}\")")),
+        "{}",
+        text(&output)
+    );
+    let config = std::fs::read_to_string(&cd.layout().config).unwrap();
+    assert!(!config.contains("io.example.node-own"), "{config}");
+    assert!(
+        config.contains("privileged_without_host_devices = false"),
+        "{config}"
+    );
+    let record =
+        std::fs::read_to_string(dir.path().join("state/containerd-ownership.json")).unwrap();
+    assert!(record.contains(CLASS), "{record}");
+    cd.shutdown().await.unwrap();
 }

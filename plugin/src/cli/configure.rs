@@ -2,6 +2,7 @@
 //! class's stanza in containerd's config in one edit, check it with containerd, commit it, and
 //! restart containerd once.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,6 +13,7 @@ use crate::config::{Config, ContainerdMode, Provision, Restart};
 use crate::containerd::commit::{self, read_optional};
 use crate::containerd::diff::edit_diff;
 use crate::containerd::restart::{self, Outcome, ReadyProbe, Strategy};
+use crate::containerd::systemd;
 use crate::containerd::validate::{ContainerdCheck, DropinCandidate};
 use crate::containerd::{
     AtomicWriter, ContainerdVersion, DropinChange, Edit, EditOptions, Mode, OwnershipRecord,
@@ -124,6 +126,16 @@ pub fn stanzas(config: &Config) -> Vec<RuntimeStanza> {
         .collect()
 }
 
+/// The classes whose existing stanza (not written by us) the node lets us take over.
+pub fn adopted(config: &Config) -> BTreeSet<String> {
+    config
+        .runtime_classes
+        .iter()
+        .filter(|class| class.runtime.adopt)
+        .map(|class| class.name.clone())
+        .collect()
+}
+
 fn mode(mode: ContainerdMode) -> Mode {
     match mode {
         ContainerdMode::Auto => Mode::Auto,
@@ -206,6 +218,7 @@ fn plan(config: &Config, desired: &[RuntimeStanza], node: &NodeArgs) -> Result<P
     opts.containerd_version = version;
     opts.enable_nri = !desired.is_empty();
     opts.dropin_text = read_optional(&opts.dropin_path())?;
+    opts.adopt = adopted(config);
     let edit = apply(
         &original,
         desired,
@@ -248,9 +261,10 @@ fn write_and_restart(
         return Ok(Applied::Unchanged);
     }
     let strategy = strategy(&config.containerd.restart);
-    if !no_restart && let Strategy::Systemd { unit, .. } = &strategy {
-        // Refused before writing: a config nobody restarts onto would only be a surprise later.
-        return Err(restart::RestartError::SystemdNotImplemented { unit: unit.clone() }.into());
+    if !no_restart && let Strategy::Systemd { unit, timeout } = &strategy {
+        // Before writing: an unreachable bus, a missing unit or a KillMode that would kill every
+        // pod would otherwise leave a config on disk that nobody restarts onto.
+        systemd::check_unit(unit, *timeout)?;
     }
     if let Some(binary) = binary {
         check(binary, main_path, edit, desired)?;
@@ -398,6 +412,19 @@ mod tests {
         assert_eq!(plain.runtime_path, None);
         assert_eq!(plain.config_path, None);
         assert_eq!(plain.privileged_without_host_devices, Some(false));
+    }
+
+    #[test]
+    fn adopted_classes_are_those_the_node_hands_over() {
+        let config = parse_str(
+            "runtimeClasses:\n\
+             - {name: kata, artifacts: {url: nvcr.io/kata/qemu:1}, runtime: {adopt: true}}\n\
+             - {name: kata-clh, artifacts: {url: nvcr.io/kata/clh:1}}\n",
+            Path::new("node.yaml"),
+            FileKind::Trusted,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(adopted(&config), BTreeSet::from(["kata".to_string()]));
     }
 
     #[test]

@@ -452,6 +452,11 @@ pub struct RuntimeSettings {
     /// `*.toml` at the top of the artifact, as k8s-kata-manager does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_file: Option<PathBuf>,
+    /// Node-local. Take over a stanza of this name that kata-nri-manager did not write (the
+    /// node's own `kata`, kata-deploy's): replaced now, removed when the class goes. Without it
+    /// such a stanza is an error, never touched.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 impl Default for RuntimeSettings {
@@ -464,6 +469,7 @@ impl Default for RuntimeSettings {
             // VM gets the VM's devices, not the host's.
             privileged_without_host_devices: true,
             config_file: None,
+            adopt: false,
         }
     }
 }

@@ -63,6 +63,7 @@ pub(super) struct NodeClass {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub(super) struct NodeRuntime {
     pub(super) runtime_path: Option<PathBuf>,
+    pub(super) adopt: bool,
 }
 
 impl NodeConfig {
@@ -95,7 +96,10 @@ impl NodeConfig {
                 .iter_mut()
                 .find(|c| c.name == node_class.name);
             match target {
-                Some(class) => class.runtime.runtime_path = node_class.runtime.runtime_path,
+                Some(class) => {
+                    class.runtime.runtime_path = node_class.runtime.runtime_path;
+                    class.runtime.adopt = node_class.runtime.adopt;
+                }
                 // Not an error: the operator may drop a class before every node file follows.
                 None => warnings.push(Warning {
                     file: file.to_owned(),
@@ -145,6 +149,7 @@ mod tests {
                 name: "kata-clh".into(),
                 runtime: NodeRuntime {
                     runtime_path: Some("/opt/kata/bin/containerd-shim-kata-v2".into()),
+                    adopt: true,
                 },
             }],
             ..NodeConfig::default()
@@ -167,6 +172,8 @@ mod tests {
         assert_eq!(config.gate.timeout, Duration::from_secs(90));
         assert_eq!(config.gate.dir, defaults.gate.dir);
         assert_eq!(config.runtime_classes[0].runtime.runtime_path, None);
+        assert!(!config.runtime_classes[0].runtime.adopt);
+        assert!(config.runtime_classes[1].runtime.adopt);
         assert_eq!(
             config.runtime_classes[1].runtime.runtime_path,
             Some(PathBuf::from("/opt/kata/bin/containerd-shim-kata-v2"))

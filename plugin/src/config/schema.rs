@@ -154,6 +154,8 @@ const RUNTIME_CLASS: Shape = Shape::Struct(&[
                 Shape::Text(values::path_inside_artifacts),
                 Shared,
             ),
+            // Replacing a stanza the node already has is the node's decision, like runtimePath.
+            key("adopt", Shape::Bool, NodeLocal),
         ]),
         Both,
     ),

@@ -483,6 +483,59 @@ fn with_a_node_file_node_local_keys_in_the_operator_file_are_errors() {
 }
 
 #[test]
+fn adopting_a_stanza_is_the_node_files_decision() {
+    let files = Files::new();
+    // In the ConfigMap it is refused: the node's own stanzas are not the operator's to take.
+    let operator = files.write(
+        "operator.yaml",
+        "runtimeClasses:\n\
+         - name: kata\n\
+         \x20 artifacts: {url: nvcr.io/kata/qemu:1}\n\
+         \x20 runtime: {adopt: true}\n",
+        0o644,
+    );
+    let node = files.write("node.yaml", "", 0o600);
+    let err = files
+        .loader()
+        .load(&operator, Some(&node))
+        .expect_err("adopt in the operator file");
+    assert_eq!(err.problems().len(), 1);
+    assert_eq!(err.problems()[0].1.path, "runtimeClasses[0].runtime.adopt");
+
+    let operator = files.write(
+        "operator.yaml",
+        "runtimeClasses:\n- {name: kata, artifacts: {url: nvcr.io/kata/qemu:1}}\n- {name: other, artifacts: {url: nvcr.io/kata/qemu:1}}\n",
+        0o644,
+    );
+    let node = files.write(
+        "node.yaml",
+        "runtimeClasses:\n- {name: kata, runtime: {adopt: true}}\n",
+        0o600,
+    );
+    let config = files
+        .loader()
+        .load(&operator, Some(&node))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    assert!(config.runtime_classes[0].runtime.adopt);
+    assert!(!config.runtime_classes[1].runtime.adopt);
+
+    // A node's own file says it directly; anything but a bool is refused.
+    let config = trusted(
+        "runtimeClasses:\n- {name: kata, artifacts: {url: nvcr.io/kata/qemu:1}, runtime: {adopt: true}}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.runtime_classes[0].runtime.adopt);
+    assert_eq!(
+        problem_lines(trusted(
+            "runtimeClasses:\n- {name: kata, artifacts: {url: nvcr.io/kata/qemu:1}, runtime: {adopt: yes please}}\n",
+        ))
+        .len(),
+        1
+    );
+}
+
+#[test]
 fn a_k8s_kata_manager_configmap_needs_its_artifacts_dir_moved_to_the_node_file() {
     let files = Files::new();
     let (_, text) = example("k8s-kata-manager-config.yaml");
@@ -610,6 +663,7 @@ fn full_config() -> Config {
     let mut config = parse_str(&text, &path, FileKind::Trusted).unwrap_or_else(|e| panic!("{e}"));
     config.runtime_classes[0].artifacts.digest =
         Some(format!("sha256:{HEX}").parse().expect("digest"));
+    config.runtime_classes[0].runtime.adopt = true;
     config
 }
 
@@ -681,6 +735,7 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
             name: "kata".into(),
             runtime: NodeRuntime {
                 runtime_path: Some("/shim".into()),
+                adopt: true,
             },
         }],
     };

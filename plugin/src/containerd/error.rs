@@ -40,7 +40,7 @@ pub enum ContainerdError {
     #[error("runtime class stanza is invalid: {0}")]
     InvalidStanza(String),
     #[error(
-        "containerd config {path} already has a runtime {name:?} that kata-nri-manager did not create: set adopt on runtime class {name:?} to let kata-nri-manager take it over, or rename the class"
+        "containerd config {path} already has a runtime {name:?} that kata-nri-manager did not create: set runtime.adopt: true on runtime class {name:?} in the node config to let kata-nri-manager take it over, or rename the class"
     )]
     NotOwned { path: PathBuf, name: String },
     #[error(

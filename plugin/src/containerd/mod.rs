@@ -8,6 +8,7 @@
 //! - [`validate`]: does the result parse, and does containerd accept it (`config dump`).
 //! - [`diff`]: the unified diff `configure --dry-run` prints.
 //! - [`commit`]: writes an edit's files in a crash-safe order and can roll them back.
+//! - [`restart`]: the restart strategies and the rollback; [`systemd`]: the unit over D-Bus.
 
 pub mod atomic;
 pub mod commit;
@@ -25,6 +26,7 @@ pub mod restart;
 pub mod schema;
 mod splice;
 pub mod stanza;
+pub mod systemd;
 mod template;
 pub mod validate;
 mod verify;

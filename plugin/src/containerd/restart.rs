@@ -3,7 +3,8 @@
 //!
 //! - `command`: the operator's argv, run without a shell, bounded by the strategy's timeout.
 //! - `none`: nothing is restarted; the caller reports that a restart is pending.
-//! - `systemd`: D-Bus `RestartUnit` (not implemented yet: refused with a clear error).
+//! - `systemd`: D-Bus `RestartUnit` of containerd's unit, refused unless its `KillMode` spares the
+//!   shims (see [`super::systemd`]).
 //!
 //! Ready means: containerd's gRPC socket was created again (containerd removes and recreates it
 //! on every start, so a changed inode proves a new process) and accepts connections, and still
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use super::atomic::AtomicWriter;
 use super::commit::Committed;
 use super::error::ContainerdError;
+use super::systemd::{self, SystemdError};
 
 /// How containerd is restarted (the config's `containerd.restart`, resolved).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,10 +83,8 @@ pub enum RestartError {
         argv: Vec<String>,
         timeout: Duration,
     },
-    #[error(
-        "restart method systemd (unit {unit}) is not implemented yet: use method command (e.g. [\"/usr/bin/systemctl\", \"restart\", \"{unit}\"], with KillMode=process or mixed on the unit) or method none and restart containerd yourself"
-    )]
-    SystemdNotImplemented { unit: String },
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
     #[error(
         "containerd did not serve again on {address} within {timeout:?} after the restart: {detail}"
     )]
@@ -97,6 +97,13 @@ pub enum RestartError {
         "{cause}; the previous containerd config was restored and containerd restarted with it: look at containerd's log for why it did not start with the new config"
     )]
     RolledBack {
+        #[source]
+        cause: Box<RestartError>,
+    },
+    #[error(
+        "{cause}; nothing was restarted, and the previous containerd config was put back (containerd still runs with it)"
+    )]
+    NotRestarted {
         #[source]
         cause: Box<RestartError>,
     },
@@ -185,8 +192,15 @@ impl ReadyProbe {
 pub fn restart(strategy: &Strategy, probe: &ReadyProbe) -> Result<Outcome, RestartError> {
     match strategy {
         Strategy::None => Ok(Outcome::Pending),
-        Strategy::Systemd { unit, .. } => {
-            Err(RestartError::SystemdNotImplemented { unit: unit.clone() })
+        Strategy::Systemd { unit, timeout } => {
+            let start = Instant::now();
+            let deadline = start + *timeout;
+            let before = probe.socket_identity();
+            systemd::restart_unit(unit, *timeout)?;
+            probe.wait(before, deadline, *timeout)?;
+            Ok(Outcome::Restarted {
+                took: start.elapsed(),
+            })
         }
         Strategy::Command { argv, timeout } => {
             let start = Instant::now();
@@ -210,25 +224,38 @@ pub fn restart_or_roll_back(
     committed: &Committed,
     writer: &AtomicWriter,
 ) -> Result<Outcome, RestartError> {
-    let cause = match restart(strategy, probe) {
-        Ok(outcome) => return Ok(outcome),
-        // Nothing was restarted: the new files are on disk, the old containerd still runs.
-        Err(e @ RestartError::SystemdNotImplemented { .. }) => return Err(e),
-        Err(e) => e,
-    };
+    restart(strategy, probe).map_err(|cause| roll_back(cause, strategy, probe, committed, writer))
+}
+
+/// After the restart failed with `cause`: puts the previous files back and, unless nothing was
+/// restarted, restarts containerd onto them. Returns the error to report.
+fn roll_back(
+    cause: RestartError,
+    strategy: &Strategy,
+    probe: &ReadyProbe,
+    committed: &Committed,
+    writer: &AtomicWriter,
+) -> RestartError {
+    // systemd refused before touching the unit: the old containerd still runs, so the old files
+    // go back and nothing needs a second restart.
+    let untouched = matches!(&cause, RestartError::Systemd(e) if e.nothing_restarted());
     let cause = Box::new(cause);
     if let Err(e) = committed.rollback(writer) {
-        return Err(RestartError::RollbackFailed {
+        return RestartError::RollbackFailed {
             cause,
             rollback: rollback_detail(&e),
-        });
+        };
     }
+    if untouched {
+        return RestartError::NotRestarted { cause };
+    }
+    tracing::warn!(error = %cause, "containerd did not come back with the new config: restarting it with the previous one");
     match restart(strategy, probe) {
-        Ok(_) => Err(RestartError::RolledBack { cause }),
-        Err(e) => Err(RestartError::RollbackFailed {
+        Ok(_) => RestartError::RolledBack { cause },
+        Err(e) => RestartError::RollbackFailed {
             cause,
             rollback: format!("containerd did not come back with the previous config either: {e}"),
-        }),
+        },
     }
 }
 
@@ -356,18 +383,9 @@ mod tests {
     }
 
     #[test]
-    fn none_is_pending_and_systemd_is_refused() {
+    fn none_is_pending() {
         let probe = ReadyProbe::new("/nonexistent/containerd.sock");
         assert_eq!(restart(&Strategy::None, &probe).unwrap(), Outcome::Pending);
-        let err = restart(
-            &Strategy::Systemd {
-                unit: "containerd.service".into(),
-                timeout: Duration::from_secs(1),
-            },
-            &probe,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("not implemented yet"), "{err}");
     }
 
     #[test]
@@ -393,10 +411,9 @@ mod tests {
             .unwrap();
     }
 
-    #[test]
-    fn a_failed_restart_rolls_the_files_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("config.toml");
+    /// `config.toml` rewritten from "old" to "new" with a backup, as a commit leaves it.
+    fn committed_new_config(dir: &Path) -> (PathBuf, AtomicWriter, Committed) {
+        let main = dir.join("config.toml");
         std::fs::write(&main, "old").unwrap();
         let writer = AtomicWriter::new();
         writer
@@ -409,6 +426,33 @@ mod tests {
         let committed = Committed {
             changed: vec![crate::containerd::commit::Previous::BackedUp(main.clone())],
         };
+        (main, writer, committed)
+    }
+
+    #[test]
+    fn a_refusal_before_the_restart_rolls_back_without_restarting() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, writer, committed) = committed_new_config(dir.path());
+        // Restarting with this strategy would fail: a second restart would be RollbackFailed.
+        let strategy = Strategy::Command {
+            argv: argv(&["/bin/false"]),
+            timeout: Duration::from_secs(2),
+        };
+        let probe = ReadyProbe::new(dir.path().join("containerd.sock"));
+        let cause = RestartError::Systemd(SystemdError::UnsafeKillMode {
+            unit: "containerd.service".into(),
+            kill_mode: "control-group".into(),
+        });
+        let err = roll_back(cause, &strategy, &probe, &committed, &writer);
+        assert!(matches!(err, RestartError::NotRestarted { .. }), "{err}");
+        assert!(err.to_string().contains("nothing was restarted"), "{err}");
+        assert_eq!(std::fs::read_to_string(&main).unwrap(), "old");
+    }
+
+    #[test]
+    fn a_failed_restart_rolls_the_files_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, writer, committed) = committed_new_config(dir.path());
         let strategy = Strategy::Command {
             argv: argv(&["/bin/false"]),
             timeout: Duration::from_secs(2),
