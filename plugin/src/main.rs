@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Command::Policy(command) => cli::policy::run(command),
             Command::Configure(args) => cli::configure::configure(args),
             Command::Uninstall(args) => cli::configure::uninstall(args),
+            Command::Runtimeclass(args) => cli::runtimeclass::run(args),
             Command::ShimGate {
                 gate_dir,
                 class,

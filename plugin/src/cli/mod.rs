@@ -10,6 +10,7 @@ pub mod logging;
 pub mod policy;
 pub mod pull;
 pub mod run;
+pub mod runtimeclass;
 
 pub use logging::LogFormat;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Configure(configure::ConfigureArgs),
     /// Remove every stanza kata-nri-manager wrote from containerd's config; restart once.
     Uninstall(configure::UninstallArgs),
+    /// Print the Kubernetes RuntimeClass objects (YAML) for the config's runtime classes.
+    Runtimeclass(runtimeclass::RuntimeClassArgs),
     /// Serve as a runtime class's shim gate. containerd runs the gate through the per-class links
     /// (`<gate.dir>/kata-nri-gate.<class>`); this form is for trying it by hand.
     #[command(hide = true)]
