@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+# scripts/validate-deploy.sh installs kubectl and kubernetes-validate into a venv; Debian ships
+# python3 without ensurepip, which `python3 -m venv` needs, until python3-venv is installed.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: need root to apt-get install ${missing[*]}" >&2
