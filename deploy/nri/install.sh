@@ -69,7 +69,7 @@ if [ -n "$config" ]; then
   "$binary" config check --config "$tmp_conf" || die "$config does not pass config check (above)"
   # containerd never relaunches a plugin that exits, and stops it when containerd itself stops:
   # a launched instance must not restart containerd itself (DESIGN.md, "Fleet safety").
-  if ! grep -Eq 'method: *none' "$tmp_conf"; then
+  if ! grep -v '^[[:space:]]*#' "$tmp_conf" | grep -Eq 'method: *none'; then
     echo "install.sh: warning: $config does not set containerd.restart {method: none}; a launched" \
       "plugin that restarts containerd kills itself. Set it, and restart containerd yourself" \
       "when \`kata-nri-manager status\` reports a pending restart." >&2
