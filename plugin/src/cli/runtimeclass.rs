@@ -69,23 +69,26 @@ pub struct Scheduling {
 /// job or an operator's workstation can render the manifests from any copy of the config. The
 /// file is still fully validated. With `--node-config`, both files are loaded as the daemon does.
 pub fn run(args: RuntimeClassArgs) -> Result<()> {
-    let config = match &args.node_config {
+    print!("{}", render(&config_of(&args)?)?);
+    Ok(())
+}
+
+fn config_of(args: &RuntimeClassArgs) -> Result<Config> {
+    match &args.node_config {
         Some(node) => {
             let loaded = crate::config::load(&args.config, Some(node))
                 .with_context(|| format!("loading config {}", args.config.display()))?;
             for warning in &loaded.warnings {
                 eprintln!("warning: {warning}");
             }
-            loaded.config
+            Ok(loaded.config)
         }
         None => {
             let text = std::fs::read_to_string(&args.config)
                 .with_context(|| format!("reading config {}", args.config.display()))?;
-            parse_str(&text, &args.config, FileKind::Trusted)?
+            Ok(parse_str(&text, &args.config, FileKind::Trusted)?)
         }
-    };
-    print!("{}", render(&config)?);
-    Ok(())
+    }
 }
 
 /// The RuntimeClass objects of `config`, as a multi-document YAML stream (empty without classes).
@@ -136,6 +139,7 @@ pub fn servable_label(class: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
 
     use serde::Deserialize;
@@ -200,6 +204,36 @@ mod tests {
         assert_eq!(
             object(class).scheduling.node_selector,
             BTreeMap::from([("kata-nri-manager.io/k".to_owned(), "servable".to_owned())])
+        );
+    }
+
+    #[test]
+    fn without_a_node_file_any_copy_of_the_config_renders_but_is_still_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "artifactsDir: /opt/a\nruntimeClasses:\n- name: k\n  artifacts: {url: nvcr.io/x:1}\n",
+        )
+        .expect("write");
+        // Writable by anyone: `run` would refuse it, this command only prints.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let args = RuntimeClassArgs {
+            config: path.clone(),
+            node_config: None,
+        };
+        let config = config_of(&args).expect("renders");
+        assert_eq!(config.runtime_classes[0].name, "k");
+
+        std::fs::write(
+            &path,
+            "runtimeClasses:\n- name: Bad_Name\n  artifacts: {url: nvcr.io/x:1}\n",
+        )
+        .expect("write");
+        let err = config_of(&args).expect_err("invalid");
+        assert!(
+            format!("{err:#}").contains("runtimeClasses[0].name"),
+            "{err:#}"
         );
     }
 
