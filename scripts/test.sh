@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit tests, the Wasm policies' own tests, and the end-to-end
+# Runs every test of the workspace: unit tests, the Wasm policies' own tests, the deploy manifests'
+# offline validation (scripts/validate-deploy.sh), and the end-to-end
 # tests against real containerd (2.1 and 1.7), runc and a registry. As root the end-to-end tests
 # must run (KNM_REQUIRE_E2E=1 turns a skip into a failure); elsewhere they skip with the reason
 # printed.
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 # The example and hostile policies, built as components for the host's tests, and their own tests.
 bash policies-wasm/build.sh --test
+# deploy/: every kustomization renders and validates offline; the configs and RuntimeClasses agree.
+bash scripts/validate-deploy.sh
 if [ "$(id -u)" -eq 0 ]; then
   export KNM_REQUIRE_E2E="${KNM_REQUIRE_E2E:-1}"
 fi

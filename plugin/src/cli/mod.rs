@@ -11,6 +11,7 @@ pub mod policy;
 pub mod pull;
 pub mod run;
 pub mod status;
+pub mod runtimeclass;
 
 pub use logging::LogFormat;
 
@@ -43,6 +44,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Remove every stanza kata-nri-manager wrote from containerd's config; restart once.
     Uninstall(configure::UninstallArgs),
+    /// Print the Kubernetes RuntimeClass objects (YAML) for the config's runtime classes.
+    Runtimeclass(runtimeclass::RuntimeClassArgs),
     /// Serve as a runtime class's shim gate. containerd runs the gate through the per-class links
     /// (`<gate.dir>/kata-nri-gate.<class>`); this form is for trying it by hand.
     #[command(hide = true)]

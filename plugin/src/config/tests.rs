@@ -806,3 +806,22 @@ fn every_key_is_documented() {
         "not in docs/configuration.md: {missing:?}"
     );
 }
+
+/// The Kubernetes ConfigMap's config and the example node file are deploy/examples/config.yaml
+/// split along the trust boundary: loaded together, they are that config exactly.
+#[test]
+fn the_configmap_and_the_example_node_file_together_are_the_design_example() {
+    let (_, configmap) = example("../kubernetes/base/config/config.yaml");
+    let (_, node_text) = example("node.yaml");
+    let files = Files::new();
+    let operator = files.write("config.yaml", &configmap, 0o644);
+    let node = files.write("node.yaml", &node_text, 0o600);
+    let loaded = files
+        .loader()
+        .load(&operator, Some(&node))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let (path, text) = example("config.yaml");
+    let design = parse_str(&text, &path, FileKind::Trusted).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.config, design);
+}

@@ -1,0 +1,244 @@
+//! `kata-nri-manager runtimeclass`: the Kubernetes RuntimeClass objects for a config's runtime
+//! classes, so the manifests in `deploy/kubernetes` are generated from the config, not kept in
+//! step by hand.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::{Config, FileKind, RuntimeClass, parse_str};
+
+/// The node label the daemon sets once a class is servable on the node (DESIGN, "The job").
+pub const SERVABLE_LABEL_PREFIX: &str = "kata-nri-manager.io/";
+pub const SERVABLE_VALUE: &str = "servable";
+
+/// Memory of the VM beyond the pod's own requests: the guest kernel, the agent and the VMM
+/// (kata-deploy's figure for its QEMU classes). Charged to every pod of the class by the scheduler
+/// and kubelet, so a node is not overcommitted by its kata pods' VMs.
+pub const DEFAULT_OVERHEAD_MEMORY: &str = "160Mi";
+/// CPU of the VMM and kata's I/O threads beyond the pod's requests (kata-deploy's figure).
+pub const DEFAULT_OVERHEAD_CPU: &str = "250m";
+
+#[derive(Debug, Args)]
+pub struct RuntimeClassArgs {
+    /// Operator config (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Node-local config (root-owned YAML), when the operator config is a ConfigMap's.
+    #[arg(long, value_name = "FILE")]
+    pub node_config: Option<PathBuf>,
+}
+
+/// A `node.k8s.io/v1` RuntimeClass, with only the fields we set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeClassObject {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub metadata: Metadata,
+    pub handler: String,
+    pub overhead: Overhead,
+    pub scheduling: Scheduling,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Metadata {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overhead {
+    pub pod_fixed: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scheduling {
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Prints one YAML document per runtime class, in the config's order.
+///
+/// Without `--node-config` the file is read without the ownership check `run` makes: the output
+/// uses only keys a ConfigMap may set (names, node selectors), and nothing is acted on, so a CI
+/// job or an operator's workstation can render the manifests from any copy of the config. The
+/// file is still fully validated. With `--node-config`, both files are loaded as the daemon does.
+pub fn run(args: RuntimeClassArgs) -> Result<()> {
+    print!("{}", render(&config_of(&args)?)?);
+    Ok(())
+}
+
+fn config_of(args: &RuntimeClassArgs) -> Result<Config> {
+    match &args.node_config {
+        Some(node) => {
+            let loaded = crate::config::load(&args.config, Some(node))
+                .with_context(|| format!("loading config {}", args.config.display()))?;
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(loaded.config)
+        }
+        None => {
+            let text = std::fs::read_to_string(&args.config)
+                .with_context(|| format!("reading config {}", args.config.display()))?;
+            Ok(parse_str(&text, &args.config, FileKind::Trusted)?)
+        }
+    }
+}
+
+/// The RuntimeClass objects of `config`, as a multi-document YAML stream (empty without classes).
+pub fn render(config: &Config) -> Result<String> {
+    let mut out = String::new();
+    for class in &config.runtime_classes {
+        let yaml = serde_yaml::to_string(&object(class))
+            .with_context(|| format!("rendering RuntimeClass {}", class.name))?;
+        out.push_str("---\n");
+        out.push_str(&yaml);
+    }
+    Ok(out)
+}
+
+/// The RuntimeClass of one class: its handler is the class name (the containerd runtime handler
+/// the daemon writes), and it schedules only onto nodes where the daemon reports the class
+/// servable, narrowed by the class's own `nodeSelector`.
+pub fn object(class: &RuntimeClass) -> RuntimeClassObject {
+    let mut node_selector = class.node_selector.clone();
+    // Ours goes in last: a class's nodeSelector cannot switch the servable check off by naming
+    // the same key (the config walk only checks label syntax).
+    node_selector.insert(servable_label(&class.name), SERVABLE_VALUE.to_owned());
+    RuntimeClassObject {
+        api_version: "node.k8s.io/v1",
+        kind: "RuntimeClass",
+        metadata: Metadata {
+            name: class.name.clone(),
+            labels: BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "kata-nri-manager".to_owned(),
+            )]),
+        },
+        handler: class.name.clone(),
+        overhead: Overhead {
+            pod_fixed: BTreeMap::from([
+                ("cpu".to_owned(), DEFAULT_OVERHEAD_CPU.to_owned()),
+                ("memory".to_owned(), DEFAULT_OVERHEAD_MEMORY.to_owned()),
+            ]),
+        },
+        scheduling: Scheduling { node_selector },
+    }
+}
+
+/// `kata-nri-manager.io/<class>`: the node label the daemon sets to `servable`.
+pub fn servable_label(class: &str) -> String {
+    format!("{SERVABLE_LABEL_PREFIX}{class}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        parse_str(yaml, Path::new("config.yaml"), FileKind::Operator)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn one_document_per_class_with_handler_overhead_and_selector() {
+        let config = config(
+            "runtimeClasses:\n\
+             - name: kata-qemu\n  artifacts: {url: registry.local:5000/kata/qemu:3.2}\n\
+             - name: kata-qemu-nvidia-gpu\n  nodeSelector: {nvidia.com/gpu.present: \"true\"}\n  \
+               artifacts: {url: nvcr.io/nvidia/kata:1}\n",
+        );
+        let text = render(&config).expect("render");
+        assert_eq!(
+            text,
+            "---\n\
+             apiVersion: node.k8s.io/v1\n\
+             kind: RuntimeClass\n\
+             metadata:\n  name: kata-qemu\n  labels:\n    app.kubernetes.io/managed-by: kata-nri-manager\n\
+             handler: kata-qemu\n\
+             overhead:\n  podFixed:\n    cpu: 250m\n    memory: 160Mi\n\
+             scheduling:\n  nodeSelector:\n    kata-nri-manager.io/kata-qemu: servable\n\
+             ---\n\
+             apiVersion: node.k8s.io/v1\n\
+             kind: RuntimeClass\n\
+             metadata:\n  name: kata-qemu-nvidia-gpu\n  labels:\n    app.kubernetes.io/managed-by: kata-nri-manager\n\
+             handler: kata-qemu-nvidia-gpu\n\
+             overhead:\n  podFixed:\n    cpu: 250m\n    memory: 160Mi\n\
+             scheduling:\n  nodeSelector:\n    kata-nri-manager.io/kata-qemu-nvidia-gpu: servable\n    \
+             nvidia.com/gpu.present: 'true'\n"
+        );
+    }
+
+    #[test]
+    fn every_document_parses_back_as_yaml() {
+        let config = config(
+            "runtimeClasses:\n- name: a\n  artifacts: {url: nvcr.io/x:1}\n- name: b\n  artifacts: {url: nvcr.io/y:1}\n",
+        );
+        let text = render(&config).expect("render");
+        let names: Vec<String> = serde_yaml::Deserializer::from_str(&text)
+            .map(|doc| {
+                let value = serde_yaml::Value::deserialize(doc).expect("document");
+                value["metadata"]["name"].as_str().expect("name").to_owned()
+            })
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn the_servable_label_cannot_be_overridden_by_the_class_selector() {
+        let config = config(
+            "runtimeClasses:\n- name: k\n  nodeSelector: {kata-nri-manager.io/k: \"anything\"}\n  artifacts: {url: nvcr.io/x:1}\n",
+        );
+        let class = config.class("k").expect("class");
+        assert_eq!(
+            object(class).scheduling.node_selector,
+            BTreeMap::from([("kata-nri-manager.io/k".to_owned(), "servable".to_owned())])
+        );
+    }
+
+    #[test]
+    fn without_a_node_file_any_copy_of_the_config_renders_but_is_still_validated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "artifactsDir: /opt/a\nruntimeClasses:\n- name: k\n  artifacts: {url: nvcr.io/x:1}\n",
+        )
+        .expect("write");
+        // Writable by anyone: `run` would refuse it, this command only prints.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let args = RuntimeClassArgs {
+            config: path.clone(),
+            node_config: None,
+        };
+        let config = config_of(&args).expect("renders");
+        assert_eq!(config.runtime_classes[0].name, "k");
+
+        std::fs::write(
+            &path,
+            "runtimeClasses:\n- name: Bad_Name\n  artifacts: {url: nvcr.io/x:1}\n",
+        )
+        .expect("write");
+        let err = config_of(&args).expect_err("invalid");
+        assert!(
+            format!("{err:#}").contains("runtimeClasses[0].name"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn no_classes_print_nothing() {
+        assert_eq!(render(&Config::default()).expect("render"), "");
+    }
+}
