@@ -37,6 +37,15 @@ pub struct KataNode {
 
 impl KataNode {
     pub async fn start(deps: Deps, version: Version) -> Result<Self> {
+        Self::start_with(deps, version, ContainerdOptions::default()).await
+    }
+
+    /// [`start`](Self::start) with containerd options of the caller's.
+    pub async fn start_with(
+        deps: Deps,
+        version: Version,
+        options: ContainerdOptions,
+    ) -> Result<Self> {
         let registry = Registry::start(&deps, RegistryOptions::plain())?;
         registry.push_files(
             ARTIFACT,
@@ -46,7 +55,7 @@ impl KataNode {
                 ("configuration-test.toml", KATA_TOML),
             ],
         )?;
-        let cd = Containerd::start(&deps, version, ContainerdOptions::default()).await?;
+        let cd = Containerd::start(&deps, version, options).await?;
         let dir = tempfile::Builder::new().prefix("knm-node-").tempdir()?;
         let node = Self {
             deps,

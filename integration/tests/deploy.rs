@@ -1,21 +1,21 @@
 //! The pre-registered NRI plugin layout as `deploy/nri/install.sh` installs it, against real
-//! containerd 2.1 and 1.7: containerd launches the plugin from its `plugin_path` on its next start,
-//! hands it the `.conf` through Configure, and the plugin sees pods.
+//! containerd 2.1 and 1.7: containerd launches the plugin from its `plugin_path` on its next
+//! start, hands it the `.conf` through Configure, and the plugin does its job: it writes the
+//! `onDemand` class's stanza (restart pending: a launched plugin never restarts containerd), and
+//! after the operator's restart a pod of the class starts on its first try, its artifacts pulled
+//! at the gate.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kata_nri_integration::{
-    Containerd, ContainerdOptions, PodSpec, TEST_HANDLER, Version, e2e_guard,
-};
+use kata_nri_integration::node::{ARTIFACT, CLASS, VMLINUX};
+use kata_nri_integration::{KataNode, PodSpec, Version, require_e2e};
 use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_knm-under-test");
 const INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nri/install.sh");
-/// A launched instance never restarts containerd itself (containerd would stop it for good).
-const CONF: &str = "containerd: {restart: {method: none}}\nruntimeClasses: []\n";
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -25,41 +25,67 @@ fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
-/// Polls the launched plugin's log for a JSON line matching `found`.
-async fn wait_log_line(log: &Path, what: &str, found: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// Polls the launched plugin's log for `count` JSON lines matching `found`.
+async fn wait_log_lines(log: &Path, what: &str, count: usize, found: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text
+        let seen = text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|line| found(line))
-        {
-            return line;
+            .filter(|line| found(line))
+            .count();
+        if seen >= count {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "no {what} in {}: {text}",
+            "no {what} (×{count}) in {}: {text}",
             log.display()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn installed_by_the_script_and_launched(version: Version, idx: &str) {
-    let deps = e2e_guard!();
+    let Some(deps) = require_e2e() else {
+        return;
+    };
     let full_name = format!("{idx}-kata-nri-manager");
     let log = Path::new("/var/log/kata-nri-manager").join(format!("{full_name}.log"));
     let _ = std::fs::remove_file(&log);
-    let mut cd = Containerd::start(&deps, version, ContainerdOptions::default())
-        .await
-        .unwrap();
-    let plugin_dir = cd.layout().nri_plugin_dir.clone();
-    let conf_dir = cd.layout().nri_plugin_config_dir.clone();
+    let work = tempfile::tempdir().unwrap();
+    let mut node = KataNode::start(deps, version).await.unwrap();
+    let plugin_dir = node.cd.layout().nri_plugin_dir.clone();
+    let conf_dir = node.cd.layout().nri_plugin_config_dir.clone();
+    let registry = node.registry.host();
 
-    let config_dir = tempfile::tempdir().unwrap();
-    let config = config_dir.path().join("config.yaml");
-    std::fs::write(&config, CONF).unwrap();
+    // One trusted file (root's, 0600): a launched plugin has no --node-config.
+    let conf_text = format!(
+        "listen: 127.0.0.1:0\n\
+         artifactsDir: {artifacts}\n\
+         stateDir: {work}/state\n\
+         registries: {{insecure: [\"{registry}\"]}}\n\
+         containerd:\n\
+         \x20 configPath: {config}\n\
+         \x20 address: {address}\n\
+         \x20 mode: inline\n\
+         \x20 restart: {{method: none}}\n\
+         gate: {{dir: {work}/gate, socket: {work}/run/gate.sock}}\n\
+         policies: {{dir: {work}/policies.d}}\n\
+         runtimeClasses:\n\
+         - name: {CLASS}\n\
+         \x20 provision: onDemand\n\
+         \x20 artifacts: {{url: {registry}/{ARTIFACT}}}\n\
+         \x20 runtime: {{runtimeType: io.containerd.runc.v2, runtimePath: {shim}, privilegedWithoutHostDevices: false}}\n",
+        artifacts = node.artifacts().display(),
+        config = node.cd.layout().config.display(),
+        address = node.cd.address().display(),
+        work = work.path().display(),
+        shim = node.shim().display(),
+    );
+    let config = work.path().join("config.yaml");
+    std::fs::write(&config, &conf_text).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
     let output = Command::new("bash")
         .arg(INSTALL)
@@ -86,28 +112,59 @@ async fn installed_by_the_script_and_launched(version: Version, idx: &str) {
     let conf = conf_dir.join(format!("{full_name}.conf"));
     assert_eq!(mode(&installed), 0o755);
     assert_eq!(mode(&conf), 0o600);
-    assert_eq!(std::fs::read_to_string(&conf).unwrap(), CONF);
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), conf_text);
 
     // containerd launches pre-registered plugins when it starts, as after an install.
-    let mark = cd.log_mark();
-    cd.restart().await.unwrap();
-    cd.wait_nri_registered(&full_name, mark, Duration::from_secs(10))
+    let mark = node.cd.log_mark();
+    node.cd.restart().await.unwrap();
+    node.cd
+        .wait_nri_registered(&full_name, mark, Duration::from_secs(10))
         .await
         .unwrap();
-    let configured = wait_log_line(&log, "Configure", |line| {
-        line["message"] == "configured by the runtime"
+    wait_log_lines(&log, "Configure with the .conf", 1, |line| {
+        line["message"] == "configured by the runtime" && line["config_bytes"] == conf_text.len()
     })
     .await;
-    assert_eq!(configured["config_bytes"], CONF.len());
+    // Its job, launched: the stanza is written, and the restart left to the operator.
+    wait_log_lines(&log, "daemon started", 1, |line| {
+        line["message"] == "daemon started"
+    })
+    .await;
+    let written = std::fs::read_to_string(&node.cd.layout().config).unwrap();
+    assert!(written.contains(CLASS), "stanza written:\n{written}");
+    wait_log_lines(&log, "a pending restart", 1, |line| {
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restart pending"))
+    })
+    .await;
 
-    let mut cri = cd.cri().await.unwrap();
-    cri.run_pod(&PodSpec::new("preregistered").handler(TEST_HANDLER))
+    // The operator restarts containerd; the relaunched plugin finds everything in place.
+    let mark = node.cd.log_mark();
+    node.cd.restart().await.unwrap();
+    node.cd
+        .wait_nri_registered(&full_name, mark, Duration::from_secs(10))
         .await
         .unwrap();
-    wait_log_line(&log, "RunPodSandbox", |line| {
-        line.to_string().contains("\"RunPodSandbox\"")
+    wait_log_lines(&log, "a second start", 2, |line| {
+        line["message"] == "daemon started"
     })
     .await;
+    assert!(
+        node.installed().is_none(),
+        "nothing pulled before a pod asks"
+    );
+    let mut cri = node.cd.cri().await.unwrap();
+    cri.run_pod(&PodSpec::new("preregistered").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    assert_eq!(node.installed().as_deref(), Some(VMLINUX));
+    cri.remove_all_pods().await.unwrap();
 
     // --uninstall removes both files; containerd no longer launches the plugin after a restart.
     let output = Command::new("bash")
@@ -123,12 +180,12 @@ async fn installed_by_the_script_and_launched(version: Version, idx: &str) {
     assert!(!installed.exists() && !conf.exists());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn installed_by_the_script_and_launched_2_1() {
     installed_by_the_script_and_launched(Version::V2_1, "45").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn installed_by_the_script_and_launched_1_7() {
     installed_by_the_script_and_launched(Version::V1_7, "46").await;
 }

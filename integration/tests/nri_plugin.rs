@@ -198,11 +198,20 @@ async fn launched_by_containerd(version: Version, idx: &str) {
     let full_name = format!("{idx}-kata-nri-manager");
     let log = Path::new("/var/log/kata-nri-manager").join(format!("{full_name}.log"));
     let _ = std::fs::remove_file(&log);
+    // A config with no classes whose node-local paths stay in a temp dir (a launched plugin's
+    // .conf is trusted and may set them).
+    let work = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "listen: 127.0.0.1:0\nstateDir: {dir}/state\nartifactsDir: {dir}/artifacts\n\
+         containerd: {{configPath: {dir}/config.toml}}\n\
+         gate: {{dir: {dir}/gate, socket: {dir}/gate.sock}}\nruntimeClasses: []\n",
+        dir = work.path().display()
+    );
     let opts = ContainerdOptions::default()
         .nri_plugin(&full_name, FileSource::Copy(PLUGIN.into()))
         .nri_plugin_config(
             format!("{full_name}.conf"),
-            FileSource::Contents(b"runtimeClasses: []\n".to_vec(), 0o600),
+            FileSource::Contents(conf.clone().into_bytes(), 0o600),
         );
     let cd = Containerd::start(&deps, version, opts).await.unwrap();
     cd.wait_nri_registered(&full_name, 0, Duration::from_secs(10))
@@ -227,7 +236,7 @@ async fn launched_by_containerd(version: Version, idx: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // The config file's contents arrive through Configure.
-    assert_eq!(configured["config_bytes"], "runtimeClasses: []\n".len());
+    assert_eq!(configured["config_bytes"], conf.len());
 
     // A pod is seen by the launched plugin too.
     let mut cri = cd.cri().await.unwrap();

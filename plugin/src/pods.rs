@@ -57,6 +57,17 @@ impl PodInventory {
     }
 }
 
+/// The one log line of a Configure.
+pub fn log_configured(runtime: &RuntimeInfo) {
+    info!(
+        runtime = %runtime.runtime_name,
+        runtime_version = %runtime.runtime_version,
+        nri_version = runtime.nri_version.as_deref().unwrap_or("unknown (before v0.12)"),
+        config_bytes = runtime.config.len(),
+        "configured by the runtime"
+    );
+}
+
 fn log_pod(event: &str, pod: &PodRecord) {
     info!(
         event,
@@ -78,13 +89,7 @@ impl NriHandler for PodInventory {
     }
 
     fn configured(&self, runtime: &RuntimeInfo) {
-        info!(
-            runtime = %runtime.runtime_name,
-            runtime_version = %runtime.runtime_version,
-            nri_version = runtime.nri_version.as_deref().unwrap_or("unknown (before v0.12)"),
-            config_bytes = runtime.config.len(),
-            "configured by the runtime"
-        );
+        log_configured(runtime);
     }
 
     fn synchronized(&self, pods: Vec<PodSandbox>, containers: Vec<Container>) {

@@ -20,8 +20,6 @@ use crate::containerd::{
     RuntimeStanza, apply,
 };
 
-/// Where the ownership record lives unless `--state-dir` says otherwise.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/kata-nri-manager";
 /// The ownership record's file name in the state dir.
 pub const OWNERSHIP_FILE: &str = "containerd-ownership.json";
 
@@ -50,7 +48,7 @@ pub type UninstallArgs = ConfigureArgs;
 /// Node facts, hidden: for tests and unusual nodes.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// Directory of the ownership record.
+    /// The state directory (ownership record, status) [default: the config's `stateDir`].
     #[arg(
         long,
         value_name = "DIR",
@@ -201,7 +199,7 @@ struct Planned {
 /// config serve exactly `desired` (of ours).
 fn plan(config: &Config, desired: &[RuntimeStanza], node: &NodeArgs) -> Result<Planned> {
     let main_path = config.containerd.config_path.clone();
-    let state_path = ownership_path(node);
+    let state_path = ownership_path(config, node);
     let binary = containerd_binary(node.containerd_binary.as_deref());
     let version = match &binary {
         Some(binary) => Some(containerd_version(binary)?),
@@ -292,7 +290,7 @@ pub fn sync(
     node: &NodeArgs,
     no_restart: bool,
 ) -> Result<Applied> {
-    if desired.is_empty() && OwnershipRecord::load(&ownership_path(node))?.is_empty() {
+    if desired.is_empty() && OwnershipRecord::load(&ownership_path(config, node))?.is_empty() {
         // Nothing to write and nothing of ours to remove: containerd's file is not ours to read.
         return Ok(Applied::Unchanged);
     }
@@ -300,11 +298,15 @@ pub fn sync(
     write_and_restart(config, &planned, desired, no_restart)
 }
 
-fn ownership_path(node: &NodeArgs) -> PathBuf {
+/// The daemon's state directory: the flag, else the config's `stateDir`.
+pub fn state_dir(config: &Config, node: &NodeArgs) -> PathBuf {
     node.state_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-        .join(OWNERSHIP_FILE)
+        .unwrap_or_else(|| config.state_dir.clone())
+}
+
+fn ownership_path(config: &Config, node: &NodeArgs) -> PathBuf {
+    state_dir(config, node).join(OWNERSHIP_FILE)
 }
 
 fn run(

@@ -6,7 +6,7 @@
 //! then the gate socket, the operations endpoint, the eager classes, GC, and NRI.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use crate::gate;
 use crate::nri::{self, LaunchEnv, PluginIdentity};
 use crate::pods::PodInventory;
 use crate::policy::{EngineOptions, Guard, NodeFacts, PolicyChain, PolicyEngine, WATCH_INTERVAL};
+use crate::reconcile::deferred::DeferredHandler;
 use crate::reconcile::gc::Collector;
 use crate::reconcile::status::STATUS_FILE;
 use crate::reconcile::{
@@ -36,7 +37,9 @@ const LAUNCHED_LOG_DIR: &str = "/var/log/kata-nri-manager";
 /// The config a launched plugin reads (containerd starts it without arguments).
 const LAUNCHED_CONFIG: &str = "/etc/kata-nri-manager/config.yaml";
 const ENV_CONFIG: &str = "KATA_NRI_MANAGER_CONFIG";
-const ENV_NODE_CONFIG: &str = "KATA_NRI_MANAGER_NODE_CONFIG";
+/// Where `deploy/nri/install.sh` puts a launched plugin's config by default: containerd's
+/// `plugin_config_path`, as `<NN-name>.conf` (containerd also hands it over in Configure).
+const NRI_CONF_DIR: &str = "/etc/nri/conf.d";
 /// How often a failed containerd configuration is tried again.
 const SYNC_RETRY: Duration = Duration::from_secs(30);
 
@@ -79,51 +82,61 @@ pub async fn external(args: RunArgs) -> Result<()> {
 }
 
 /// Runs as a plugin containerd launched from its `plugin_path`, until containerd closes the socket.
+///
+/// Its config is the `.conf` containerd hands over in Configure (read by containerd from its
+/// root-owned `plugin_config_path`), else a root-owned file; without either it only tracks pods.
 pub async fn launched(launch: nri::Result<LaunchEnv>) -> Result<()> {
     let launch = launch.context("starting as a launched NRI plugin")?;
     let log_file = PathBuf::from(LAUNCHED_LOG_DIR).join(format!("{}.log", launch.identity));
     logging::init(LogFormat::Json, Some(&log_file))
         .with_context(|| format!("opening log file {}", log_file.display()))?;
-    info!(plugin = %launch.identity, version = env!("CARGO_PKG_VERSION"), "starting as a launched plugin");
+    let name = launch.identity.to_string();
+    info!(plugin = %name, version = env!("CARGO_PKG_VERSION"), "starting as a launched plugin");
 
-    let config_path = std::env::var_os(ENV_CONFIG)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(LAUNCHED_CONFIG));
-    let node_config = std::env::var_os(ENV_NODE_CONFIG).map(PathBuf::from);
-    let triggers: Arc<NriTriggers> = if config_path.exists() {
-        let loaded = crate::config::load(&config_path, node_config.as_deref())
-            .with_context(|| format!("loading config {}", config_path.display()))?;
-        for warning in &loaded.warnings {
-            warn!(%warning, "config");
-        }
-        // containerd launched us and kills us when it stops: restarting it is not ours to do.
-        let node = NodeArgs {
-            state_dir: None,
-            containerd_binary: None,
-        };
-        Daemon::start(loaded.config, node, None, false)
-            .await?
-            .triggers
-    } else {
-        warn!(
-            config = %config_path.display(),
-            "no config: tracking pods only (set {ENV_CONFIG} or install the config there)"
-        );
-        Arc::new(NriTriggers::new(
-            Arc::new(PodInventory::new()),
-            BTreeSet::new(),
-            mpsc::unbounded_channel().0,
-            Arc::new(Metrics::new()),
-            Arc::new(StatusBoard::new([])),
-        ))
-    };
-    let end = tokio::select! {
-        end = nri::run_launched(launch, triggers.clone(), triggers) => end,
+    let (deferred, config_text) = DeferredHandler::new();
+    let session = nri::run_launched(launch, deferred.clone(), deferred.clone());
+    tokio::pin!(session);
+    let text = tokio::select! {
+        text = config_text => text.unwrap_or_default(),
+        end = &mut session => return session_ended(end),
         signal = shutdown_signal() => {
             info!(signal, "stopping");
             return Ok(());
         }
     };
+    let triggers = match launched_config(&name, &text)? {
+        Some(config) => {
+            // containerd launched us and stops us when it stops: restarting it is not ours to do.
+            let node = NodeArgs {
+                state_dir: None,
+                containerd_binary: None,
+            };
+            Daemon::start(config, node, None, false).await?.triggers
+        }
+        None => {
+            warn!(
+                "no config: tracking pods only (install the config as {NRI_CONF_DIR}/{name}.conf or {LAUNCHED_CONFIG})"
+            );
+            Arc::new(NriTriggers::new(
+                Arc::new(PodInventory::new()),
+                BTreeSet::new(),
+                mpsc::unbounded_channel().0,
+                Arc::new(Metrics::new()),
+                Arc::new(StatusBoard::new([])),
+            ))
+        }
+    };
+    deferred.install(triggers);
+    tokio::select! {
+        end = &mut session => session_ended(end),
+        signal = shutdown_signal() => {
+            info!(signal, "stopping");
+            Ok(())
+        }
+    }
+}
+
+fn session_ended(end: nri::Result<nri::SessionEnd>) -> Result<()> {
     match end {
         Ok(end) => {
             info!(
@@ -139,6 +152,31 @@ pub async fn launched(launch: nri::Result<LaunchEnv>) -> Result<()> {
     }
 }
 
+/// A launched plugin's config: the `.conf` text containerd handed over, else
+/// `KATA_NRI_MANAGER_CONFIG` or `/etc/kata-nri-manager/config.yaml` when present (root-owned, as
+/// `run` requires without `--node-config`); `None` when there is none.
+fn launched_config(plugin: &str, conf: &str) -> Result<Option<Config>> {
+    if !conf.trim().is_empty() {
+        let origin = PathBuf::from(format!("{NRI_CONF_DIR}/{plugin}.conf (from containerd)"));
+        return Ok(Some(
+            crate::config::parse_str(conf, &origin, crate::config::FileKind::Trusted)
+                .with_context(|| format!("loading config {}", origin.display()))?,
+        ));
+    }
+    let path = std::env::var_os(ENV_CONFIG)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(LAUNCHED_CONFIG));
+    if !path.exists() {
+        return Ok(None);
+    }
+    let loaded = crate::config::load(&path, None)
+        .with_context(|| format!("loading config {}", path.display()))?;
+    for warning in &loaded.warnings {
+        warn!(%warning, "config");
+    }
+    Ok(Some(loaded.config))
+}
+
 /// The running daemon's parts that outlive start-up.
 struct Daemon {
     triggers: Arc<NriTriggers>,
@@ -152,10 +190,7 @@ impl Daemon {
         may_restart: bool,
     ) -> Result<Self> {
         let config = Arc::new(config);
-        let state_dir = node
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(configure::DEFAULT_STATE_DIR));
+        let state_dir = configure::state_dir(&config, &node);
         let metrics = Arc::new(Metrics::new());
         let board = Arc::new(StatusBoard::new(
             config
@@ -463,12 +498,9 @@ async fn remove(store: &ArtifactStore, class: &str) -> Result<Vec<String>> {
     Ok(tokio::task::spawn_blocking(move || store.remove(&class)).await??)
 }
 
-/// The daemon's status file under `state_dir`.
-pub fn status_file(state_dir: Option<&Path>) -> PathBuf {
-    state_dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(configure::DEFAULT_STATE_DIR))
-        .join(STATUS_FILE)
+/// The daemon's status file.
+pub fn status_file(config: &Config, node: &NodeArgs) -> PathBuf {
+    configure::state_dir(config, node).join(STATUS_FILE)
 }
 
 async fn shutdown_signal() -> &'static str {

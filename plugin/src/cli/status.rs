@@ -48,7 +48,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
     let config = loaded.config;
-    let file = super::run::status_file(args.node.state_dir.as_deref());
+    let file = super::run::status_file(&config, &args.node);
     let shown = match status::read(&file) {
         Ok(report) if process_alive(report.pid) => Shown {
             daemon_running: true,

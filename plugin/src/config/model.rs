@@ -23,6 +23,8 @@ pub struct Config {
     pub artifacts_dir: PathBuf,
     /// Node-local. `<dir>/<pullSecret>/.dockerconfigjson` when not reading Secrets from the API.
     pub pull_secrets_dir: PathBuf,
+    /// Node-local. The daemon's own state: ownership record, status file, compiled policies.
+    pub state_dir: PathBuf,
     pub registries: Registries,
     pub limits: Limits,
     pub containerd: Containerd,
@@ -42,6 +44,7 @@ impl Default for Config {
         Self {
             artifacts_dir: PathBuf::from("/opt/kata-nri-manager/artifacts"),
             pull_secrets_dir: PathBuf::from("/etc/kata-nri-manager/pull-secrets"),
+            state_dir: PathBuf::from("/var/lib/kata-nri-manager"),
             registries: Registries::default(),
             limits: Limits::default(),
             containerd: Containerd::default(),

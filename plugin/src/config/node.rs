@@ -15,6 +15,7 @@ use super::walk::{index, join};
 pub(super) struct NodeConfig {
     pub(super) artifacts_dir: Option<PathBuf>,
     pub(super) pull_secrets_dir: Option<PathBuf>,
+    pub(super) state_dir: Option<PathBuf>,
     pub(super) registries: NodeRegistries,
     pub(super) containerd: NodeContainerd,
     pub(super) gate: NodeGate,
@@ -78,6 +79,7 @@ impl NodeConfig {
         }
         set(&mut config.artifacts_dir, self.artifacts_dir);
         set(&mut config.pull_secrets_dir, self.pull_secrets_dir);
+        set(&mut config.state_dir, self.state_dir);
         config.registries.ca_file = self.registries.ca_file;
         set(
             &mut config.containerd.config_path,

@@ -165,6 +165,7 @@ const RUNTIME_CLASS: Shape = Shape::Struct(&[
 pub(super) const CONFIG: Shape = Shape::Struct(&[
     key("artifactsDir", PATH, NodeLocal),
     key("pullSecretsDir", PATH, NodeLocal),
+    key("stateDir", PATH, NodeLocal),
     key(
         "registries",
         Shape::Struct(&[

@@ -713,6 +713,7 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
     let node = NodeConfig {
         artifacts_dir: Some("/a".into()),
         pull_secrets_dir: Some("/p".into()),
+        state_dir: Some("/s".into()),
         registries: NodeRegistries {
             ca_file: Some("/ca.pem".into()),
         },

@@ -8,6 +8,7 @@
 //! - [`Metrics`] and [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`gc::Collector`]: when the artifacts of a class that left may go.
 
+pub mod deferred;
 pub mod gc;
 pub mod http;
 pub mod metrics;
