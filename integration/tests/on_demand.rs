@@ -196,9 +196,8 @@ async fn an_eager_class_is_ready_after_start_1_7() {
     an_eager_class_is_ready_after_start(Version::V1_7).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_prepare_annotation_on_any_pod_makes_the_class_ready() {
-    let Some(mut node) = start(Version::V2_1).await else {
+async fn a_prepare_annotation_on_any_pod_makes_the_class_ready(version: Version) {
+    let Some(mut node) = start(version).await else {
         return;
     };
     let operator = node.operator_config(&node.registry.host(), "onDemand", "");
@@ -235,9 +234,8 @@ async fn a_prepare_annotation_on_any_pod_makes_the_class_ready() {
     cri.remove_all_pods().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_policy_denial_fails_the_start_with_the_policy_and_reason() {
-    let Some(mut node) = start(Version::V2_1).await else {
+async fn a_policy_denial_fails_the_start_with_the_policy_and_reason(version: Version) {
+    let Some(mut node) = start(version).await else {
         return;
     };
     let policies = node.dir().join("policies.d");
@@ -281,9 +279,8 @@ async fn a_policy_denial_fails_the_start_with_the_policy_and_reason() {
     cri.remove_all_pods().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers() {
-    let Some(mut node) = start(Version::V2_1).await else {
+async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers(version: Version) {
+    let Some(mut node) = start(version).await else {
         return;
     };
     let upstream = node.registry.host().parse().unwrap();
@@ -345,9 +342,8 @@ async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers() {
     cri.remove_all_pods().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts() {
-    let Some(mut node) = start(Version::V2_1).await else {
+async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts(version: Version) {
+    let Some(mut node) = start(version).await else {
         return;
     };
     let operator = node.operator_config(&node.registry.host(), "onDemand", "");
@@ -413,4 +409,44 @@ async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts() {
         })
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prepare_annotation_on_any_pod_makes_the_class_ready_2_1() {
+    a_prepare_annotation_on_any_pod_makes_the_class_ready(Version::V2_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prepare_annotation_on_any_pod_makes_the_class_ready_1_7() {
+    a_prepare_annotation_on_any_pod_makes_the_class_ready(Version::V1_7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_denial_fails_the_start_with_the_policy_and_reason_2_1() {
+    a_policy_denial_fails_the_start_with_the_policy_and_reason(Version::V2_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_denial_fails_the_start_with_the_policy_and_reason_1_7() {
+    a_policy_denial_fails_the_start_with_the_policy_and_reason(Version::V1_7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers_2_1() {
+    a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers(Version::V2_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers_1_7() {
+    a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers(Version::V1_7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts_2_1() {
+    a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts(Version::V2_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts_1_7() {
+    a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts(Version::V1_7).await;
 }
