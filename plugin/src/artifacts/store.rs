@@ -670,14 +670,14 @@ impl Inner {
             unpack::UnpackError::Unsafe { entry, why } => ArtifactError::UnsafeEntry {
                 class: class.name.clone(),
                 reference,
-                layer: layer.name(),
+                layer: layer.label(),
                 entry,
                 why,
             },
             unpack::UnpackError::Bad(why) => ArtifactError::BadLayer {
                 class: class.name.clone(),
                 reference,
-                layer: layer.name(),
+                layer: layer.label(),
                 why,
             },
             unpack::UnpackError::Io {

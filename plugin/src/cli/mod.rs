@@ -10,8 +10,8 @@ pub mod logging;
 pub mod policy;
 pub mod pull;
 pub mod run;
-pub mod status;
 pub mod runtimeclass;
+pub mod status;
 
 pub use logging::LogFormat;
 
