@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use kata_nri_integration::registry::layer;
 use kata_nri_integration::{CutProxy, Registry, RegistryOptions, e2e_guard};
 use kata_nri_manager::artifacts::{ArtifactStore, RetryPolicy, StoreSettings};
-use kata_nri_manager::config::{Artifacts, Limits, Registries, RuntimeClass, RuntimeSettings};
+use kata_nri_manager::config::{
+    Artifacts, KataConfig, Limits, Registries, RuntimeClass, RuntimeSettings,
+};
 use sha2::{Digest as _, Sha256};
 
 const PASSWORD: &str = "s3cret-Pa55word-for-knm";
@@ -63,6 +65,7 @@ impl Node {
                 ca_file,
             },
             limits: Limits::default(),
+            allowed_host_paths: KataConfig::default().allowed_host_paths,
             parallel_layers: 3,
             retry: RetryPolicy {
                 attempts: 3,
