@@ -334,3 +334,85 @@ fn kata_configs_pointing_outside_are_refused_naming_file_key_value_and_rule() {
         puller.assert_nothing_installed();
     }
 }
+
+/// The daemon with two classes: a hostile artifact fails its class in `status` and installs
+/// nothing, and the daemon goes on serving the other class (its pod runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
+    use kata_nri_integration::node::{CLASS as GOOD, KataNode, VMLINUX};
+    use kata_nri_integration::{PodSpec, Version, require_e2e};
+    let Some(deps) = require_e2e() else {
+        return;
+    };
+    let mut node = KataNode::start(deps, Version::V2_1)
+        .await
+        .expect("containerd and the registry start");
+    let host = node.registry.host();
+    let (digest, size) = node
+        .registry
+        .push_blob(
+            "hostile/daemon",
+            &tar_of(&[
+                (
+                    "configuration-qemu.toml",
+                    tar::EntryType::Regular,
+                    0o644,
+                    GOOD_CONFIG,
+                    None,
+                ),
+                ("vmlinux", tar::EntryType::Regular, 0o4755, b"kernel", None),
+            ]),
+        )
+        .expect("blob");
+    node.registry
+        .push_image("hostile/daemon:1", &[layer(&digest, size, TAR, None)])
+        .expect("manifest");
+    let operator = format!(
+        "{}- name: {CLASS}\n  provision: eager\n  artifacts: {{url: {host}/hostile/daemon:1}}\n  runtime: {{runtimeType: io.containerd.runc.v2}}\n",
+        node.operator_config(&host, "onDemand", "")
+    );
+    let node_config = format!(
+        "{}- name: {CLASS}\n  runtime: {{runtimePath: {}}}\n",
+        node.node_config(None),
+        node.shim().display()
+    );
+    let daemon = node
+        .daemon(Path::new(KNM), operator.clone(), node_config.clone(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let mut error = String::new();
+    daemon
+        .wait_until("the hostile class failed", async || {
+            let text = node
+                .status(&daemon, &operator, &node_config, "json")
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            let status: serde_json::Value = serde_json::from_str(&text).expect("json");
+            let class = status["classes"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["class"] == CLASS).cloned());
+            match class {
+                Some(class) if class["state"] == "failed" => {
+                    error = class["lastError"].as_str().unwrap_or_default().to_owned();
+                    true
+                }
+                _ => false,
+            }
+        })
+        .await
+        .expect("status shows the failure");
+    assert!(error.contains(&digest), "{error}");
+    assert!(
+        error.contains("refused \"vmlinux\": setuid file"),
+        "{error}"
+    );
+    assert!(fs::symlink_metadata(node.artifacts().join(CLASS)).is_err());
+
+    let mut cri = node.cd.cri().await.expect("cri");
+    cri.run_pod(&PodSpec::new("good").handler(GOOD))
+        .await
+        .unwrap_or_else(|e| panic!("the good class's pod: {e:#}\n{}", daemon.process.log()));
+    assert_eq!(node.installed().as_deref(), Some(VMLINUX));
+    cri.remove_all_pods().await.expect("cleanup");
+}
