@@ -416,3 +416,57 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
     assert_eq!(node.installed().as_deref(), Some(VMLINUX));
     cri.remove_all_pods().await.expect("cleanup");
 }
+
+/// A policy's closed record has no field for a runtime path, `BinaryName`, `base_runtime_spec`
+/// or `ConfigPath` (policies-wasm/wit/policy.wit), so the remaining ways out are the values it
+/// does return. A source outside `registries.allowed` (here the example mirror sending
+/// nvcr.io to another registry) is the policy's invalid result, whatever the guest says.
+#[test]
+fn a_policy_source_outside_registries_allowed_is_denied() {
+    let _deps = e2e_guard!();
+    let built = kata_nri_integration::repo_root()
+        .join("policies-wasm/target/wasm32-wasip2/release/mirror.wasm");
+    assert!(
+        built.is_file(),
+        "{} missing: run policies-wasm/build.sh",
+        built.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let request = dir.path().join("request.json");
+    let eval = |allowed: &str| {
+        write(
+            &request,
+            &format!(
+                "{{\"className\": \"kata-qemu\", \"source\": {{\"reference\": \"nvcr.io/nvidia/kata:1.0\"}}, \
+                 \"calls\": [\"select-source\"], \"registries\": {{\"allowed\": [{allowed}]}}}}"
+            ),
+            0o600,
+        );
+        knm(
+            &[
+                "policy",
+                "eval",
+                "--settings",
+                r#"{"from": "nvcr.io", "to": "evil.example:5000"}"#,
+                "--policy",
+            ],
+            &[&built, Path::new("--request"), &request],
+        )
+    };
+    let denied = eval("\"nvcr.io\"");
+    let stdout = String::from_utf8_lossy(&denied.stdout);
+    assert!(
+        stdout
+            .contains("evil.example:5000/nvidia/kata:1.0 is outside registries.allowed (nvcr.io)"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    // The same answer within the allowlist passes: the refusal is the guard's, not the guest's.
+    let allowed = eval("\"nvcr.io\", \"evil.example:5000\"");
+    let stdout = String::from_utf8_lossy(&allowed.stdout);
+    assert!(
+        stdout.contains("evil.example:5000/nvidia/kata:1.0"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("outside registries.allowed"), "{stdout}");
+}
