@@ -470,3 +470,49 @@ fn a_policy_source_outside_registries_allowed_is_denied() {
     );
     assert!(!stdout.contains("outside registries.allowed"), "{stdout}");
 }
+
+/// A policy answering the pod annotation pattern `io.katacontainers.*` (the hostile guest's
+/// `annotations` mode) would let pods set `io.katacontainers.config_path`: the guard refuses
+/// the answer as the policy's invalid result.
+#[test]
+fn a_policy_annotation_pattern_reaching_config_path_is_refused() {
+    let _deps = e2e_guard!();
+    let built = kata_nri_integration::repo_root()
+        .join("policies-wasm/target/wasm32-wasip2/release/misbehave.wasm");
+    assert!(
+        built.is_file(),
+        "{} missing: run policies-wasm/build.sh",
+        built.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let request = dir.path().join("request.json");
+    write(
+        &request,
+        "{\"className\": \"kata-qemu\", \"source\": {\"reference\": \"nvcr.io/nvidia/kata:1.0\"}, \
+         \"calls\": [\"mutate-runtime\"], \
+         \"annotations\": {\"allowed\": [\"io.katacontainers.config.hypervisor.*\"]}}",
+        0o600,
+    );
+    let output = knm(
+        &[
+            "policy",
+            "eval",
+            "--settings",
+            r#"{"mode": "annotations"}"#,
+            "--policy",
+        ],
+        &[&built, Path::new("--request"), &request],
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("policy eval prints JSON");
+    let decision = &report["mutateRuntime"];
+    assert_eq!(decision["decision"], "deny", "{report}");
+    assert_eq!(decision["failure"], "invalid-result", "{report}");
+    let reason = decision["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(
+            "pattern \"io.katacontainers.*\" would let pods choose the kata config (io.katacontainers.config_path)"
+        ),
+        "{reason}"
+    );
+}
