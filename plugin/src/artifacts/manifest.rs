@@ -163,6 +163,15 @@ impl Layer {
             LayerKind::Tar { .. } => self.digest.to_string(),
         }
     }
+
+    /// The name of a layer in an error about its content: always with its digest, so the
+    /// operator can find the very blob that was refused.
+    pub fn label(&self) -> String {
+        match &self.kind {
+            LayerKind::Tar { into, .. } if into.is_empty() => self.digest.to_string(),
+            _ => format!("{} ({})", self.name(), self.digest),
+        }
+    }
 }
 
 fn tar_compression(media_type: &str) -> Option<Compression> {

@@ -14,6 +14,7 @@
 mod auth;
 mod download;
 mod error;
+mod hostpaths;
 mod kataconf;
 mod manifest;
 mod paths;

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use super::download;
 use super::error::{ArtifactError, Result};
+use super::hostpaths;
 use super::kataconf;
 use super::manifest::{self, Layer, LayerKind, Parsed};
 use super::paths;
@@ -40,6 +41,8 @@ pub struct StoreSettings {
     pub limits: Limits,
     pub parallel_layers: usize,
     pub retry: RetryPolicy,
+    /// `kataConfig.allowedHostPaths`: host files an installed kata configuration may name.
+    pub allowed_host_paths: Vec<PathBuf>,
 }
 
 impl StoreSettings {
@@ -51,6 +54,7 @@ impl StoreSettings {
             limits: config.limits.clone(),
             parallel_layers: DEFAULT_PARALLEL_LAYERS,
             retry: RetryPolicy::default(),
+            allowed_host_paths: config.kata_config.allowed_host_paths.clone(),
         }
     }
 }
@@ -670,14 +674,14 @@ impl Inner {
             unpack::UnpackError::Unsafe { entry, why } => ArtifactError::UnsafeEntry {
                 class: class.name.clone(),
                 reference,
-                layer: layer.name(),
+                layer: layer.label(),
                 entry,
                 why,
             },
             unpack::UnpackError::Bad(why) => ArtifactError::BadLayer {
                 class: class.name.clone(),
                 reference,
-                layer: layer.name(),
+                layer: layer.label(),
                 why,
             },
             unpack::UnpackError::Io {
@@ -704,8 +708,16 @@ impl Inner {
         let (root, final_dir) = (root.to_owned(), final_dir.to_owned());
         let config_file = class.runtime.config_file.clone();
         let name = class.name.clone();
+        let allowed = self.settings.allowed_host_paths.clone();
         let rewritten = tokio::task::spawn_blocking(move || {
             let files = kataconf::rewrite_all(&root, &final_dir, config_file.as_deref())?;
+            // After the rewrite, so the paths checked are the ones kata will read; before the
+            // commit, so a refused version never becomes current.
+            hostpaths::HostPathRule {
+                version_dir: &final_dir,
+                allowed: &allowed,
+            }
+            .check_all(&root, &files)?;
             let records: Vec<(String, io::Result<FileRecord>)> = files
                 .iter()
                 .map(|rel| (rel.display().to_string(), hash_file(&root.join(rel))))
@@ -720,10 +732,16 @@ impl Inner {
         .map_err(|e| ArtifactError::KataConfig {
             class: name.clone(),
             file: match &e {
-                kataconf::KataConfigError::Bad { file, .. } => PathBuf::from(file),
+                kataconf::KataConfigError::Bad { file, .. }
+                | kataconf::KataConfigError::Refused { file, .. } => PathBuf::from(file),
                 kataconf::KataConfigError::Missing(file) => PathBuf::from(file),
             },
-            why: e.to_string(),
+            why: match &e {
+                kataconf::KataConfigError::Refused {
+                    key, value, rule, ..
+                } => format!("{key} = {value:?}: {rule}"),
+                _ => e.to_string(),
+            },
         })?;
         let mut names = Vec::new();
         for (rel, record) in rewritten {

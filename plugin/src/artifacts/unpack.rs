@@ -35,8 +35,6 @@ pub struct Unpacked {
     pub files: BTreeMap<String, FileRecord>,
     /// Bytes written.
     pub bytes: u64,
-    /// Device nodes and FIFOs skipped, setuid/setgid bits dropped: (entry, what).
-    pub dropped: Vec<(String, &'static str)>,
 }
 
 /// Unpacks `blob` (a tar, maybe compressed) under `root/into`, writing at most `max_bytes`.
@@ -95,6 +93,24 @@ fn io_at<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> 
     }
 }
 
+/// DESIGN.md "Trust boundary": no setuid/setgid file from an artifact. Refused, not dropped: a
+/// kata bundle never needs one, so its presence means the artifact was not built for us.
+fn refuse_special_bits(name: &Path, mode: u32) -> Result<(), UnpackError> {
+    let what = match (mode & 0o4000 != 0, mode & 0o2000 != 0) {
+        (true, true) => "setuid and setgid",
+        (true, false) => "setuid",
+        (false, true) => "setgid",
+        (false, false) => return Ok(()),
+    };
+    Err(unsafe_entry(
+        name,
+        format!(
+            "{what} file (mode {:04o}): artifacts may not carry setuid/setgid files",
+            mode & 0o7777
+        ),
+    ))
+}
+
 impl Unpacker<'_> {
     fn run(mut self, reader: Box<dyn Read>) -> Result<Unpacked, UnpackError> {
         let mut archive = tar::Archive::new(reader);
@@ -139,8 +155,8 @@ impl Unpacker<'_> {
         }
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mode = self.drop_special_bits(&name, mode);
-                self.regular(&name, &rel, mode, &mut entry)
+                refuse_special_bits(&name, mode)?;
+                self.regular(&name, &rel, mode & 0o777, &mut entry)
             }
             tar::EntryType::Directory => self.directory(&name, &rel, mode),
             tar::EntryType::Symlink => {
@@ -159,14 +175,20 @@ impl Unpacker<'_> {
                     .into_owned();
                 self.hard_link(&name, &rel, &target)
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                // DESIGN.md "Trust boundary": tar layers lose device nodes; a kata bundle has none.
-                tracing::warn!(entry = %name.display(), "device node or FIFO in a tar layer skipped");
-                self.out
-                    .dropped
-                    .push((name.display().to_string(), "device node or FIFO skipped"));
-                Ok(())
-            }
+            // DESIGN.md "Trust boundary": a kata bundle has no device nodes or FIFOs; one in a
+            // layer is a crafted artifact, so the whole install is refused rather than patched.
+            tar::EntryType::Char => Err(unsafe_entry(
+                &name,
+                "character device node: artifacts may not carry device nodes",
+            )),
+            tar::EntryType::Block => Err(unsafe_entry(
+                &name,
+                "block device node: artifacts may not carry device nodes",
+            )),
+            tar::EntryType::Fifo => Err(unsafe_entry(
+                &name,
+                "FIFO: artifacts may carry only files, directories and links",
+            )),
             tar::EntryType::GNUSparse => Err(UnpackError::Bad(format!(
                 "{}: sparse files are not supported",
                 name.display()
@@ -175,17 +197,6 @@ impl Unpacker<'_> {
             // (e.g. GNU volume labels) carries no file.
             _ => Ok(()),
         }
-    }
-
-    fn drop_special_bits(&mut self, name: &Path, mode: u32) -> u32 {
-        if mode & 0o6000 != 0 {
-            // DESIGN.md "Trust boundary": no setuid/setgid binaries from an artifact.
-            tracing::warn!(entry = %name.display(), mode = format_args!("{mode:o}"), "setuid/setgid bits dropped");
-            self.out
-                .dropped
-                .push((name.display().to_string(), "setuid/setgid bits dropped"));
-        }
-        mode & 0o777
     }
 
     fn parent(&self, name: &Path, rel: &Path) -> Result<PathBuf, UnpackError> {
@@ -352,13 +363,13 @@ mod tests {
         (dir, result)
     }
 
-    use tar::EntryType::{Block, Directory, Link, Regular, Symlink};
+    use tar::EntryType::{Block, Char, Directory, Fifo, Link, Regular, Symlink};
 
     #[test]
     fn unpacks_with_modes_links_and_digests() {
         let (dir, result) = run(&tar_of(&[
             ("./opt/kata/bin/", Directory, 0o755, b"", None),
-            ("./opt/kata/bin/qemu", Regular, 0o4755, b"elf", None),
+            ("./opt/kata/bin/qemu", Regular, 0o755, b"elf", None),
             (
                 "./opt/kata/share/vmlinux-6",
                 Regular,
@@ -380,12 +391,11 @@ mod tests {
                 b"",
                 Some("./opt/kata/share/vmlinux-6"),
             ),
-            ("./dev/null", Block, 0o666, b"", None),
         ]));
         let out = result.expect("unpacked");
         let root = dir.path().join("root");
         let qemu = fs::metadata(root.join("opt/kata/bin/qemu")).expect("qemu");
-        assert_eq!(qemu.mode() & 0o7777, 0o755, "setuid dropped");
+        assert_eq!(qemu.mode() & 0o7777, 0o755);
         assert_eq!(
             fs::read_link(root.join("opt/kata/share/vmlinux.container")).expect("link"),
             Path::new("vmlinux-6")
@@ -394,8 +404,6 @@ mod tests {
             fs::read(root.join("opt/kata/share/again")).expect("hard link"),
             b"kernel"
         );
-        assert!(!root.join("dev/null").exists());
-        assert_eq!(out.dropped.len(), 2);
         assert_eq!(out.files["opt/kata/share/vmlinux-6"].size, 6);
         assert_eq!(out.bytes, 9);
     }
@@ -442,6 +450,54 @@ mod tests {
                 error.contains(expected),
                 "{error} should mention {expected}"
             );
+        }
+    }
+
+    #[test]
+    fn refuses_setuid_setgid_devices_and_fifos() {
+        for (entry, expected) in [
+            (
+                ("bin/qemu", Regular, 0o4755, &b"elf"[..], None),
+                "setuid file (mode 4755)",
+            ),
+            (
+                ("bin/qemu", Regular, 0o2755, &b"elf"[..], None),
+                "setgid file (mode 2755)",
+            ),
+            (
+                ("bin/qemu", Regular, 0o6755, &b"elf"[..], None),
+                "setuid and setgid file",
+            ),
+            (
+                ("dev/null", Char, 0o666, &b""[..], None),
+                "character device node",
+            ),
+            (
+                ("dev/sda", Block, 0o660, &b""[..], None),
+                "block device node",
+            ),
+            (("run/pipe", Fifo, 0o600, &b""[..], None), "FIFO"),
+        ] {
+            let name = entry.0;
+            let (dir, result) = run(&tar_of(&[
+                ("ok", Regular, 0o644, b"fine", None),
+                entry,
+                ("after", Regular, 0o644, b"late", None),
+            ]));
+            let error = result.expect_err("refused").to_string();
+            assert!(
+                error.contains(expected),
+                "{error} should mention {expected}"
+            );
+            assert!(error.contains(name), "{error} should name {name}");
+            // The install stops at the entry: nothing after it, and the refused entry itself
+            // never reaches the tree.
+            let root = dir.path().join("root");
+            assert!(
+                fs::symlink_metadata(root.join(name)).is_err(),
+                "{name} written"
+            );
+            assert!(!root.join("after").exists());
         }
     }
 

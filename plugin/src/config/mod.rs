@@ -30,9 +30,10 @@ pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, Problem, Result, Warning};
 pub use load::{FileKind, LoadedConfig, Loader, load, parse_str};
 pub use model::{
-    Annotations, Artifacts, CommandRestart, Config, Containerd, ContainerdMode, FailurePolicy,
-    Gate, Limits, Log, LogFormat, Nri, Policies, PolicyLimits, Provision, Registries, Restart,
-    RuntimeClass, RuntimeSettings, SystemdRestart, UpdatePolicy, UpdatePolicyError,
+    Annotations, Artifacts, CommandRestart, Config, Containerd, ContainerdMode,
+    DEFAULT_ALLOWED_HOST_PATHS, FailurePolicy, Gate, KataConfig, Limits, Log, LogFormat, Nri,
+    Policies, PolicyLimits, Provision, Registries, Restart, RuntimeClass, RuntimeSettings,
+    SystemdRestart, UpdatePolicy, UpdatePolicyError,
 };
 pub use names::{check_plugin_index, check_plugin_name};
 pub use pattern::{AnnotationPattern, CONFIG_PATH_ANNOTATION};

@@ -33,6 +33,8 @@ pub struct Config {
     pub gate: Gate,
     pub policies: Policies,
     pub annotations: Annotations,
+    /// Node-local as a whole: which host files installed kata configurations may name.
+    pub kata_config: KataConfig,
     /// Address of `/metrics`, `/healthz`, `/readyz`.
     pub listen: SocketAddr,
     pub log: Log,
@@ -52,6 +54,7 @@ impl Default for Config {
             gate: Gate::default(),
             policies: Policies::default(),
             annotations: Annotations::default(),
+            kata_config: KataConfig::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             log: Log::default(),
             runtime_classes: Vec::new(),
@@ -320,6 +323,50 @@ impl Annotations {
         self.allowed
             .iter()
             .any(|allowed| AnnotationPattern::parse(allowed).is_ok_and(|wide| wide.covers(&narrow)))
+    }
+}
+
+/// The host files an installed kata configuration may name besides its own version's files
+/// (DESIGN.md "Trust boundary"). Node-local: which hypervisor binaries a node has is a fact of the
+/// node, and widening the list lets an artifact pick what root runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct KataConfig {
+    /// Absolute paths allowed exactly; an entry ending in `/` allows everything below it.
+    /// Setting the key replaces the default list.
+    pub allowed_host_paths: Vec<PathBuf>,
+}
+
+/// Where kata's own packages (kata-deploy under `/opt/kata`, distribution packages under `/usr`)
+/// put hypervisors, jailers, virtiofsd and guest assets: an artifact carrying only a kernel and
+/// an image runs with the node's kata install without any configuration.
+pub const DEFAULT_ALLOWED_HOST_PATHS: &[&str] = &[
+    "/opt/kata/bin/qemu-system-x86_64",
+    "/opt/kata/bin/qemu-system-aarch64",
+    "/opt/kata/bin/qemu-system-s390x",
+    "/opt/kata/bin/qemu-system-ppc64",
+    "/opt/kata/bin/cloud-hypervisor",
+    "/opt/kata/bin/firecracker",
+    "/opt/kata/bin/jailer",
+    "/opt/kata/bin/stratovirt",
+    "/opt/kata/libexec/virtiofsd",
+    "/opt/kata/share/kata-containers/",
+    "/opt/kata/share/kata-qemu/",
+    "/usr/bin/qemu-system-x86_64",
+    "/usr/bin/qemu-system-aarch64",
+    "/usr/libexec/qemu-kvm",
+    "/usr/libexec/virtiofsd",
+    "/usr/share/kata-containers/",
+];
+
+impl Default for KataConfig {
+    fn default() -> Self {
+        Self {
+            allowed_host_paths: DEFAULT_ALLOWED_HOST_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub(super) struct NodeConfig {
     pub(super) containerd: NodeContainerd,
     pub(super) gate: NodeGate,
     pub(super) policies: NodePolicies,
+    pub(super) kata_config: NodeKataConfig,
     pub(super) runtime_classes: Vec<NodeClass>,
 }
 
@@ -50,6 +51,12 @@ pub(super) struct NodeGate {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub(super) struct NodePolicies {
     pub(super) dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeKataConfig {
+    pub(super) allowed_host_paths: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +97,10 @@ impl NodeConfig {
         set(&mut config.gate.socket, self.gate.socket);
         set(&mut config.gate.timeout, self.gate.timeout);
         set(&mut config.policies.dir, self.policies.dir);
+        set(
+            &mut config.kata_config.allowed_host_paths,
+            self.kata_config.allowed_host_paths,
+        );
 
         let mut warnings = Vec::new();
         for (node_class, origin) in self.runtime_classes.into_iter().zip(origins) {

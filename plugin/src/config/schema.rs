@@ -272,6 +272,18 @@ pub(super) const CONFIG: Shape = Shape::Struct(&[
         )]),
         Shared,
     ),
+    key(
+        "kataConfig",
+        Shape::Struct(&[key(
+            "allowedHostPaths",
+            Shape::List {
+                item: &PATH,
+                partial: false,
+            },
+            NodeLocal,
+        )]),
+        NodeLocal,
+    ),
     key("listen", Shape::Text(values::listen_address), Shared),
     key(
         "log",

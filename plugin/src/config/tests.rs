@@ -10,7 +10,8 @@ use serde_yaml::Value;
 
 use super::error::Problems;
 use super::node::{
-    NodeClass, NodeConfig, NodeContainerd, NodeGate, NodePolicies, NodeRegistries, NodeRuntime,
+    NodeClass, NodeConfig, NodeContainerd, NodeGate, NodeKataConfig, NodePolicies, NodeRegistries,
+    NodeRuntime,
 };
 use super::schema::{CONFIG, Scope, Shape};
 use super::walk::{Role, walk_document};
@@ -483,6 +484,72 @@ fn with_a_node_file_node_local_keys_in_the_operator_file_are_errors() {
 }
 
 #[test]
+fn allowed_host_paths_default_to_kata_installs_and_come_from_the_node_file() {
+    let files = Files::new();
+    let operator = files.write("operator.yaml", OPERATOR, 0o644);
+    let empty = files.write("empty.yaml", "{}\n", 0o600);
+    let loaded = files
+        .loader()
+        .load(&operator, Some(&empty))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let defaults = &loaded.config.kata_config.allowed_host_paths;
+    assert!(defaults.contains(&PathBuf::from("/usr/bin/qemu-system-x86_64")));
+    assert!(defaults.contains(&PathBuf::from("/opt/kata/share/kata-containers/")));
+    assert!(!defaults.iter().any(|p| p == Path::new("/bin/sh")));
+
+    let node = files.write(
+        "node.yaml",
+        "kataConfig: {allowedHostPaths: [/usr/local/bin/qemu-system-x86_64]}\n",
+        0o600,
+    );
+    let loaded = files
+        .loader()
+        .load(&operator, Some(&node))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded.config.kata_config.allowed_host_paths,
+        vec![PathBuf::from("/usr/local/bin/qemu-system-x86_64")],
+        "the node's list replaces the default"
+    );
+}
+
+#[test]
+fn allowed_host_paths_are_node_local_and_absolute() {
+    let files = Files::new();
+    let operator = files.write(
+        "operator.yaml",
+        &format!("kataConfig: {{allowedHostPaths: [/bin/sh]}}\n{OPERATOR}"),
+        0o644,
+    );
+    let node = files.write("node.yaml", "{}\n", 0o600);
+    let err = files
+        .loader()
+        .load(&operator, Some(&node))
+        .expect_err("node-local key in the operator config")
+        .to_string();
+    assert!(
+        err.contains("kataConfig: node-local key not allowed in the operator config"),
+        "{err}"
+    );
+    let node = files.write(
+        "node-relative.yaml",
+        "kataConfig: {allowedHostPaths: [bin/qemu], allowedHostBinaries: []}\n",
+        0o600,
+    );
+    let operator = files.write("operator-ok.yaml", OPERATOR, 0o644);
+    let err = files
+        .loader()
+        .load(&operator, Some(&node))
+        .expect_err("relative path and unknown key")
+        .to_string();
+    assert!(
+        err.contains("\"bin/qemu\" is not an absolute path"),
+        "{err}"
+    );
+    assert!(err.contains("allowedHostBinaries"), "{err}");
+}
+
+#[test]
 fn adopting_a_stanza_is_the_node_files_decision() {
     let files = Files::new();
     // In the ConfigMap it is refused: the node's own stanzas are not the operator's to take.
@@ -731,6 +798,9 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
         },
         policies: NodePolicies {
             dir: Some("/pol".into()),
+        },
+        kata_config: NodeKataConfig {
+            allowed_host_paths: Some(vec!["/usr/bin/qemu-kvm".into(), "/srv/kata/".into()]),
         },
         runtime_classes: vec![NodeClass {
             name: "kata".into(),

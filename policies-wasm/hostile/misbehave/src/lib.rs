@@ -1,6 +1,7 @@
 //! A hostile policy for the host's tests: its settings choose how it misbehaves in every call
 //! but `validate-settings` (so it loads): `{"mode": "loop" | "alloc" | "trap" | "recurse" |
-//! "huge-string"}`. Never deploy it.
+//! "huge-string"}`; `"annotations"` makes `mutate-runtime` answer a pod annotation pattern that
+//! reaches `io.katacontainers.config_path`. Never deploy it.
 
 use std::hint::black_box;
 
@@ -64,8 +65,16 @@ impl Guest for Misbehave {
         settings: String,
         _request: Request,
         _node: Node,
-        _current: RuntimeSettings,
+        current: RuntimeSettings,
     ) -> RuntimeDecision {
+        if settings.contains("\"annotations\"") {
+            // Asks kata to read every io.katacontainers.* pod annotation, config_path included:
+            // the host's guard must refuse it whatever `annotations.allowed` says.
+            return RuntimeDecision::Settings(RuntimeSettings {
+                pod_annotations: vec!["io.katacontainers.*".into()],
+                ..current
+            });
+        }
         RuntimeDecision::Deny(misbehave(&settings))
     }
 
