@@ -308,6 +308,15 @@ impl Daemon {
             config.containerd.address.clone(),
             gc_grace.unwrap_or(crate::reconcile::gc::DEFAULT_GRACE),
         ));
+        #[cfg(feature = "kube")]
+        match crate::reconcile::labels::NodeLabeler::in_cluster().await {
+            Some(labeler) => {
+                tokio::spawn(labeler.run(board.clone()));
+            }
+            None => info!(
+                "not in a Kubernetes cluster (no in-cluster credentials or NODE_NAME): no node labels"
+            ),
+        }
         let on_demand = config
             .runtime_classes
             .iter()

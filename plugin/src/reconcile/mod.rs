@@ -11,6 +11,8 @@
 pub mod deferred;
 pub mod gc;
 pub mod http;
+#[cfg(feature = "kube")]
+pub mod labels;
 pub mod metrics;
 mod reconciler;
 pub mod status;
