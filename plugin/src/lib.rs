@@ -6,6 +6,7 @@ pub mod cli;
 
 pub mod config;
 pub mod containerd;
+pub mod errors;
 pub mod gate;
 pub mod nri;
 pub mod pods;

@@ -273,12 +273,5 @@ fn stream_failure(
             actual: actual.clone(),
         });
     }
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    Failure::Transient(text)
+    Failure::Transient(crate::errors::chain(&error))
 }

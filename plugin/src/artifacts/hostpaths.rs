@@ -25,17 +25,8 @@ const PATH_KEYS: [&str; 9] = [
 ];
 
 /// Hypervisor annotations (`io.katacontainers.config.hypervisor.<name>`) whose value is a host
-/// path: `enable_annotations` may not let a pod set any of them.
-const PATH_ANNOTATIONS: [&str; 14] = [
-    "path",
-    "ctlpath",
-    "jailer_path",
-    "virtio_fs_daemon",
-    "kernel",
-    "image",
-    "initrd",
-    "firmware",
-    "firmware_volume",
+/// path, besides those named like [`PATH_KEYS`]: `enable_annotations` may not let a pod set any.
+const MORE_PATH_ANNOTATIONS: [&str; 5] = [
     "pflashes",
     "file_mem_backend",
     "entropy_source",
@@ -189,8 +180,9 @@ fn annotation(key: &str, entry: &str) -> Option<Refusal> {
     if entry.is_empty() {
         return refuse("an empty enable_annotations entry matches every annotation".into());
     }
-    PATH_ANNOTATIONS
+    PATH_KEYS
         .iter()
+        .chain(&MORE_PATH_ANNOTATIONS)
         .find(|name| name.contains(entry))
         .and_then(|name| {
             refuse(format!(

@@ -106,7 +106,7 @@ impl Context {
                 }
             }
             OciDistributionError::RequestError(e) => {
-                let text = chain(&e);
+                let text = crate::errors::chain(&e);
                 // A certificate the client does not trust will not become trusted by retrying.
                 if text.contains("certificate") {
                     Failure::Permanent(self.unreachable(1, text))
@@ -169,18 +169,6 @@ impl Context {
             insecure: self.insecure,
         }
     }
-}
-
-/// An error's message and its causes, which name the actual problem (connection refused, TLS).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A client and credentials for the class's registry.

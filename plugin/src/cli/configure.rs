@@ -159,13 +159,10 @@ pub fn strategy(restart: &Restart) -> Strategy {
 
 /// The containerd binary: the flag, else `containerd` on PATH.
 fn containerd_binary(flag: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = flag {
-        return Some(path.to_path_buf());
+    match flag {
+        Some(path) => Some(path.to_path_buf()),
+        None => crate::containerd::find_on_path("containerd"),
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("containerd"))
-        .find(|candidate| candidate.is_file())
 }
 
 fn containerd_version(binary: &Path) -> Result<ContainerdVersion> {

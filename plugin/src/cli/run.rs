@@ -27,7 +27,7 @@ use crate::pods::PodInventory;
 use crate::policy::{EngineOptions, Guard, NodeFacts, PolicyChain, PolicyEngine, WATCH_INTERVAL};
 use crate::reconcile::deferred::DeferredHandler;
 use crate::reconcile::gc::Collector;
-use crate::reconcile::status::STATUS_FILE;
+use crate::reconcile::status::{ContainerdStatus, STATUS_FILE};
 use crate::reconcile::{
     ContainerdSync, GateEnsurer, Metrics, NriTriggers, Reconciler, StatusBoard, SyncOutcome, http,
 };
@@ -250,10 +250,7 @@ impl Daemon {
             may_restart,
         });
         configure_containerd(&reconciler, &sync, stanzas.clone(), &metrics).await;
-        if board
-            .not_ready()
-            .is_some_and(|why| why.starts_with("containerd"))
-        {
+        if failed(&board.containerd()) {
             tokio::spawn(retry_containerd(
                 reconciler.clone(),
                 sync.clone(),
@@ -418,16 +415,7 @@ async fn retry_containerd(
 ) {
     loop {
         tokio::time::sleep(SYNC_RETRY).await;
-        let board = reconciler.board().clone();
-        let pending = {
-            let report = board.report(&[]);
-            report.containerd.restart_pending
-        };
-        if pending
-            || board
-                .not_ready()
-                .is_none_or(|why| !why.starts_with("containerd"))
-        {
+        if !failed(&reconciler.board().containerd()) {
             return;
         }
         if reconciler.waiting_gates() > 0 {
@@ -435,6 +423,11 @@ async fn retry_containerd(
         }
         configure_containerd(&reconciler, &sync, stanzas.clone(), &metrics).await;
     }
+}
+
+/// The configuration step failed (not merely waiting for an operator's restart).
+fn failed(containerd: &ContainerdStatus) -> bool {
+    !containerd.configured && !containerd.restart_pending
 }
 
 async fn write_status(board: Arc<StatusBoard>, inventory: Arc<PodInventory>, path: PathBuf) {
@@ -479,7 +472,7 @@ async fn collect_garbage(
                     warn!(error = %e, "CRI unavailable: garbage collection relies on NRI's pod list");
                     cri_warned = true;
                 }
-                let synchronized = reconciler.board().report(&[]).nri.synchronized;
+                let synchronized = reconciler.board().nri().synchronized;
                 synchronized.then(|| inventory.snapshot())
             }
         };

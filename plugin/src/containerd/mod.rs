@@ -37,3 +37,11 @@ pub use error::{ContainerdError, Result};
 pub use ownership::{DropinRecord, OwnershipRecord};
 pub use schema::{ContainerdVersion, Schema};
 pub use stanza::{OptionValue, RuntimeStanza};
+
+/// Where `binary` is on `PATH`, as containerd looks up its own helpers and shims.
+pub fn find_on_path(binary: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+}

@@ -19,6 +19,6 @@ pub mod status;
 pub mod triggers;
 
 pub use metrics::Metrics;
-pub use reconciler::{ContainerdSync, GateEnsurer, Ready, Reconciler, SyncOutcome, error_chain};
+pub use reconciler::{ContainerdSync, GateEnsurer, Ready, Reconciler, SyncOutcome};
 pub use status::{ArtifactState, ClassDecision, ClassStatus, StatusBoard, StatusReport};
 pub use triggers::{NriTriggers, PREPARE_ANNOTATION, PodSignal};

@@ -491,7 +491,7 @@ impl Reconciler {
                 }
                 Err(e) => {
                     self.count_pull(&class.name, "failed");
-                    failures.push(error_chain(&*e));
+                    failures.push(crate::errors::chain(&*e));
                 }
             }
         }
@@ -599,15 +599,20 @@ impl Reconciler {
                     Some(Plan::Serve(served)) => served.class.clone(),
                     _ => return,
                 };
-                if self.store.verified(&planned).is_some() {
-                    return;
-                }
                 if lock(&self.inflight).contains_key(&class) {
                     return;
                 }
-                warn!(runtime_class = %class, "a sandbox of this class runs but its artifacts are missing or damaged; repairing");
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
+                    // Reads the install record and stats every file: off the async workers.
+                    let store = this.store.clone();
+                    let intact = tokio::task::spawn_blocking(move || store.verified(&planned))
+                        .await
+                        .is_ok_and(|state| state.is_some());
+                    if intact {
+                        return;
+                    }
+                    warn!(runtime_class = %class, "a sandbox of this class runs but its artifacts are missing or damaged; repairing");
                     let _ = this.ensure(&class, Trigger::Update, None).await;
                 });
             }
@@ -646,21 +651,6 @@ impl Ensurer for GateEnsurer {
     }
 }
 
-/// The error and its causes on one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        let next = e.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = e.source();
-    }
-    text
-}
-
 /// containerd's shim binary name for a runtime type: `io.containerd.kata-qemu.v2` →
 /// `containerd-shim-kata-qemu-v2`.
 fn shim_binary_name(runtime_type: &str) -> Option<String> {
@@ -671,11 +661,7 @@ fn shim_binary_name(runtime_type: &str) -> Option<String> {
 
 /// Where containerd would find the shim of `runtime_type` on PATH.
 fn shim_on_path(runtime_type: &str) -> Option<PathBuf> {
-    let binary = shim_binary_name(runtime_type)?;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(&binary))
-        .find(|candidate| candidate.is_file())
+    crate::containerd::find_on_path(&shim_binary_name(runtime_type)?)
 }
 
 #[cfg(test)]
@@ -693,14 +679,5 @@ mod tests {
             Some("containerd-shim-runc-v2")
         );
         assert_eq!(shim_binary_name("kata"), None);
-    }
-
-    #[test]
-    fn error_chains_skip_repeated_causes() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("pulling kata: {0}")]
-        struct Outer(#[source] std::io::Error);
-        let e = Outer(std::io::Error::other("connection refused"));
-        assert_eq!(error_chain(&e), "pulling kata: connection refused");
     }
 }

@@ -199,6 +199,14 @@ impl StatusBoard {
         f(&mut self.lock().report.nri);
     }
 
+    pub fn nri(&self) -> NriStatus {
+        self.lock().report.nri.clone()
+    }
+
+    pub fn containerd(&self) -> ContainerdStatus {
+        self.lock().report.containerd.clone()
+    }
+
     pub fn update_containerd(&self, f: impl FnOnce(&mut ContainerdStatus)) {
         f(&mut self.lock().report.containerd);
     }
