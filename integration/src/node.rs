@@ -2,7 +2,8 @@
 //! a class's artifacts, and a stand-in kata shim; and the daemon running on it.
 //!
 //! The stand-in shim is a script that refuses to start a sandbox unless the class's artifacts
-//! are installed with the pushed bytes, then `exec`s runc's shim. containerd restarts the daemon
+//! are installed with the pushed bytes, notes the version the class's link points at, then
+//! `exec`s runc's shim. containerd restarts the daemon
 //! asks for (the `command` strategy appends a line to a marker file) are carried out through the
 //! harness.
 
@@ -96,20 +97,40 @@ impl KataNode {
         self.dir.path().join("containerd-shim-kata-stand-in")
     }
 
+    /// The kernel the stand-in shim accepts from now on (a new artifact version's).
+    pub fn expect_vmlinux(&self, bytes: &[u8]) -> Result<()> {
+        Ok(std::fs::write(
+            self.dir.path().join("expected-vmlinux"),
+            bytes,
+        )?)
+    }
+
+    /// The version (`.store/<digest>`) the class's link pointed at at each sandbox start.
+    pub fn shim_starts(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("shim-starts"))
+            .map(|t| t.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
     fn write_stand_in_shim(&self) -> Result<()> {
         let expected = self.dir.path().join("expected-vmlinux");
-        std::fs::write(&expected, VMLINUX)?;
+        self.expect_vmlinux(VMLINUX)?;
         let script = format!(
             "#!/bin/sh\n\
              # A stand-in kata shim: a sandbox starts only on installed, intact artifacts.\n\
              for arg in \"$@\"; do\n\
-             \x20 if [ \"$arg\" = start ] && ! cmp -s {installed} {expected}; then\n\
-             \x20   echo \"stand-in kata shim: artifacts of {CLASS} are not installed\" >&2\n\
-             \x20   exit 1\n\
+             \x20 if [ \"$arg\" = start ]; then\n\
+             \x20   if ! cmp -s {installed} {expected}; then\n\
+             \x20     echo \"stand-in kata shim: artifacts of {CLASS} are not installed\" >&2\n\
+             \x20     exit 1\n\
+             \x20   fi\n\
+             \x20   readlink {link} >> {starts}\n\
              \x20 fi\n\
              done\n\
              exec {runc} \"$@\"\n",
             installed = self.artifacts().join(CLASS).join("vmlinux").display(),
+            link = self.artifacts().join(CLASS).display(),
+            starts = self.dir.path().join("shim-starts").display(),
             expected = expected.display(),
             runc = self.deps.runc_shim_bin(self.cd.version()).display(),
         );
@@ -233,27 +254,43 @@ impl KataNode {
         node: &str,
         output: &str,
     ) -> Result<String> {
+        let out = self
+            .cli(daemon, operator, node, &["status", "--output", output])
+            .await?;
+        ensure!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// A `kata-nri-manager` command (`args`, then `--config`, `--node-config` and
+    /// `--state-dir`) with the daemon's binary and configs, as an operator on the node runs it.
+    pub async fn cli(
+        &self,
+        daemon: &Daemon,
+        operator: &str,
+        node: &str,
+        args: &[&str],
+    ) -> Result<std::process::Output> {
         let dir = daemon.process.dir();
-        let operator_file = dir.join("status-operator.yaml");
-        let node_file = dir.join("status-node.yaml");
+        let operator_file = dir.join("cli-operator.yaml");
+        let node_file = dir.join("cli-node.yaml");
         write_private(&operator_file, operator)?;
         let dir_text = dir.to_str().context("temp dir is not UTF-8")?;
         write_private(&node_file, &node.replace("{dir}", dir_text))?;
-        let output = tokio::process::Command::new(&daemon.binary)
-            .args(["status", "--output", output, "--config"])
+        let mut command = tokio::process::Command::new(&daemon.binary);
+        command
+            .args(args)
+            .arg("--config")
             .arg(&operator_file)
             .arg("--node-config")
-            .arg(&node_file)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .output()
-            .await?;
-        ensure!(
-            output.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8(output.stdout)?)
+            .arg(&node_file);
+        if args.first() == Some(&"status") {
+            command.arg("--state-dir").arg(self.state_dir());
+        }
+        Ok(command.output().await?)
     }
 }
 

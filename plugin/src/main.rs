@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             Command::Configure(args) => cli::configure::configure(args),
             Command::Uninstall(args) => cli::configure::uninstall(args),
             Command::Status(args) => cli::status::run(args),
+            Command::Rollback(args) => cli::rollback::run(args),
             Command::Runtimeclass(args) => cli::runtimeclass::run(args),
             Command::ShimGate {
                 gate_dir,

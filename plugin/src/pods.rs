@@ -18,6 +18,8 @@ pub struct PodRecord {
     pub name: String,
     pub runtime_handler: String,
     pub annotations: BTreeMap<String, String>,
+    /// Milliseconds since the Unix epoch, when known (CRI says; NRI does not).
+    pub created_at_ms: Option<u64>,
 }
 
 impl From<PodSandbox> for PodRecord {
@@ -28,6 +30,7 @@ impl From<PodSandbox> for PodRecord {
             name: pod.name,
             runtime_handler: pod.runtime_handler,
             annotations: pod.annotations,
+            created_at_ms: None,
         }
     }
 }

@@ -192,6 +192,8 @@ pub enum ArtifactError {
         reference: String,
         allowed: String,
     },
+    #[error("rolling back {class}: {why}")]
+    Rollback { class: String, why: String },
     #[error("{class}: not a runtime class of the config (known: {known})")]
     UnknownClass { class: String, known: String },
     #[error("installing {class}: {action} {}", path.display())]
@@ -238,6 +240,7 @@ impl ArtifactError {
             | ArtifactError::NotManaged { class, .. }
             | ArtifactError::NotAllowed { class, .. }
             | ArtifactError::UnknownClass { class, .. }
+            | ArtifactError::Rollback { class, .. }
             | ArtifactError::Io { class, .. }
             | ArtifactError::Task { class, .. } => class,
         }

@@ -6,7 +6,8 @@
 //! - `<class>`: a symlink to `.store/<digest>`, switched atomically (temp link + rename);
 //! - `.staging/<random>/`: a pull in progress (same filesystem, so the install is a rename);
 //!   removed whatever happens;
-//! - `.state/<class>.json`: what is installed, with the digests of the files as installed.
+//! - `.state/<class>.json`: what is installed, with the digests of the files as installed, and
+//!   the versions kept for `rollback` and those retired until no sandbox runs on them.
 //!
 //! [`ArtifactStore::ensure`] makes a class's artifacts current: one manifest request when
 //! nothing changed, one pull shared by every concurrent caller otherwise.
@@ -24,6 +25,7 @@ mod secret;
 mod state;
 mod store;
 mod unpack;
+mod versions;
 
 pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
 pub use error::{ArtifactError, AuthHint, Result};
@@ -31,8 +33,9 @@ pub use kataconf::PATH_KEYS as KATA_PATH_KEYS;
 pub use progress::{NoProgress, PullObserver};
 pub use registry::RetryPolicy;
 pub use secret::Secret;
-pub use state::{ClassState, FileRecord};
-pub use store::{ArtifactStore, Installed, StoreSettings};
+pub use state::{ClassState, FileRecord, VersionRecord};
+pub use store::{ArtifactStore, Freshness, Installed, RolledBack, StoreSettings};
+pub use versions::SandboxAge;
 
 /// Lowercase hex of a digest's bytes.
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -37,9 +37,45 @@ pub struct ClassState {
     /// Kata configurations rewritten to point at this version's files.
     #[serde(default)]
     pub kata_configs: Vec<String>,
-    /// Versions installed before this one, newest first (for rollback and GC).
+    /// Versions installed before this one, newest first, at most `limits.keepVersions`: what
+    /// `rollback` can return to.
     #[serde(default)]
     pub previous: Vec<String>,
+    /// Versions beyond `keepVersions`, removed once no sandbox can be running on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
+    /// What is known of each version in `previous` and `retired`, by manifest digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, VersionRecord>,
+    /// Versions an operator rolled back from (both digests: resolved and manifest): an update
+    /// that resolves to one of them keeps the current version instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<String>,
+}
+
+impl ClassState {
+    /// Every version the record names: the current one, then `previous`, then `retired`.
+    pub fn all_versions(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.manifest_digest)
+            .chain(&self.previous)
+            .chain(&self.retired)
+    }
+}
+
+/// A version that is no longer current: enough to verify it before a rollback makes it current
+/// again, and to tell which sandboxes may still run on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionRecord {
+    pub reference: String,
+    pub resolved_digest: String,
+    pub installed_at: u64,
+    /// Milliseconds since the Unix epoch when it stopped being current: a sandbox created
+    /// later cannot be running on it.
+    pub superseded_at_ms: u64,
+    pub files: BTreeMap<String, FileRecord>,
+    #[serde(default)]
+    pub kata_configs: Vec<String>,
 }
 
 /// `<artifactsDir>/.state`.
@@ -113,6 +149,9 @@ mod tests {
             )]),
             kata_configs: vec![],
             previous: vec![],
+            retired: vec![],
+            versions: BTreeMap::new(),
+            rejected: vec![],
         };
         let path = write(dir.path(), &state).expect("write");
         assert_eq!(read(dir.path(), "kata-qemu"), Some(state));

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,6 +26,7 @@ use super::progress::{NoProgress, PullObserver};
 use super::registry::{Registry, RetryPolicy, to_reference};
 use super::state::{self, ClassState, FileRecord};
 use super::unpack;
+use super::versions::{self, RollbackRefused, SandboxAge};
 use crate::config::{ByteSize, Config, Limits, Registries, RuntimeClass};
 
 /// Layers fetched at once: enough to fill a link with a few large files, few enough that the
@@ -79,12 +80,37 @@ pub struct Installed {
     pub bytes: u64,
     /// Whether this call pulled (false: already installed, only the manifest was checked).
     pub pulled: bool,
+    /// A version the reference resolved to but that was not installed, because an operator
+    /// rolled back from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<String>,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+/// How current an ensure must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Freshness {
+    /// Ask the registry what the reference resolves to now, and install it if it changed.
+    #[default]
+    Latest,
+    /// The installed version will do when it is intact and still comes from the configured
+    /// reference (and pin): no network. A damaged one is pulled again by its recorded digest,
+    /// so a repair never moves a class to a newer version.
+    Installed,
+}
+
+/// The outcome of [`ArtifactStore::rollback`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    pub class: String,
+    pub from: String,
+    pub to: String,
 }
 
 type SharedPull = Shared<BoxFuture<'static, std::result::Result<Installed, Arc<ArtifactError>>>>;
@@ -164,6 +190,15 @@ impl ArtifactStore {
         classes
     }
 
+    /// The classes whose record has retired versions waiting for [`collect_retired`](Self::collect_retired).
+    pub fn classes_with_retired_versions(&self) -> Vec<String> {
+        let dir = &self.inner.settings.artifacts_dir;
+        self.recorded_classes()
+            .into_iter()
+            .filter(|class| state::read(dir, class).is_some_and(|s| !s.retired.is_empty()))
+            .collect()
+    }
+
     /// Removes what we installed for `class`: its link, every version it recorded that no other
     /// class records, and then its record. Each version leaves the store by a rename before it
     /// is deleted, and the record goes last, so a crash midway leaves a class that a second
@@ -179,6 +214,10 @@ impl ArtifactStore {
                 source,
             }
         };
+        if state::read(dir, class).is_none() {
+            return Ok(Vec::new());
+        }
+        let _lock = self.inner.lock_class(class)?;
         let Some(state) = state::read(dir, class) else {
             return Ok(Vec::new());
         };
@@ -186,33 +225,120 @@ impl ArtifactStore {
         if fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
             fs::remove_file(&link).map_err(io("removing", &link))?;
         }
-        let others: HashSet<String> = self
-            .recorded_classes()
-            .into_iter()
-            .filter(|other| other != class)
-            .filter_map(|other| state::read(dir, &other))
-            .flat_map(|s| std::iter::once(s.manifest_digest).chain(s.previous))
-            .collect();
+        let others = self.versions_of_others(class);
         let mut removed = Vec::new();
-        for digest in std::iter::once(&state.manifest_digest).chain(&state.previous) {
-            if others.contains(digest) || !is_digest_name(digest) {
-                continue;
+        for digest in state.all_versions() {
+            if !others.contains(digest) && self.inner.delete_version(class, digest)? {
+                removed.push(digest.clone());
             }
-            let version = dir.join(".store").join(digest);
-            if !version.exists() {
-                continue;
-            }
-            let doomed = dir.join(".store").join(format!(
-                ".gc-{}-{}",
-                digest.replace(':', "-"),
-                std::process::id()
-            ));
-            fs::rename(&version, &doomed).map_err(io("moving aside", &version))?;
-            fs::remove_dir_all(&doomed).map_err(io("removing", &doomed))?;
-            removed.push(digest.clone());
         }
         let record = state::file(dir, class);
         fs::remove_file(&record).map_err(io("removing", &record))?;
+        let _ = fs::remove_file(dir.join(".state").join(format!(".{class}.lock")));
+        Ok(removed)
+    }
+
+    /// Every version recorded by a class other than `class`: never deleted on its behalf.
+    fn versions_of_others(&self, class: &str) -> HashSet<String> {
+        let dir = &self.inner.settings.artifacts_dir;
+        self.recorded_classes()
+            .into_iter()
+            .filter(|other| other != class)
+            .filter_map(|other| state::read(dir, &other))
+            .flat_map(|s| s.all_versions().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Switches `class` back to its newest previous version, after checking that version's
+    /// files against their recorded digests. The version left is remembered as rejected: an
+    /// update that resolves to it keeps the rolled-back version (a second rollback undoes the
+    /// first). No network; containerd's stanza does not change (it names the class's link).
+    pub fn rollback(&self, class: &RuntimeClass) -> Result<RolledBack> {
+        let name = class.name.as_str();
+        let refused = |why: String| ArtifactError::Rollback {
+            class: name.to_owned(),
+            why,
+        };
+        if let Some(pin) = class.pinned_digest() {
+            return Err(refused(format!(
+                "the config pins it to {pin}: change runtimeClasses[].artifacts.digest instead"
+            )));
+        }
+        self.inner.check_link_is_ours(class)?;
+        let _lock = self.inner.lock_class(name)?;
+        let dir = &self.inner.settings.artifacts_dir;
+        let state = state::read(dir, name)
+            .ok_or_else(|| refused("nothing is installed for it".to_owned()))?;
+        let from = state.manifest_digest.clone();
+        let back = versions::roll_back(state, unix_now_ms())
+            .map_err(|e: RollbackRefused| refused(e.to_string()))?;
+        for (rel, record) in &back.files {
+            let path = back.path.join(rel);
+            match hash_file(&path) {
+                Ok(found) if found == *record => {}
+                Ok(found) => {
+                    return Err(refused(format!(
+                        "{} of {} changed on disk ({} bytes, {}; recorded {} bytes, {}): pull it again instead",
+                        rel,
+                        back.manifest_digest,
+                        found.size,
+                        found.sha256,
+                        record.size,
+                        record.sha256
+                    )));
+                }
+                Err(e) => {
+                    return Err(refused(format!(
+                        "{} of {} cannot be read ({e}): pull it again instead",
+                        rel, back.manifest_digest
+                    )));
+                }
+            }
+        }
+        // Record first: a crash before the switch leaves a record whose link the next ensure
+        // points back (see `usable`), so the rollback holds.
+        self.inner.record(&back)?;
+        self.inner.switch_link(name, &back.manifest_digest)?;
+        tracing::info!(runtime_class = name, from = %from, to = %back.manifest_digest, "rolled back");
+        Ok(RolledBack {
+            class: name.to_owned(),
+            from,
+            to: back.manifest_digest,
+        })
+    }
+
+    /// Removes the retired versions of `class` that no sandbox can be running on: `sandboxes`
+    /// are the class's sandboxes (their creation times, where known). Versions another class
+    /// records are only forgotten here, not deleted. Returns the versions removed.
+    pub fn collect_retired(&self, class: &str, sandboxes: &[SandboxAge]) -> Result<Vec<String>> {
+        let dir = &self.inner.settings.artifacts_dir;
+        match state::read(dir, class) {
+            Some(state) if !state.retired.is_empty() => {}
+            _ => return Ok(Vec::new()),
+        }
+        let _lock = self.inner.lock_class(class)?;
+        let Some(mut state) = state::read(dir, class) else {
+            return Ok(Vec::new());
+        };
+        let others = self.versions_of_others(class);
+        let mut removed = Vec::new();
+        let mut kept = Vec::new();
+        for digest in std::mem::take(&mut state.retired) {
+            let busy = state
+                .versions
+                .get(&digest)
+                .is_none_or(|record| versions::may_be_running(record, sandboxes));
+            if busy && !others.contains(&digest) {
+                kept.push(digest);
+                continue;
+            }
+            if !others.contains(&digest) && self.inner.delete_version(class, &digest)? {
+                removed.push(digest.clone());
+            }
+            state.versions.remove(&digest);
+        }
+        state.retired = kept;
+        self.inner.record(&state)?;
         Ok(removed)
     }
 
@@ -225,6 +351,16 @@ impl ArtifactStore {
         &self,
         class: &RuntimeClass,
     ) -> std::result::Result<Installed, Arc<ArtifactError>> {
+        self.ensure_with(class, Freshness::Latest).await
+    }
+
+    /// [`ensure`](Self::ensure), or less when `freshness` allows: the installed version as it
+    /// is, without asking the registry.
+    pub async fn ensure_with(
+        &self,
+        class: &RuntimeClass,
+        freshness: Freshness,
+    ) -> std::result::Result<Installed, Arc<ArtifactError>> {
         let pull = {
             let mut inflight = self
                 .inner
@@ -234,7 +370,7 @@ impl ArtifactStore {
             match inflight.get(&class.name) {
                 Some(running) => running.clone(),
                 None => {
-                    let pull = self.start(class.clone());
+                    let pull = self.start(class.clone(), freshness);
                     inflight.insert(class.name.clone(), pull.clone());
                     pull
                 }
@@ -243,13 +379,13 @@ impl ArtifactStore {
         pull.await
     }
 
-    fn start(&self, class: RuntimeClass) -> SharedPull {
+    fn start(&self, class: RuntimeClass, freshness: Freshness) -> SharedPull {
         let inner = Arc::clone(&self.inner);
         let name = class.name.clone();
         let span = tracing::info_span!("ensure", runtime_class = %class.name, registry = %class.artifacts.url.registry());
         let task = tokio::spawn(
             async move {
-                let result = inner.ensure(&class).await.map_err(Arc::new);
+                let result = inner.ensure(&class, freshness).await.map_err(Arc::new);
                 // Leave no empty `.staging` behind (it fails harmlessly while another pull uses it).
                 let _ = fs::remove_dir(inner.settings.artifacts_dir.join(".staging"));
                 if let Err(e) = &result {
@@ -278,6 +414,24 @@ impl ArtifactStore {
 }
 
 impl Inner {
+    /// Deletes `.store/<digest>`: renamed aside first, so a crash midway leaves no partial
+    /// version under its name. False when there was nothing to delete.
+    fn delete_version(&self, class: &str, digest: &str) -> Result<bool> {
+        let store = self.settings.artifacts_dir.join(".store");
+        let version = store.join(digest);
+        if !is_digest_name(digest) || !version.exists() {
+            return Ok(false);
+        }
+        let doomed = store.join(format!(
+            ".gc-{}-{}",
+            digest.replace(':', "-"),
+            std::process::id()
+        ));
+        fs::rename(&version, &doomed).map_err(self.io(class, "moving aside", &version))?;
+        fs::remove_dir_all(&doomed).map_err(self.io(class, "removing", &doomed))?;
+        Ok(true)
+    }
+
     fn io(
         &self,
         class: &str,
@@ -294,7 +448,7 @@ impl Inner {
         }
     }
 
-    async fn ensure(&self, class: &RuntimeClass) -> Result<Installed> {
+    async fn ensure(&self, class: &RuntimeClass, freshness: Freshness) -> Result<Installed> {
         let started = Instant::now();
         let settings = &self.settings;
         let source = &class.artifacts.url;
@@ -306,6 +460,26 @@ impl Inner {
             });
         }
         self.check_link_is_ours(class)?;
+        let previous = state::read(&settings.artifacts_dir, &class.name);
+        let mut pin = class.pinned_digest().map(|d| d.to_string());
+        let mut by_digest = None;
+        let same_version = |state: &ClassState| {
+            state.reference == source.as_str()
+                && pin
+                    .as_ref()
+                    .is_none_or(|p| *p == state.resolved_digest || *p == state.manifest_digest)
+        };
+        if freshness == Freshness::Installed
+            && let Some(state) = &previous
+            && same_version(state)
+        {
+            if self.usable(class, state)? {
+                return Ok(installed(state, self.link(class), 0, false, started));
+            }
+            tracing::warn!(digest = %state.resolved_digest, "installed version damaged; pulling it again by digest");
+            pin = Some(state.resolved_digest.clone());
+            by_digest = pin.clone();
+        }
         let registry = Registry::connect(
             class,
             source,
@@ -313,20 +487,31 @@ impl Inner {
             &settings.pull_secrets_dir,
             settings.retry,
         )?;
-        let reference = to_reference(source);
+        let mut reference = to_reference(source);
+        if let Some(digest) = by_digest {
+            reference = reference.clone_with_digest(digest);
+        }
         let (body, resolved) = registry.manifest(&reference).await?;
-        let pin = class.pinned_digest().map(|d| d.to_string());
 
-        let previous = state::read(&settings.artifacts_dir, &class.name);
         if let Some(state) = &previous
             && state.resolved_digest == resolved
             && pin
                 .as_ref()
                 .is_none_or(|p| *p == resolved || *p == state.manifest_digest)
-            && self.intact(class, state)
+            && self.usable(class, state)?
         {
             tracing::info!(digest = %state.manifest_digest, "artifacts up to date");
             return Ok(installed(state, self.link(class), 0, false, started));
+        }
+        if let Some(state) = &previous
+            && pin.is_none()
+            && state.rejected.contains(&resolved)
+            && self.usable(class, state)?
+        {
+            tracing::warn!(resolved = %resolved, current = %state.manifest_digest, "update held back: an operator rolled back from this version");
+            let mut kept = installed(state, self.link(class), 0, false, started);
+            kept.held_back = Some(resolved);
+            return Ok(kept);
         }
 
         let (layers, digest) = self
@@ -346,9 +531,7 @@ impl Inner {
         let total = self.check_size(class, &layers)?;
         tracing::info!(digest = %digest, layers = layers.len(), bytes = total, "pulling artifacts");
         let state = self
-            .install(
-                class, &registry, &reference, &layers, &resolved, &digest, previous,
-            )
+            .install(class, &registry, &reference, &layers, &resolved, &digest)
             .await?;
         tracing::info!(digest = %state.manifest_digest, files = state.files.len(), bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "artifacts installed");
         Ok(installed(&state, self.link(class), total, true, started))
@@ -376,13 +559,26 @@ impl Inner {
     /// The link points at the recorded version and its files are there with their sizes.
     /// (Re-hashing every file is the repair check's job, not every start's.)
     fn intact(&self, class: &RuntimeClass, state: &ClassState) -> bool {
+        self.link_current(&class.name, state) && files_present(state)
+    }
+
+    fn link_current(&self, class: &str, state: &ClassState) -> bool {
         let expected = Path::new(".store").join(&state.manifest_digest);
-        let link_ok = fs::read_link(self.link(class)).is_ok_and(|target| target == expected);
-        link_ok
-            && state.files.iter().all(|(rel, record)| {
-                fs::symlink_metadata(state.path.join(rel))
-                    .is_ok_and(|m| m.is_file() && m.len() == record.size)
-            })
+        fs::read_link(self.settings.artifacts_dir.join(class))
+            .is_ok_and(|target| target == expected)
+    }
+
+    /// [`intact`](Self::intact), after pointing the link back at the recorded version when
+    /// only the link is wrong (a crash between a link switch and the record's write).
+    fn usable(&self, class: &RuntimeClass, state: &ClassState) -> Result<bool> {
+        if !files_present(state) {
+            return Ok(false);
+        }
+        if !self.link_current(&class.name, state) {
+            tracing::warn!(digest = %state.manifest_digest, "class link does not point at the recorded version; switching it back");
+            self.switch_link(&class.name, &state.manifest_digest)?;
+        }
+        Ok(true)
     }
 
     /// The layers of the node's image manifest and that manifest's digest.
@@ -486,7 +682,6 @@ impl Inner {
         layers: &[Layer],
         resolved: &str,
         digest: &str,
-        previous: Option<ClassState>,
     ) -> Result<ClassState> {
         let name = class.name.as_str();
         let dir = &self.settings.artifacts_dir;
@@ -544,39 +739,63 @@ impl Inner {
             .await?;
         self.commit(name, staging.path(), &root, &final_dir).await?;
         drop(staging);
-        self.switch_link(name, digest)?;
 
-        let mut older: Vec<String> = previous
-            .map(|p| {
-                let mut list = vec![p.manifest_digest];
-                list.extend(p.previous);
-                list
-            })
-            .unwrap_or_default();
-        older.retain(|d| d != digest);
-        older.dedup();
-        older.truncate(self.settings.limits.keep_versions as usize);
-        let state = ClassState {
+        let now = unix_now();
+        let next = ClassState {
             class: name.to_owned(),
             reference: class.artifacts.url.as_str().to_owned(),
             resolved_digest: resolved.to_owned(),
             manifest_digest: digest.to_owned(),
             path: final_dir,
-            installed_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default(),
+            installed_at: now,
             files,
             kata_configs,
-            previous: older,
+            previous: Vec::new(),
+            retired: Vec::new(),
+            versions: BTreeMap::new(),
+            rejected: Vec::new(),
         };
-        let state_file = state::file(dir, name);
-        state::write(dir, &state).map_err(self.io(
-            name,
+        // Under the class's lock and from a fresh read: a `rollback` run meanwhile is history
+        // this install must keep.
+        let _lock = self.lock_class(name)?;
+        let prior = state::read(dir, name);
+        let keep = self.settings.limits.keep_versions as usize;
+        let state = versions::advance(prior, next, keep, unix_now_ms());
+        self.switch_link(name, digest)?;
+        self.record(&state)?;
+        Ok(state)
+    }
+
+    fn record(&self, state: &ClassState) -> Result<()> {
+        let dir = &self.settings.artifacts_dir;
+        let state_file = state::file(dir, &state.class);
+        state::write(dir, state).map_err(self.io(
+            &state.class,
             "recording the installed version in",
             &state_file,
         ))?;
-        Ok(state)
+        Ok(())
+    }
+
+    /// Serializes changes to one class's record between processes (the daemon and the CLI).
+    fn lock_class(&self, class: &str) -> Result<fs::File> {
+        let dir = state::dir(&self.settings.artifacts_dir);
+        let path = dir.join(format!(".{class}.lock"));
+        let open = || -> io::Result<fs::File> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        };
+        open().map_err(self.io(class, "locking", &path))
     }
 
     /// `<artifactsDir>/.staging/<class>-<random>`, on the same filesystem as the store so the
@@ -813,6 +1032,25 @@ impl Inner {
     }
 }
 
+fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+/// Every recorded file of the version is there with its size.
+fn files_present(state: &ClassState) -> bool {
+    state.files.iter().all(|(rel, record)| {
+        fs::symlink_metadata(state.path.join(rel))
+            .is_ok_and(|m| m.is_file() && m.len() == record.size)
+    })
+}
+
 fn installed(
     state: &ClassState,
     link: PathBuf,
@@ -831,6 +1069,7 @@ fn installed(
         kata_configs: state.kata_configs.clone(),
         bytes,
         pulled,
+        held_back: None,
         duration: started.elapsed(),
     }
 }

@@ -9,6 +9,7 @@ pub mod configure;
 pub mod logging;
 pub mod policy;
 pub mod pull;
+pub mod rollback;
 pub mod run;
 pub mod runtimeclass;
 pub mod status;
@@ -42,6 +43,8 @@ pub enum Command {
     Configure(configure::ConfigureArgs),
     /// Show each runtime class's mode, policy decision, source, digest, state and pods.
     Status(status::StatusArgs),
+    /// Switch a runtime class back to its previous installed version (run again to undo).
+    Rollback(rollback::RollbackArgs),
     /// Remove every stanza kata-nri-manager wrote from containerd's config; restart once.
     Uninstall(configure::UninstallArgs),
     /// Print the Kubernetes RuntimeClass objects (YAML) for the config's runtime classes.

@@ -76,6 +76,7 @@ pub async fn run(args: PullArgs) -> Result<()> {
     if args.output == PullOutput::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    collect_retired(&store, &config.containerd.address).await;
     match failures.len() {
         0 => Ok(()),
         1 => Err(anyhow::Error::new(failures.remove(0))),
@@ -85,6 +86,35 @@ pub async fn run(args: PullArgs) -> Result<()> {
             }
             Err(anyhow::Error::new(failures.remove(n - 1)))
                 .context(format!("{n} of {} runtime classes failed", classes.len()))
+        }
+    }
+}
+
+/// Removes versions beyond `limits.keepVersions` that no sandbox can be running on, when
+/// containerd's CRI says which sandboxes exist; otherwise they wait for the daemon (or a later
+/// pull) to know.
+async fn collect_retired(store: &ArtifactStore, cri_address: &std::path::Path) {
+    let classes = store.classes_with_retired_versions();
+    if classes.is_empty() {
+        return;
+    }
+    let pods = match crate::containerd::cri::list_sandboxes(cri_address).await {
+        Ok(pods) => pods,
+        Err(e) => {
+            tracing::info!(error = %e, "older versions kept: which sandboxes run on them is unknown without containerd's CRI");
+            return;
+        }
+    };
+    for class in classes {
+        let ages = crate::reconcile::gc::sandbox_ages(&pods, &class);
+        match store.collect_retired(&class, &ages) {
+            Ok(versions) if !versions.is_empty() => {
+                tracing::info!(runtime_class = %class, ?versions, "older versions removed")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(runtime_class = %class, error = %e, "older versions not removed")
+            }
         }
     }
 }
@@ -125,10 +155,10 @@ fn select<'a>(all: &'a [RuntimeClass], names: &[String]) -> Result<Vec<&'a Runti
 }
 
 fn summary(installed: &Installed) -> String {
-    let verb = if installed.pulled {
-        "installed"
-    } else {
-        "up to date"
+    let verb = match (&installed.held_back, installed.pulled) {
+        (Some(_), _) => "kept (rolled back)",
+        (None, true) => "installed",
+        (None, false) => "up to date",
     };
     format!(
         "{}: {verb} {} ({} files, {} bytes in {:.1}s) at {}",

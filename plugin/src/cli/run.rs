@@ -269,6 +269,7 @@ impl Daemon {
             }
         });
         reconciler.start_eager();
+        reconciler.start_updates();
 
         let inventory = Arc::new(PodInventory::new());
         let (signals, mut received) = mpsc::unbounded_channel();
@@ -460,7 +461,8 @@ async fn collect_garbage(
     loop {
         let served: BTreeSet<String> = reconciler.served().into_iter().collect();
         let recorded = store.recorded_classes();
-        if recorded.iter().all(|class| served.contains(class)) {
+        let retiring = store.classes_with_retired_versions();
+        if recorded.iter().all(|class| served.contains(class)) && retiring.is_empty() {
             tokio::time::sleep(period).await;
             continue;
         }
@@ -476,6 +478,25 @@ async fn collect_garbage(
                 synchronized.then(|| inventory.snapshot())
             }
         };
+        if let Some(pods) = &pods {
+            for class in retiring.iter().filter(|c| !reconciler.busy(c)) {
+                let ages = crate::reconcile::gc::sandbox_ages(pods, class);
+                let (store, name) = (store.clone(), class.clone());
+                match tokio::task::spawn_blocking(move || store.collect_retired(&name, &ages)).await
+                {
+                    Ok(Ok(versions)) if !versions.is_empty() => {
+                        info!(runtime_class = %class, ?versions, "retired versions removed")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        warn!(runtime_class = %class, error = %e, "retired versions not removed")
+                    }
+                    Err(e) => {
+                        warn!(runtime_class = %class, error = %e, "retired versions not removed")
+                    }
+                }
+            }
+        }
         for class in collector.sweep(&recorded, &served, pods.as_deref(), Instant::now()) {
             match remove(&store, &class).await {
                 Ok(versions) => {

@@ -50,10 +50,13 @@ pub fn run(args: StatusArgs) -> Result<()> {
     let config = loaded.config;
     let file = super::run::status_file(&config, &args.node);
     let shown = match status::read(&file) {
-        Ok(report) if process_alive(report.pid) => Shown {
-            daemon_running: true,
-            report,
-        },
+        Ok(mut report) if process_alive(report.pid) => {
+            overlay_records(&config, &mut report);
+            Shown {
+                daemon_running: true,
+                report,
+            }
+        }
         Ok(_) | Err(_) => Shown {
             daemon_running: false,
             report: from_disk(&config),
@@ -84,6 +87,11 @@ fn from_disk(config: &Config) -> StatusReport {
                     .map(|s| s.reference.clone())
                     .or_else(|| Some(class.artifacts.url.as_str().to_owned())),
                 digest: installed.as_ref().map(|s| s.manifest_digest.clone()),
+                previous: installed
+                    .as_ref()
+                    .map(|s| s.previous.clone())
+                    .unwrap_or_default(),
+                held_back: None,
                 state: if installed.is_some() {
                     ArtifactState::Ready
                 } else {
@@ -103,6 +111,23 @@ fn from_disk(config: &Config) -> StatusReport {
         nri: Default::default(),
         containerd: Default::default(),
         classes,
+    }
+}
+
+/// The install records are the truth about versions: a `rollback` run since the daemon last
+/// wrote its report shows at once.
+fn overlay_records(config: &Config, report: &mut StatusReport) {
+    let store = ArtifactStore::new(StoreSettings::from_config(config));
+    for status in &mut report.classes {
+        if let Some(record) = store.installed(&status.class)
+            && status.state == ArtifactState::Ready
+        {
+            if status.digest.as_ref() != Some(&record.manifest_digest) {
+                status.held_back = None;
+            }
+            status.digest = Some(record.manifest_digest);
+            status.previous = record.previous;
+        }
     }
 }
 
@@ -198,6 +223,18 @@ fn render(shown: &Shown) -> String {
         if let Some(error) = &class.last_error {
             out.push_str(&format!("  last error: {error}\n"));
         }
+        if !class.previous.is_empty() {
+            out.push_str(&format!(
+                "  previous: {} (kata-nri-manager rollback {})\n",
+                class.previous.join(", "),
+                class.class
+            ));
+        }
+        if let Some(held) = &class.held_back {
+            out.push_str(&format!(
+                "  held back: {held} (rolled back from; installed again when the tag moves on)\n"
+            ));
+        }
         if !class.pods.is_empty() {
             out.push_str(&format!("  pods: {}\n", class.pods.join(", ")));
         }
@@ -219,6 +256,8 @@ mod tests {
             reason: Some("denied by policy 10-gpu: no GPU".into()),
             source: Some("registry.local/kata:1".into()),
             digest: Some(format!("sha256:{}", "a".repeat(64))),
+            previous: vec![format!("sha256:{}", "b".repeat(64))],
+            held_back: Some(format!("sha256:{}", "c".repeat(64))),
             state,
             last_error: None,
             failures: 0,
@@ -251,5 +290,13 @@ mod tests {
         );
         assert_eq!(text.matches("reason:").count(), 1, "{text}");
         assert!(text.contains("  pods: default/p"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "  previous: sha256:{} (kata-nri-manager rollback kata-a)",
+                "b".repeat(64)
+            )),
+            "{text}"
+        );
+        assert!(text.contains("  held back: sha256:ccc"), "{text}");
     }
 }

@@ -67,6 +67,7 @@ pub async fn list_sandboxes(address: &Path) -> Result<Vec<PodRecord>, CriError> 
                 name: metadata.name,
                 runtime_handler: pod.runtime_handler,
                 annotations: pod.annotations.into_iter().collect(),
+                created_at_ms: u64::try_from(pod.created_at / 1_000_000).ok(),
             }
         })
         .collect())

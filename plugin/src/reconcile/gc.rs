@@ -4,10 +4,15 @@
 //! it here), no known pod of the class exists, the pod list is known (NRI synchronized), and all
 //! of that has held for the grace period: a class that comes back, or a pod that shows up,
 //! resets the clock.
+//!
+//! Retired versions of a class that stays (beyond `limits.keepVersions`) go once no sandbox
+//! of the class can be running on them ([`sandbox_ages`]), never while an ensure of that class
+//! runs (a gate may be waiting on it).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::artifacts::SandboxAge;
 use crate::pods::PodRecord;
 
 /// How long a class must be unused before its artifacts are removed, unless configured.
@@ -65,6 +70,17 @@ impl Collector {
     }
 }
 
+/// The ages of `class`'s sandboxes, for deciding which of its retired versions may still be
+/// in use.
+pub fn sandbox_ages(pods: &[PodRecord], class: &str) -> Vec<SandboxAge> {
+    pods.iter()
+        .filter(|pod| pod.runtime_handler == class)
+        .map(|pod| SandboxAge {
+            created_at_ms: pod.created_at_ms,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +92,7 @@ mod tests {
             name: "p".into(),
             runtime_handler: handler.into(),
             annotations: Default::default(),
+            created_at_ms: None,
         }
     }
 

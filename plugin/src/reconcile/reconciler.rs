@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use super::metrics::{ClassLabels, GateLabels, Metrics, PullLabels};
 use super::status::{ArtifactState, ClassDecision, StatusBoard};
 use super::triggers::PodSignal;
-use crate::artifacts::ArtifactStore;
-use crate::config::{Config, Provision, RuntimeClass};
+use crate::artifacts::{ArtifactStore, Freshness};
+use crate::config::{Config, Provision, RuntimeClass, UpdatePolicy};
 use crate::containerd::RuntimeStanza;
 use crate::gate::{self, EnsureRequest, Ensurer, GateState};
 use crate::policy::{
@@ -48,6 +48,8 @@ pub struct Ready {
     pub source: String,
     /// Whether this ensure downloaded (false: the installed version was current).
     pub pulled: bool,
+    /// What the reference resolved to but was not installed (an operator rolled back from it).
+    pub held_back: Option<String>,
 }
 
 /// What the node does with a class.
@@ -118,6 +120,11 @@ impl Reconciler {
     /// Gates waiting for a class now: containerd is never restarted while one waits.
     pub fn waiting_gates(&self) -> usize {
         self.waiting_gates.load(Ordering::SeqCst)
+    }
+
+    /// Whether an ensure of `class` runs now (a gate may be waiting on it).
+    pub fn busy(&self, class: &str) -> bool {
+        lock(&self.inflight).contains_key(class)
     }
 
     /// Names of the classes this node serves.
@@ -369,6 +376,18 @@ impl Reconciler {
         trigger: Trigger,
         pod: Option<PodInfo>,
     ) -> Result<Ready, String> {
+        self.ensure_fresh(class, trigger, pod, None).await
+    }
+
+    /// [`ensure`](Self::ensure) with the freshness chosen by the caller instead of by the
+    /// class's `updatePolicy` and the trigger.
+    async fn ensure_fresh(
+        self: &Arc<Self>,
+        class: &str,
+        trigger: Trigger,
+        pod: Option<PodInfo>,
+        freshness: Option<Freshness>,
+    ) -> Result<Ready, String> {
         let planned = match lock(&self.plans).get(class) {
             None => {
                 return Err(format!(
@@ -406,7 +425,8 @@ impl Reconciler {
             match inflight.get(class) {
                 Some(running) => running.clone(),
                 None => {
-                    let started = self.start(planned, trigger);
+                    let freshness = freshness.unwrap_or_else(|| freshness_for(&planned, trigger));
+                    let started = self.start(planned, trigger, freshness);
                     inflight.insert(class.to_owned(), started.clone());
                     started
                 }
@@ -415,7 +435,12 @@ impl Reconciler {
         shared.await
     }
 
-    fn start(self: &Arc<Self>, class: RuntimeClass, trigger: Trigger) -> SharedEnsure {
+    fn start(
+        self: &Arc<Self>,
+        class: RuntimeClass,
+        trigger: Trigger,
+        freshness: Freshness,
+    ) -> SharedEnsure {
         let this = Arc::clone(self);
         let name = class.name.clone();
         let task = tokio::spawn(async move {
@@ -424,7 +449,7 @@ impl Reconciler {
                     s.state = ArtifactState::Pulling;
                 }
             });
-            let result = this.pull(&class, trigger).await;
+            let result = this.pull(&class, trigger, freshness).await;
             this.record(&class, &result);
             lock(&this.inflight).remove(&class.name);
             result
@@ -437,7 +462,12 @@ impl Reconciler {
         .shared()
     }
 
-    async fn pull(&self, class: &RuntimeClass, trigger: Trigger) -> Result<Ready, String> {
+    async fn pull(
+        &self,
+        class: &RuntimeClass,
+        trigger: Trigger,
+        freshness: Freshness,
+    ) -> Result<Ready, String> {
         let decision = self
             .policies
             .select_source(Request::for_class(class, trigger), self.node.clone())
@@ -457,6 +487,13 @@ impl Reconciler {
                 return Err(denial.to_string());
             }
         };
+        let mut sources = sources;
+        if freshness == Freshness::Installed
+            && let Some(installed) = self.store.installed(&class.name)
+        {
+            // The source the installed version came from first: it needs no network.
+            sources.sort_by_key(|s| s.reference.as_str() != installed.reference);
+        }
         let mut failures = Vec::new();
         for source in sources {
             let mut attempt = class.clone();
@@ -464,7 +501,7 @@ impl Reconciler {
             if source.digest.is_some() {
                 attempt.artifacts.digest = source.digest.clone();
             }
-            match self.store.ensure(&attempt).await {
+            match self.store.ensure_with(&attempt, freshness).await {
                 Ok(installed) => {
                     let labels = ClassLabels {
                         class: class.name.clone(),
@@ -487,6 +524,7 @@ impl Reconciler {
                         digest: installed.digest,
                         source: source.reference.as_str().to_owned(),
                         pulled: installed.pulled,
+                        held_back: installed.held_back,
                     });
                 }
                 Err(e) => {
@@ -516,10 +554,17 @@ impl Reconciler {
         match result {
             Ok(ready) => {
                 info!(runtime_class = %class.name, digest = %ready.digest, source = %ready.source, pulled = ready.pulled, "runtime class ready");
+                let previous = self
+                    .store
+                    .installed(&class.name)
+                    .map(|state| state.previous)
+                    .unwrap_or_default();
                 self.board.update_class(&class.name, |s| {
                     s.state = ArtifactState::Ready;
                     s.digest = Some(ready.digest.clone());
                     s.source = Some(ready.source.clone());
+                    s.previous = previous;
+                    s.held_back = ready.held_back.clone();
                     s.last_error = None;
                     s.failures = 0;
                 });
@@ -536,10 +581,24 @@ impl Reconciler {
                 }
             }
             Err(e) => {
-                warn!(runtime_class = %class.name, error = %e, "runtime class not ready");
+                // A failed update check leaves the installed version serving.
+                let installed = self.store.verified(class);
+                match &installed {
+                    Some(state) => {
+                        warn!(runtime_class = %class.name, error = %e, digest = %state.manifest_digest, "update failed; the installed version stays current")
+                    }
+                    None => {
+                        warn!(runtime_class = %class.name, error = %e, "runtime class not ready")
+                    }
+                }
                 self.board.update_class(&class.name, |s| {
-                    if s.state != ArtifactState::Ready {
-                        s.state = ArtifactState::Failed;
+                    match &installed {
+                        Some(state) => {
+                            s.state = ArtifactState::Ready;
+                            s.digest = Some(state.manifest_digest.clone());
+                        }
+                        None if s.state != ArtifactState::Ready => s.state = ArtifactState::Failed,
+                        None => {}
                     }
                     s.last_error = Some(e.clone());
                     s.failures += 1;
@@ -570,6 +629,53 @@ impl Reconciler {
                     delay = (delay * 2).min(MAX_RETRY);
                 }
             });
+        }
+    }
+
+    /// Checks for new versions per each class's `updatePolicy`: once now for installed
+    /// `onDemand` classes with `onStart` or an interval (eager ones were just ensured), then
+    /// every interval for classes that have one. A failed check leaves the installed version
+    /// serving.
+    pub fn start_updates(self: &Arc<Self>) {
+        let served: Vec<RuntimeClass> = lock(&self.plans)
+            .values()
+            .filter_map(|plan| match plan {
+                Plan::Serve(served) => Some(served.class.clone()),
+                Plan::NotServed { .. } => None,
+            })
+            .collect();
+        for class in served {
+            let interval = match class.update_policy {
+                UpdatePolicy::Pinned => continue,
+                UpdatePolicy::OnStart => None,
+                UpdatePolicy::Every(interval) => Some(interval.get()),
+            };
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                if class.provision == Provision::OnDemand {
+                    this.check_for_update(&class).await;
+                }
+                let Some(interval) = interval else { return };
+                loop {
+                    tokio::time::sleep(interval).await;
+                    this.check_for_update(&class).await;
+                }
+            });
+        }
+    }
+
+    /// Re-resolves the class's reference when it is installed (or eager: then it must be).
+    async fn check_for_update(self: &Arc<Self>, class: &RuntimeClass) {
+        let installed = self.store.installed(&class.name).is_some();
+        if !installed && class.provision == Provision::OnDemand {
+            return;
+        }
+        match self.ensure(&class.name, Trigger::Update, None).await {
+            Ok(ready) if ready.pulled => {
+                info!(runtime_class = %class.name, digest = %ready.digest, "updated to a new version")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(runtime_class = %class.name, error = %e, "update check failed"),
         }
     }
 
@@ -613,10 +719,25 @@ impl Reconciler {
                         return;
                     }
                     warn!(runtime_class = %class, "a sandbox of this class runs but its artifacts are missing or damaged; repairing");
-                    let _ = this.ensure(&class, Trigger::Update, None).await;
+                    let _ = this
+                        .ensure_fresh(&class, Trigger::Update, None, Some(Freshness::Installed))
+                        .await;
                 });
             }
         }
+    }
+}
+
+/// How current an ensure must be: the registry is asked at start-up (eager classes), for
+/// update checks and from the CLI; a gate, a pod's annotation or a repair takes the installed
+/// version when it is intact, so a running node does not depend on the registry, and a tag
+/// that moves changes nothing until the class's `updatePolicy` says so. A `pinned` class never
+/// asks beyond its pin.
+fn freshness_for(class: &RuntimeClass, trigger: Trigger) -> Freshness {
+    match (class.update_policy, trigger) {
+        (UpdatePolicy::Pinned, _) => Freshness::Installed,
+        (_, Trigger::Startup | Trigger::Update | Trigger::Cli) => Freshness::Latest,
+        (_, Trigger::Gate | Trigger::PodAnnotation) => Freshness::Installed,
     }
 }
 

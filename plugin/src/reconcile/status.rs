@@ -71,6 +71,13 @@ pub struct ClassStatus {
     /// The installed version (image manifest digest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Versions kept for `rollback`, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<String>,
+    /// A version the reference resolved to that was not installed: an operator rolled back
+    /// from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back: Option<String>,
     pub state: ArtifactState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -152,6 +159,8 @@ impl StatusBoard {
                     reason: None,
                     source: None,
                     digest: None,
+                    previous: Vec::new(),
+                    held_back: None,
                     state: ArtifactState::Absent,
                     last_error: None,
                     failures: 0,
@@ -303,6 +312,7 @@ mod tests {
             name: name.into(),
             runtime_handler: handler.into(),
             annotations: Default::default(),
+            created_at_ms: None,
         }
     }
 
