@@ -920,3 +920,108 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.write_all(data).expect("gzip");
     encoder.finish().expect("gzip")
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        fs::create_dir_all(dir).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "knm-test",
+            ])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN), as CI has"
+        );
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_too_small_refuses_before_downloading_with_the_numbers() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    push_three(
+        &registry,
+        "kata/artifacts:small",
+        &three_files(80, 64 << 10),
+    );
+    push_three(&registry, "kata/artifacts:big", &three_files(81, 3 << 20));
+    let node = Node::new();
+    let _disk = Tmpfs::mount(&node.artifacts(), "8m");
+    let store = node.store_for(&registry);
+    let host = registry.host();
+    let small = class("kata-qemu", &format!("{host}/kata/artifacts:small"));
+    let big = class("kata-qemu", &format!("{host}/kata/artifacts:big"));
+    let gets = registry.blob_gets();
+
+    let error = store.ensure(&big).await.expect_err("refused").to_string();
+    assert!(
+        node.snapshot().is_empty(),
+        "left behind: {:?}",
+        node.snapshot()
+    );
+    store.ensure(&small).await.expect("the small version fits");
+    let before = node.snapshot();
+    let again = store.ensure(&big).await.expect_err("refused").to_string();
+    assert_eq!(node.snapshot(), before, "the installed version changed");
+
+    for error in [&error, &again] {
+        // "… has A bytes free, … needs N (twice its T bytes): free disk space"
+        let number_after = |word: &str| -> u64 {
+            let rest = &error[error
+                .find(word)
+                .unwrap_or_else(|| panic!("{word:?} in {error}"))
+                + word.len()..];
+            rest.trim_start_matches(['(', ' '])
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a number after {word:?} in {error}"))
+        };
+        let available = error
+            .split(" bytes free")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("free bytes in {error}"));
+        let needed = number_after(" needs ");
+        let total = number_after("twice its ");
+        assert!(error.ends_with("free disk space"), "{error}");
+        assert!(
+            error.contains(&node.artifacts().display().to_string()),
+            "{error}"
+        );
+        assert_eq!(needed, 2 * total, "{error}");
+        assert!(total > 4 << 20, "the big version's size: {error}");
+        assert!(available < needed && available <= 8 << 20, "{error}");
+    }
+    eventually("the small version's 3 blob GETs", || {
+        registry.blob_gets() == gets + 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        registry.blob_gets(),
+        gets + 3,
+        "nothing of the big version was fetched"
+    );
+}
