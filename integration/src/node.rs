@@ -23,6 +23,8 @@ pub const CLASS: &str = "knm-kata";
 pub const VMLINUX: &[u8] = b"stand-in guest kernel\n";
 pub const ROOTFS: &[u8] = b"stand-in guest rootfs image\n";
 pub const KATA_TOML: &[u8] = b"[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\n";
+/// The kata version the stand-in shim says it is (`--version`).
+pub const STAND_IN_KATA_VERSION: &str = "3.2.0";
 /// The artifact's repository and tag in the registry.
 pub const ARTIFACT: &str = "kata/artifacts:1";
 /// How long waits last before they fail (generous: they catch hangs, not slowness).
@@ -115,9 +117,17 @@ impl KataNode {
     fn write_stand_in_shim(&self) -> Result<()> {
         let expected = self.dir.path().join("expected-vmlinux");
         self.expect_vmlinux(VMLINUX)?;
+        std::fs::write(
+            self.dir.path().join("stand-in-version"),
+            STAND_IN_KATA_VERSION,
+        )?;
         let script = format!(
             "#!/bin/sh\n\
              # A stand-in kata shim: a sandbox starts only on installed, intact artifacts.\n\
+             if [ \"$1\" = --version ]; then\n\
+             \x20 echo \"Kata Containers containerd shim (Golang): id: \\\"io.containerd.kata.v2\\\", version: $(cat {version}), commit: stand-in\"\n\
+             \x20 exit 0\n\
+             fi\n\
              for arg in \"$@\"; do\n\
              \x20 if [ \"$arg\" = start ]; then\n\
              \x20   if ! cmp -s {installed} {expected}; then\n\
@@ -131,6 +141,7 @@ impl KataNode {
             installed = self.artifacts().join(CLASS).join("vmlinux").display(),
             link = self.artifacts().join(CLASS).display(),
             starts = self.dir.path().join("shim-starts").display(),
+            version = self.dir.path().join("stand-in-version").display(),
             expected = expected.display(),
             runc = self.deps.runc_shim_bin(self.cd.version()).display(),
         );

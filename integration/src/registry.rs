@@ -277,6 +277,16 @@ impl Registry {
     /// Pushes files as an artifact (`oras push`, one layer per file, titled by its name), with a
     /// fixed creation time; returns the manifest digest.
     pub fn push_files(&self, repo_tag: &str, files: &[(&str, &[u8])]) -> Result<String> {
+        self.push_annotated(repo_tag, files, &[])
+    }
+
+    /// [`push_files`](Self::push_files) with manifest annotations (`key=value`).
+    pub fn push_annotated(
+        &self,
+        repo_tag: &str,
+        files: &[(&str, &[u8])],
+        annotations: &[&str],
+    ) -> Result<String> {
         let work = tempfile::tempdir()?;
         let mut names = Vec::new();
         for (name, content) in files {
@@ -290,6 +300,9 @@ impl Registry {
         let target = format!("{}/{repo_tag}", self.host());
         let annotation = format!("org.opencontainers.image.created={CREATED}");
         let mut args = vec!["push", &target, "--annotation", &annotation];
+        for extra in annotations {
+            args.extend(["--annotation", extra]);
+        }
         args.extend(names.iter().map(String::as_str));
         let out = self.oras(work.path(), &args)?;
         digest_in(&out).with_context(|| format!("no digest in oras output: {out}"))

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use kata_nri_integration::registry::layer;
 use kata_nri_integration::{CutProxy, Registry, RegistryOptions, e2e_guard};
-use kata_nri_manager::artifacts::{ArtifactStore, RetryPolicy, StoreSettings};
+use kata_nri_manager::artifacts::{
+    ArtifactStore, KATA_VERSION_ANNOTATION, RetryPolicy, StoreSettings,
+};
 use kata_nri_manager::config::{
-    Artifacts, KataConfig, Limits, Registries, RuntimeClass, RuntimeSettings,
+    Artifacts, KataConfig, Limits, Registries, RuntimeClass, RuntimeSettings, VersionSkew,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -128,6 +130,7 @@ fn class(name: &str, url: &str) -> RuntimeClass {
         node_selector: BTreeMap::new(),
         provision: Default::default(),
         update_policy: Default::default(),
+        version_skew: Default::default(),
         artifacts: Artifacts {
             url: url.parse().expect("reference"),
             pull_secret: None,
@@ -1024,4 +1027,89 @@ async fn a_disk_too_small_refuses_before_downloading_with_the_numbers() {
         gets + 3,
         "nothing of the big version was fetched"
     );
+}
+
+/// A stand-in kata shim that answers `--version` as kata does.
+fn kata_shim(dir: &Path, version: &str) -> PathBuf {
+    let path = dir.join("containerd-shim-kata-v2");
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho 'Kata Containers containerd shim (Golang): id: \"io.containerd.kata.v2\", version: {version}, commit: 0'\n"
+        ),
+    )
+    .expect("shim");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_skew_is_refused_before_downloading_or_reported_per_the_config() {
+    let deps = e2e_guard!();
+    let registry = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    let files = three_files(90, 4 << 10);
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, c.as_slice())).collect();
+    let requirement = format!("{KATA_VERSION_ANNOTATION}=3.3.0");
+    registry
+        .push_annotated("kata/artifacts:needs-3.3", &refs, &[&requirement])
+        .expect("push");
+    let node = Node::new();
+    let store = node.store_for(&registry);
+    fs::create_dir_all(node.dir.path().join("bin")).expect("bin");
+    let shim = kata_shim(&node.dir.path().join("bin"), "3.2.0");
+    let mut class = class(
+        "kata-qemu",
+        &format!("{}/kata/artifacts:needs-3.3", registry.host()),
+    );
+    class.runtime.runtime_path = Some(shim.clone());
+    class.version_skew = VersionSkew::Refuse;
+    let gets = registry.blob_gets();
+
+    let error = store.ensure(&class).await.expect_err("refused").to_string();
+    assert!(
+        error.ends_with(&format!(
+            "not made current (versionSkew: refuse): the artifact needs kata 3.3.0; {} is kata 3.2.0",
+            shim.display()
+        )),
+        "{error}"
+    );
+    assert!(
+        node.snapshot().is_empty(),
+        "left behind: {:?}",
+        node.snapshot()
+    );
+
+    // No real shim at all: said as such.
+    let mut shimless = class.clone();
+    shimless.runtime.runtime_path = Some(node.dir.path().join("bin/absent"));
+    let error = store
+        .ensure(&shimless)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("the artifact needs kata 3.3.0, and the real shim")
+            && error.contains("bin/absent is not there"),
+        "{error}"
+    );
+    assert_eq!(registry.blob_gets(), gets, "nothing downloaded for a skew");
+
+    // versionSkew: warn installs and reports; a matching shim reports nothing.
+    class.version_skew = VersionSkew::Warn;
+    let installed = store.ensure(&class).await.expect("installed");
+    assert!(installed.pulled);
+    assert_eq!(
+        installed.version_skew.as_deref(),
+        Some(
+            format!(
+                "the artifact needs kata 3.3.0; {} is kata 3.2.0",
+                shim.display()
+            )
+            .as_str()
+        )
+    );
+    kata_shim(&node.dir.path().join("bin"), "3.3.0");
+    let again = store.ensure(&class).await.expect("up to date");
+    assert!(!again.pulled);
+    assert_eq!(again.version_skew, None);
 }

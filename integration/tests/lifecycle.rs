@@ -7,9 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use kata_nri_integration::node::{
-    self, ARTIFACT, CLASS, KATA_TOML, KataNode, ROOTFS, class_status,
+    self, ARTIFACT, CLASS, KATA_TOML, KataNode, ROOTFS, STAND_IN_KATA_VERSION, class_status,
 };
 use kata_nri_integration::{PodSandboxState, PodSpec, Version, require_e2e};
+use kata_nri_manager::artifacts::KATA_VERSION_ANNOTATION;
 use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_knm-under-test");
@@ -305,4 +306,65 @@ async fn rollback_refuses_without_a_previous_version_and_with_a_changed_file() {
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_skew_shows_in_status_and_refuse_keeps_it_from_being_current() {
+    let Some(deps) = require_e2e() else {
+        return;
+    };
+    let mut node = KataNode::start(deps, Version::V2_1).await.unwrap();
+    let requirement = format!("{KATA_VERSION_ANNOTATION}=9.9.9");
+    node.registry
+        .push_annotated(
+            ARTIFACT,
+            &[
+                ("vmlinux", node::VMLINUX),
+                ("rootfs.img", ROOTFS),
+                ("configuration-test.toml", KATA_TOML),
+            ],
+            &[&requirement],
+        )
+        .unwrap();
+    let warn = node.operator_config(&node.registry.host(), "eager", "");
+    let refuse = warn.replace(
+        "  provision: eager\n",
+        "  provision: eager\n  versionSkew: refuse\n",
+    );
+    let node_config = node.node_config(None);
+    let skew = format!(
+        "the artifact needs kata 9.9.9; {} is kata {STAND_IN_KATA_VERSION}",
+        node.shim().display()
+    );
+
+    let refusing = daemon(&mut node, &refuse, &node_config).await;
+    let mut shown = Value::Null;
+    refusing
+        .wait_until("status shows the skew", async || {
+            shown = status(&node, &refusing, &refuse, &node_config).await;
+            shown["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains(&skew))
+        })
+        .await
+        .unwrap();
+    assert_eq!(shown["state"], "failed", "{shown}");
+    assert!(node.installed().is_none(), "not made current");
+    refusing.process.stop().await.unwrap();
+
+    let warning = daemon(&mut node, &warn, &node_config).await;
+    warning
+        .wait_until("installed with the skew reported", async || {
+            shown = status(&node, &warning, &warn, &node_config).await;
+            shown["state"] == "ready"
+        })
+        .await
+        .unwrap();
+    assert_eq!(shown["versionSkew"], skew.as_str(), "{shown}");
+    assert!(node.installed().is_some());
+    let text = node
+        .status(&warning, &warn, &node_config, "text")
+        .await
+        .unwrap();
+    assert!(text.contains(&format!("  version skew: {skew}")), "{text}");
 }

@@ -192,6 +192,12 @@ pub enum ArtifactError {
         reference: String,
         allowed: String,
     },
+    #[error("{class}: {reference} not made current (versionSkew: refuse): {skew}")]
+    VersionSkew {
+        class: String,
+        reference: String,
+        skew: Box<super::skew::Skew>,
+    },
     #[error("rolling back {class}: {why}")]
     Rollback { class: String, why: String },
     #[error("{class}: not a runtime class of the config (known: {known})")]
@@ -241,6 +247,7 @@ impl ArtifactError {
             | ArtifactError::NotAllowed { class, .. }
             | ArtifactError::UnknownClass { class, .. }
             | ArtifactError::Rollback { class, .. }
+            | ArtifactError::VersionSkew { class, .. }
             | ArtifactError::Io { class, .. }
             | ArtifactError::Task { class, .. } => class,
         }

@@ -51,13 +51,20 @@ struct Document {
     layers: Option<Vec<Descriptor>>,
     #[serde(default)]
     manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    annotations: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A parsed manifest body.
 #[derive(Debug, Clone)]
 pub enum Parsed {
-    Image { layers: Vec<Descriptor> },
-    Index { manifests: Vec<Descriptor> },
+    Image {
+        layers: Vec<Descriptor>,
+        annotations: std::collections::BTreeMap<String, String>,
+    },
+    Index {
+        manifests: Vec<Descriptor>,
+    },
 }
 
 /// Parses a manifest or index; a body without `mediaType` is told apart by its fields.
@@ -72,9 +79,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, String> {
         (Some(OCI_INDEX | DOCKER_LIST) | None, None, Some(manifests)) => {
             Ok(Parsed::Index { manifests })
         }
-        (Some(OCI_MANIFEST | DOCKER_MANIFEST) | None, Some(layers), None) => {
-            Ok(Parsed::Image { layers })
-        }
+        (Some(OCI_MANIFEST | DOCKER_MANIFEST) | None, Some(layers), None) => Ok(Parsed::Image {
+            layers,
+            annotations: document.annotations.unwrap_or_default(),
+        }),
         (Some(other), _, _) => Err(format!("unsupported manifest media type {other}")),
         (None, _, _) => Err("manifest has neither `layers` nor `manifests`".into()),
     }

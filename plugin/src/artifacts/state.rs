@@ -37,6 +37,10 @@ pub struct ClassState {
     /// Kata configurations rewritten to point at this version's files.
     #[serde(default)]
     pub kata_configs: Vec<String>,
+    /// The kata version the artifact declared it needs (its `kata-nri-manager.io/kata-version`
+    /// annotation), checked again against the shim on later ensures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kata_version: Option<String>,
     /// Versions installed before this one, newest first, at most `limits.keepVersions`: what
     /// `rollback` can return to.
     #[serde(default)]
@@ -76,6 +80,8 @@ pub struct VersionRecord {
     pub files: BTreeMap<String, FileRecord>,
     #[serde(default)]
     pub kata_configs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kata_version: Option<String>,
 }
 
 /// `<artifactsDir>/.state`.
@@ -148,6 +154,7 @@ mod tests {
                 },
             )]),
             kata_configs: vec![],
+            kata_version: None,
             previous: vec![],
             retired: vec![],
             versions: BTreeMap::new(),

@@ -24,10 +24,11 @@ use super::manifest::{self, Layer, LayerKind, Parsed};
 use super::paths;
 use super::progress::{NoProgress, PullObserver};
 use super::registry::{Registry, RetryPolicy, to_reference};
+use super::skew::{self, KATA_VERSION_ANNOTATION, Skew};
 use super::state::{self, ClassState, FileRecord};
 use super::unpack;
 use super::versions::{self, RollbackRefused, SandboxAge};
-use crate::config::{ByteSize, Config, Limits, Registries, RuntimeClass};
+use crate::config::{ByteSize, Config, Limits, Registries, RuntimeClass, VersionSkew};
 
 /// Layers fetched at once: enough to fill a link with a few large files, few enough that the
 /// write buffers stay small.
@@ -84,6 +85,9 @@ pub struct Installed {
     /// rolled back from it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_back: Option<String>,
+    /// The artifact needs a kata version the node's shim is not (`versionSkew: warn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_skew: Option<String>,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
 }
@@ -474,7 +478,7 @@ impl Inner {
             && same_version(state)
         {
             if self.usable(class, state)? {
-                return Ok(installed(state, self.link(class), 0, false, started));
+                return self.current(class, state, started).await;
             }
             tracing::warn!(digest = %state.resolved_digest, "installed version damaged; pulling it again by digest");
             pin = Some(state.resolved_digest.clone());
@@ -501,7 +505,7 @@ impl Inner {
             && self.usable(class, state)?
         {
             tracing::info!(digest = %state.manifest_digest, "artifacts up to date");
-            return Ok(installed(state, self.link(class), 0, false, started));
+            return self.current(class, state, started).await;
         }
         if let Some(state) = &previous
             && pin.is_none()
@@ -514,9 +518,24 @@ impl Inner {
             return Ok(kept);
         }
 
-        let (layers, digest) = self
+        let (layers, digest, annotations) = self
             .resolve(class, &registry, &reference, &body, &resolved)
             .await?;
+        let kata_version = annotations.get(KATA_VERSION_ANNOTATION).cloned();
+        let version_skew = match &kata_version {
+            Some(required) => self.skew(class, required).await?,
+            None => None,
+        };
+        if let Some(skew) = &version_skew {
+            if class.version_skew == VersionSkew::Refuse {
+                return Err(ArtifactError::VersionSkew {
+                    class: class.name.clone(),
+                    reference: source.as_str().to_owned(),
+                    skew: Box::new(skew.clone()),
+                });
+            }
+            tracing::warn!(%skew, "version skew (versionSkew: warn): installing anyway");
+        }
         if let Some(pin) = &pin
             && *pin != resolved
             && *pin != digest
@@ -531,10 +550,56 @@ impl Inner {
         let total = self.check_size(class, &layers)?;
         tracing::info!(digest = %digest, layers = layers.len(), bytes = total, "pulling artifacts");
         let state = self
-            .install(class, &registry, &reference, &layers, &resolved, &digest)
+            .install(
+                class,
+                &registry,
+                &reference,
+                &layers,
+                &resolved,
+                &digest,
+                kata_version,
+            )
             .await?;
         tracing::info!(digest = %state.manifest_digest, files = state.files.len(), bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "artifacts installed");
-        Ok(installed(&state, self.link(class), total, true, started))
+        let mut done = installed(&state, self.link(class), total, true, started);
+        done.version_skew = version_skew.map(|skew| skew.to_string());
+        Ok(done)
+    }
+
+    /// The installed version as it is. The shim may have changed since the install: a skew is
+    /// reported, never acted on here.
+    async fn current(
+        &self,
+        class: &RuntimeClass,
+        state: &ClassState,
+        started: Instant,
+    ) -> Result<Installed> {
+        let mut current = installed(state, self.link(class), 0, false, started);
+        if let Some(required) = &state.kata_version {
+            current.version_skew = self
+                .skew(class, required)
+                .await?
+                .map(|skew| skew.to_string());
+        }
+        Ok(current)
+    }
+
+    /// What `required` (an artifact's kata version) says about the class's real shim. A
+    /// requirement that is no version is the artifact's fault: a bad manifest.
+    async fn skew(&self, class: &RuntimeClass, required: &str) -> Result<Option<Skew>> {
+        let shim = crate::containerd::real_shim(&class.runtime);
+        let text = required.to_owned();
+        let checked = tokio::task::spawn_blocking(move || skew::check(&text, shim.as_deref()))
+            .await
+            .map_err(|e| ArtifactError::Task {
+                class: class.name.clone(),
+                why: e.to_string(),
+            })?;
+        checked.map_err(|why| ArtifactError::BadManifest {
+            class: class.name.clone(),
+            reference: class.artifacts.url.as_str().to_owned(),
+            why,
+        })
     }
 
     fn link(&self, class: &RuntimeClass) -> PathBuf {
@@ -589,14 +654,17 @@ impl Inner {
         reference: &oci_client::Reference,
         body: &[u8],
         resolved: &str,
-    ) -> Result<(Vec<Layer>, String)> {
+    ) -> Result<(Vec<Layer>, String, BTreeMap<String, String>)> {
         let bad = |why: String| ArtifactError::BadManifest {
             class: class.name.clone(),
             reference: class.artifacts.url.as_str().to_owned(),
             why,
         };
-        let (layers, digest) = match manifest::parse(body).map_err(bad)? {
-            Parsed::Image { layers } => (layers, resolved.to_owned()),
+        let (layers, digest, annotations) = match manifest::parse(body).map_err(bad)? {
+            Parsed::Image {
+                layers,
+                annotations,
+            } => (layers, resolved.to_owned(), annotations),
             Parsed::Index { manifests } => {
                 let (os, arch) = manifest::node_platform();
                 let entry = manifest::pick_platform(&manifests, os, arch).map_err(|available| {
@@ -611,7 +679,10 @@ impl Inner {
                     .manifest(&reference.clone_with_digest(entry.digest.clone()))
                     .await?;
                 match manifest::parse(&body).map_err(bad)? {
-                    Parsed::Image { layers } => (layers, digest),
+                    Parsed::Image {
+                        layers,
+                        annotations,
+                    } => (layers, digest, annotations),
                     Parsed::Index { .. } => {
                         return Err(bad(format!(
                             "{os}/{arch} entry is an index, not an image manifest"
@@ -639,7 +710,7 @@ impl Inner {
                 return Err(bad(format!("two layers are titled {title:?}")));
             }
         }
-        Ok((layers, digest))
+        Ok((layers, digest, annotations))
     }
 
     /// Refuses before any blob is fetched: more than `limits.maxArtifactBytes`, or less than
@@ -682,6 +753,7 @@ impl Inner {
         layers: &[Layer],
         resolved: &str,
         digest: &str,
+        kata_version: Option<String>,
     ) -> Result<ClassState> {
         let name = class.name.as_str();
         let dir = &self.settings.artifacts_dir;
@@ -750,6 +822,7 @@ impl Inner {
             installed_at: now,
             files,
             kata_configs,
+            kata_version,
             previous: Vec::new(),
             retired: Vec::new(),
             versions: BTreeMap::new(),
@@ -1070,6 +1143,7 @@ fn installed(
         bytes,
         pulled,
         held_back: None,
+        version_skew: None,
         duration: started.elapsed(),
     }
 }

@@ -95,6 +95,7 @@ pub fn roll_back(state: ClassState, now_ms: u64) -> Result<ClassState, RollbackR
         installed_at: record.installed_at,
         files: record.files,
         kata_configs: record.kata_configs,
+        kata_version: record.kata_version,
         previous,
         retired: state.retired,
         versions,
@@ -127,6 +128,7 @@ fn superseded(state: &ClassState, now_ms: u64) -> VersionRecord {
         superseded_at_ms: now_ms,
         files: state.files.clone(),
         kata_configs: state.kata_configs.clone(),
+        kata_version: state.kata_version.clone(),
     }
 }
 
@@ -152,6 +154,7 @@ mod tests {
             installed_at: u64::from(n),
             files: BTreeMap::new(),
             kata_configs: vec![],
+            kata_version: None,
             previous: vec![],
             retired: vec![],
             versions: BTreeMap::new(),

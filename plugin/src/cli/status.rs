@@ -92,6 +92,7 @@ fn from_disk(config: &Config) -> StatusReport {
                     .map(|s| s.previous.clone())
                     .unwrap_or_default(),
                 held_back: None,
+                version_skew: None,
                 state: if installed.is_some() {
                     ArtifactState::Ready
                 } else {
@@ -230,6 +231,9 @@ fn render(shown: &Shown) -> String {
                 class.class
             ));
         }
+        if let Some(skew) = &class.version_skew {
+            out.push_str(&format!("  version skew: {skew}\n"));
+        }
         if let Some(held) = &class.held_back {
             out.push_str(&format!(
                 "  held back: {held} (rolled back from; installed again when the tag moves on)\n"
@@ -258,6 +262,9 @@ mod tests {
             digest: Some(format!("sha256:{}", "a".repeat(64))),
             previous: vec![format!("sha256:{}", "b".repeat(64))],
             held_back: Some(format!("sha256:{}", "c".repeat(64))),
+            version_skew: Some(
+                "the artifact needs kata 3.3.0; /opt/kata/shim is kata 3.2.0".into(),
+            ),
             state,
             last_error: None,
             failures: 0,
@@ -298,5 +305,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  held back: sha256:ccc"), "{text}");
+        assert!(
+            text.contains("  version skew: the artifact needs kata 3.3.0;"),
+            "{text}"
+        );
     }
 }

@@ -33,7 +33,7 @@ pub use model::{
     Annotations, Artifacts, CommandRestart, Config, Containerd, ContainerdMode,
     DEFAULT_ALLOWED_HOST_PATHS, FailurePolicy, Gate, KataConfig, Limits, Log, LogFormat, Nri,
     Policies, PolicyLimits, Provision, Registries, Restart, RuntimeClass, RuntimeSettings,
-    SystemdRestart, UpdatePolicy, UpdatePolicyError,
+    SystemdRestart, UpdatePolicy, UpdatePolicyError, VersionSkew,
 };
 pub use names::{check_plugin_index, check_plugin_name};
 pub use pattern::{AnnotationPattern, CONFIG_PATH_ANNOTATION};

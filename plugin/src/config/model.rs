@@ -396,6 +396,9 @@ pub struct RuntimeClass {
     pub provision: Provision,
     #[serde(default)]
     pub update_policy: UpdatePolicy,
+    /// What to do when the artifact declares a kata version the node's shim does not have.
+    #[serde(default)]
+    pub version_skew: VersionSkew,
     pub artifacts: Artifacts,
     #[serde(default)]
     pub runtime: RuntimeSettings,
@@ -430,6 +433,18 @@ pub enum Provision {
     Eager,
     /// Pulled when the first sandbox of the class starts (through the gate) or a pod asks.
     OnDemand,
+}
+
+/// What a version skew between an artifact (its `kata-nri-manager.io/kata-version`
+/// annotation) and the node's real shim (`--version`) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VersionSkew {
+    /// Install it; report the skew in `status` and the log.
+    #[default]
+    Warn,
+    /// Do not make it current: the installed version (if any) stays.
+    Refuse,
 }
 
 /// When the artifacts' tag is resolved again.

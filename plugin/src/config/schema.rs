@@ -125,6 +125,7 @@ const RUNTIME_CLASS: Shape = Shape::Struct(&[
         Shared,
     ),
     key("provision", Shape::Enum(&["eager", "onDemand"]), Shared),
+    key("versionSkew", Shape::Enum(&["warn", "refuse"]), Shared),
     key("updatePolicy", Shape::Text(values::update_policy), Shared),
     required(
         "artifacts",

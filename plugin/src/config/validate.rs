@@ -122,6 +122,7 @@ mod tests {
             node_selector: Default::default(),
             provision: Default::default(),
             update_policy: Default::default(),
+            version_skew: Default::default(),
             artifacts: Artifacts {
                 url,
                 pull_secret: None,

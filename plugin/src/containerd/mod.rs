@@ -45,3 +45,43 @@ pub fn find_on_path(binary: &str) -> Option<std::path::PathBuf> {
         .map(|dir| dir.join(binary))
         .find(|candidate| candidate.is_file())
 }
+
+/// containerd's shim binary name for a runtime type: `io.containerd.kata-qemu.v2` →
+/// `containerd-shim-kata-qemu-v2`.
+pub fn shim_binary_name(runtime_type: &str) -> Option<String> {
+    let rest = runtime_type.strip_prefix("io.containerd.")?;
+    let (name, version) = rest.rsplit_once('.')?;
+    Some(format!("containerd-shim-{name}-{version}"))
+}
+
+/// Where containerd would find the shim of `runtime_type` on PATH.
+pub fn shim_on_path(runtime_type: &str) -> Option<std::path::PathBuf> {
+    find_on_path(&shim_binary_name(runtime_type)?)
+}
+
+/// The shim a class's sandboxes really run: `runtime.runtimePath`, else the runtime type's
+/// shim on PATH.
+pub fn real_shim(runtime: &crate::config::RuntimeSettings) -> Option<std::path::PathBuf> {
+    runtime
+        .runtime_path
+        .clone()
+        .or_else(|| shim_on_path(&runtime.runtime_type))
+}
+
+#[cfg(test)]
+mod shim_name_tests {
+    use super::*;
+
+    #[test]
+    fn shim_names_follow_containerd() {
+        assert_eq!(
+            shim_binary_name("io.containerd.kata-qemu-nvidia-gpu.v2").as_deref(),
+            Some("containerd-shim-kata-qemu-nvidia-gpu-v2")
+        );
+        assert_eq!(
+            shim_binary_name("io.containerd.runc.v2").as_deref(),
+            Some("containerd-shim-runc-v2")
+        );
+        assert_eq!(shim_binary_name("kata"), None);
+    }
+}

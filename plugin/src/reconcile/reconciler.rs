@@ -50,6 +50,8 @@ pub struct Ready {
     pub pulled: bool,
     /// What the reference resolved to but was not installed (an operator rolled back from it).
     pub held_back: Option<String>,
+    /// The artifact needs a kata version the node's shim is not.
+    pub version_skew: Option<String>,
 }
 
 /// What the node does with a class.
@@ -244,11 +246,7 @@ impl Reconciler {
                 .display()
                 .to_string()
         });
-        let real_shim = class
-            .runtime
-            .runtime_path
-            .clone()
-            .or_else(|| shim_on_path(&class.runtime.runtime_type));
+        let real_shim = crate::containerd::real_shim(&class.runtime);
         match class.provision {
             Provision::Eager => {
                 stanza.runtime_path = class
@@ -264,7 +262,7 @@ impl Reconciler {
                         ClassDecision::Deny,
                         format!(
                             "no real shim for the gate to start: set runtimeClasses[].runtime.runtimePath in the node-local config, or put {} on PATH",
-                            shim_binary_name(&class.runtime.runtime_type)
+                            crate::containerd::shim_binary_name(&class.runtime.runtime_type)
                                 .unwrap_or_else(|| "the shim".to_owned())
                         ),
                     );
@@ -525,6 +523,7 @@ impl Reconciler {
                         source: source.reference.as_str().to_owned(),
                         pulled: installed.pulled,
                         held_back: installed.held_back,
+                        version_skew: installed.version_skew,
                     });
                 }
                 Err(e) => {
@@ -565,6 +564,7 @@ impl Reconciler {
                     s.source = Some(ready.source.clone());
                     s.previous = previous;
                     s.held_back = ready.held_back.clone();
+                    s.version_skew = ready.version_skew.clone();
                     s.last_error = None;
                     s.failures = 0;
                 });
@@ -769,36 +769,5 @@ impl Ensurer for GateEnsurer {
                 .inc();
             result.map(|_| ())
         })
-    }
-}
-
-/// containerd's shim binary name for a runtime type: `io.containerd.kata-qemu.v2` →
-/// `containerd-shim-kata-qemu-v2`.
-fn shim_binary_name(runtime_type: &str) -> Option<String> {
-    let rest = runtime_type.strip_prefix("io.containerd.")?;
-    let (name, version) = rest.rsplit_once('.')?;
-    Some(format!("containerd-shim-{name}-{version}"))
-}
-
-/// Where containerd would find the shim of `runtime_type` on PATH.
-fn shim_on_path(runtime_type: &str) -> Option<PathBuf> {
-    crate::containerd::find_on_path(&shim_binary_name(runtime_type)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shim_names_follow_containerd() {
-        assert_eq!(
-            shim_binary_name("io.containerd.kata-qemu-nvidia-gpu.v2").as_deref(),
-            Some("containerd-shim-kata-qemu-nvidia-gpu-v2")
-        );
-        assert_eq!(
-            shim_binary_name("io.containerd.runc.v2").as_deref(),
-            Some("containerd-shim-runc-v2")
-        );
-        assert_eq!(shim_binary_name("kata"), None);
     }
 }

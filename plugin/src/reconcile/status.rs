@@ -78,6 +78,9 @@ pub struct ClassStatus {
     /// from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_back: Option<String>,
+    /// The installed artifact needs a kata version the node's shim is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_skew: Option<String>,
     pub state: ArtifactState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -161,6 +164,7 @@ impl StatusBoard {
                     digest: None,
                     previous: Vec::new(),
                     held_back: None,
+                    version_skew: None,
                     state: ArtifactState::Absent,
                     last_error: None,
                     failures: 0,
