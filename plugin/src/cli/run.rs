@@ -27,7 +27,7 @@ use crate::pods::PodInventory;
 use crate::policy::{EngineOptions, Guard, NodeFacts, PolicyChain, PolicyEngine, WATCH_INTERVAL};
 use crate::reconcile::deferred::DeferredHandler;
 use crate::reconcile::gc::Collector;
-use crate::reconcile::status::{ContainerdStatus, STATUS_FILE};
+use crate::reconcile::status::{ArtifactState, ContainerdStatus, STATUS_FILE};
 use crate::reconcile::{
     ContainerdSync, GateEnsurer, Metrics, NriTriggers, Reconciler, StatusBoard, SyncOutcome, http,
 };
@@ -296,6 +296,7 @@ impl Daemon {
         tokio::spawn(write_status(
             board.clone(),
             inventory.clone(),
+            store.clone(),
             state_dir.join(STATUS_FILE),
         ));
         tokio::spawn(collect_garbage(
@@ -426,17 +427,48 @@ async fn retry_containerd(
     }
 }
 
+/// The install records are the truth about versions: a `rollback` run from the CLI shows in
+/// the status (and the node annotation) without waiting for the next ensure.
+fn follow_install_records(board: &StatusBoard, store: &ArtifactStore) {
+    for class in board.report(&[]).classes {
+        if class.state != ArtifactState::Ready {
+            continue;
+        }
+        if let Some(record) = store.installed(&class.class)
+            && (class.digest.as_ref() != Some(&record.manifest_digest)
+                || class.previous != record.previous)
+        {
+            board.update_class(&class.class, |s| {
+                if s.digest.as_ref() != Some(&record.manifest_digest) {
+                    s.held_back = None;
+                }
+                s.digest = Some(record.manifest_digest.clone());
+                s.previous = record.previous.clone();
+            });
+        }
+    }
+}
+
 /// The configuration step failed (not merely waiting for an operator's restart).
 fn failed(containerd: &ContainerdStatus) -> bool {
     !containerd.configured && !containerd.restart_pending
 }
 
-async fn write_status(board: Arc<StatusBoard>, inventory: Arc<PodInventory>, path: PathBuf) {
+async fn write_status(
+    board: Arc<StatusBoard>,
+    inventory: Arc<PodInventory>,
+    store: ArtifactStore,
+    path: PathBuf,
+) {
     let mut warned = false;
     loop {
         let (board, pods, file) = (board.clone(), inventory.snapshot(), path.clone());
-        let written =
-            tokio::task::spawn_blocking(move || board.write_if_changed(&file, &pods)).await;
+        let store = store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            follow_install_records(&board, &store);
+            board.write_if_changed(&file, &pods)
+        })
+        .await;
         if let Ok(Err(e)) = written
             && !warned
         {

@@ -1,8 +1,10 @@
 //! Node labels through the Kubernetes API (the optional `kube` feature): a class this node serves
 //! gets `kata-nri-manager.io/<class>=servable`, which its RuntimeClass's `scheduling.nodeSelector`
 //! names, and the node gets `katacontainers.io/kata-runtime=true` once every served eager class is
-//! ready (the label RuntimeClasses written for kata-deploy select on). Labels of ours that no
-//! longer hold are removed. Artifact state is in `status`, not in labels.
+//! ready (the label RuntimeClasses written for kata-deploy select on). Each class whose artifacts
+//! are installed gets the annotation `kata-nri-manager.io/<class>.digest` with the installed
+//! version, so drift across a fleet shows with `kubectl get nodes -o yaml`. Labels and
+//! annotations of ours that no longer hold are removed. The rest of the state is in `status`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,10 +15,12 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use tracing::{info, warn};
 
-use super::status::{ClassDecision, StatusBoard};
+use super::status::{ArtifactState, ClassDecision, StatusBoard};
 
-/// Prefix of the per-class labels.
+/// Prefix of the per-class labels and annotations.
 pub const CLASS_LABEL_PREFIX: &str = "kata-nri-manager.io/";
+/// Suffix of the per-class annotation with the installed digest.
+pub const DIGEST_ANNOTATION_SUFFIX: &str = ".digest";
 /// The conventional label of a node that runs kata.
 pub const KATA_RUNTIME_LABEL: &str = "katacontainers.io/kata-runtime";
 /// Environment variable with the node's name (the DaemonSet sets it from the downward API).
@@ -24,25 +28,42 @@ pub const NODE_NAME_ENV: &str = "NODE_NAME";
 /// How often the labels are compared with the status.
 const PERIOD: Duration = Duration::from_secs(5);
 
-/// The labels the status asks for: `Some(value)` to set, `None` to remove. Every configured
-/// class has an entry, so a class that stops being served loses its label.
-pub fn desired(board: &StatusBoard) -> BTreeMap<String, Option<String>> {
+/// What the node's metadata should say: `Some(value)` to set, `None` to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeMetadata {
+    pub labels: BTreeMap<String, Option<String>>,
+    pub annotations: BTreeMap<String, Option<String>>,
+}
+
+/// The labels and annotations the status asks for. Every configured class has an entry, so a
+/// class that stops being served (or installed) loses its label (or annotation).
+pub fn desired(board: &StatusBoard) -> NodeMetadata {
     let report = board.report(&[]);
-    let mut labels = BTreeMap::new();
+    let mut wanted = NodeMetadata::default();
     let configured = report.containerd.configured;
     for class in &report.classes {
         let servable = configured && class.decision == ClassDecision::Serve;
-        labels.insert(
+        wanted.labels.insert(
             format!("{CLASS_LABEL_PREFIX}{}", class.class),
             servable.then(|| "servable".to_owned()),
         );
+        let installed = (class.state == ArtifactState::Ready)
+            .then(|| class.digest.clone())
+            .flatten();
+        wanted.annotations.insert(
+            format!(
+                "{CLASS_LABEL_PREFIX}{}{DIGEST_ANNOTATION_SUFFIX}",
+                class.class
+            ),
+            installed,
+        );
     }
     let kata_ready = !report.classes.is_empty() && board.not_ready().is_none();
-    labels.insert(
+    wanted.labels.insert(
         KATA_RUNTIME_LABEL.to_owned(),
         kata_ready.then(|| "true".to_owned()),
     );
-    labels
+    wanted
 }
 
 /// Patches a node's labels.
@@ -75,9 +96,12 @@ impl NodeLabeler {
         }
     }
 
-    /// One merge patch: `Some` sets a label, `None` removes it.
-    pub async fn apply(&self, labels: &BTreeMap<String, Option<String>>) -> kube::Result<()> {
-        let patch = serde_json::json!({ "metadata": { "labels": labels } });
+    /// One merge patch: `Some` sets a label or annotation, `None` removes it.
+    pub async fn apply(&self, wanted: &NodeMetadata) -> kube::Result<()> {
+        let patch = serde_json::json!({ "metadata": {
+            "labels": wanted.labels,
+            "annotations": wanted.annotations,
+        } });
         self.nodes
             .patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -87,14 +111,14 @@ impl NodeLabeler {
     /// Keeps the node's labels in line with `board` until the future is dropped; a failed patch
     /// is retried at the next period.
     pub async fn run(self, board: Arc<StatusBoard>) {
-        let mut applied: Option<BTreeMap<String, Option<String>>> = None;
+        let mut applied: Option<NodeMetadata> = None;
         let mut warned = false;
         loop {
             let labels = desired(&board);
             if applied.as_ref() != Some(&labels) {
                 match self.apply(&labels).await {
                     Ok(()) => {
-                        info!(node = %self.node, ?labels, "node labels updated");
+                        info!(node = %self.node, labels = ?labels.labels, annotations = ?labels.annotations, "node labels updated");
                         applied = Some(labels);
                         warned = false;
                     }
@@ -167,12 +191,12 @@ mod tests {
     #[test]
     fn servable_needs_containerd_and_a_serve_decision() {
         let board = board();
-        let labels = desired(&board);
+        let labels = desired(&board).labels;
         assert_eq!(labels["kata-nri-manager.io/kata-qemu"], None);
         assert_eq!(labels[KATA_RUNTIME_LABEL], None);
         board.update_containerd(|c| c.configured = true);
         board.update_class("kata-gpu", |c| c.decision = ClassDecision::Deny);
-        let labels = desired(&board);
+        let labels = desired(&board).labels;
         assert_eq!(
             labels["kata-nri-manager.io/kata-qemu"].as_deref(),
             Some("servable")
@@ -181,7 +205,29 @@ mod tests {
         // kata-runtime waits for the eager class to be ready.
         assert_eq!(labels[KATA_RUNTIME_LABEL], None);
         board.update_class("kata-qemu", |c| c.state = ArtifactState::Ready);
-        assert_eq!(desired(&board)[KATA_RUNTIME_LABEL].as_deref(), Some("true"));
+        assert_eq!(
+            desired(&board).labels[KATA_RUNTIME_LABEL].as_deref(),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn the_digest_annotation_follows_the_installed_version() {
+        let board = board();
+        let key = "kata-nri-manager.io/kata-qemu.digest";
+        assert_eq!(desired(&board).annotations[key], None);
+        board.update_class("kata-qemu", |c| {
+            c.state = ArtifactState::Ready;
+            c.digest = Some("sha256:aa".into());
+        });
+        assert_eq!(
+            desired(&board).annotations[key].as_deref(),
+            Some("sha256:aa")
+        );
+        assert_eq!(
+            desired(&board).annotations["kata-nri-manager.io/kata-gpu.digest"],
+            None
+        );
     }
 
     #[tokio::test]
@@ -191,7 +237,10 @@ mod tests {
         let labeler = NodeLabeler::new(Client::try_from(config).unwrap(), "node-1");
         let board = board();
         board.update_containerd(|c| c.configured = true);
-        board.update_class("kata-qemu", |c| c.state = ArtifactState::Ready);
+        board.update_class("kata-qemu", |c| {
+            c.state = ArtifactState::Ready;
+            c.digest = Some("sha256:aa".into());
+        });
         let task = tokio::spawn(labeler.run(board.clone()));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while seen.lock().unwrap().is_empty() {
@@ -204,11 +253,17 @@ mod tests {
         assert_eq!(kind, "application/merge-patch+json");
         assert_eq!(
             body,
-            serde_json::json!({"metadata": {"labels": {
-                "kata-nri-manager.io/kata-gpu": "servable",
-                "kata-nri-manager.io/kata-qemu": "servable",
-                "katacontainers.io/kata-runtime": "true",
-            }}})
+            serde_json::json!({"metadata": {
+                "labels": {
+                    "kata-nri-manager.io/kata-gpu": "servable",
+                    "kata-nri-manager.io/kata-qemu": "servable",
+                    "katacontainers.io/kata-runtime": "true",
+                },
+                "annotations": {
+                    "kata-nri-manager.io/kata-gpu.digest": null,
+                    "kata-nri-manager.io/kata-qemu.digest": "sha256:aa",
+                },
+            }})
         );
     }
 }
