@@ -40,6 +40,10 @@ pub struct ClassState {
     /// Versions installed before this one, newest first (for rollback and GC).
     #[serde(default)]
     pub previous: Vec<String>,
+    /// `host[:port]` this version was pulled from: a mirror of containerd's hosts.toml or the
+    /// registry itself. Absent in records written before mirrors were supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }
 
 /// `<artifactsDir>/.state`.
@@ -113,6 +117,7 @@ mod tests {
             )]),
             kata_configs: vec![],
             previous: vec![],
+            served_by: Some("mirror.example:5001".into()),
         };
         let path = write(dir.path(), &state).expect("write");
         assert_eq!(read(dir.path(), "kata-qemu"), Some(state));
@@ -125,5 +130,14 @@ mod tests {
             0o700
         );
         assert_eq!(read(dir.path(), "other"), None);
+    }
+
+    #[test]
+    fn records_without_served_by_still_load() {
+        let old = r#"{"class": "k", "reference": "r/x:1", "resolvedDigest": "sha256:aa",
+            "manifestDigest": "sha256:aa", "path": "/a/.store/sha256:aa", "installedAt": 1,
+            "files": {}}"#;
+        let state: ClassState = serde_json::from_str(old).expect("old record");
+        assert_eq!(state.served_by, None);
     }
 }

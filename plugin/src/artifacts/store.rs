@@ -21,9 +21,10 @@ use super::error::{ArtifactError, Result};
 use super::hostpaths;
 use super::kataconf;
 use super::manifest::{self, Layer, LayerKind, Parsed};
+use super::mirrors;
 use super::paths;
 use super::progress::{NoProgress, PullObserver};
-use super::registry::{Registry, RetryPolicy, to_reference};
+use super::registry::{Registry, RetryPolicy};
 use super::state::{self, ClassState, FileRecord};
 use super::unpack;
 use crate::config::{ByteSize, Config, Limits, Registries, RuntimeClass};
@@ -43,6 +44,9 @@ pub struct StoreSettings {
     pub retry: RetryPolicy,
     /// `kataConfig.allowedHostPaths`: host files an installed kata configuration may name.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// containerd's certs directories (`<dir>/<host>/hosts.toml`) for mirrors and per-host CAs,
+    /// searched in order; empty: every pull goes to the reference's registry.
+    pub hosts_dirs: Vec<PathBuf>,
 }
 
 impl StoreSettings {
@@ -55,6 +59,13 @@ impl StoreSettings {
             parallel_layers: DEFAULT_PARALLEL_LAYERS,
             retry: RetryPolicy::default(),
             allowed_host_paths: config.kata_config.allowed_host_paths.clone(),
+            // Ours overrides containerd's, as the node's own statement of what pulls use.
+            hosts_dirs: match &config.registries.hosts_dir {
+                Some(dir) => vec![dir.clone()],
+                None => {
+                    crate::containerd::certs::registry_config_dirs(&config.containerd.config_path)
+                }
+            },
         }
     }
 }
@@ -79,6 +90,9 @@ pub struct Installed {
     pub bytes: u64,
     /// Whether this call pulled (false: already installed, only the manifest was checked).
     pub pulled: bool,
+    /// `host[:port]` the installed version was pulled from (a mirror or the registry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
 }
@@ -306,15 +320,14 @@ impl Inner {
             });
         }
         self.check_link_is_ours(class)?;
-        let registry = Registry::connect(
-            class,
-            source,
-            &settings.registries,
-            &settings.pull_secrets_dir,
-            settings.retry,
-        )?;
-        let reference = to_reference(source);
-        let (body, resolved) = registry.manifest(&reference).await?;
+        // The first endpoint of containerd's hosts.toml (or the registry) that serves the
+        // manifest serves the blobs too.
+        let mirrors::Served {
+            registry,
+            reference,
+            body,
+            digest: resolved,
+        } = mirrors::resolve(class, settings).await?;
         let pin = class.pinned_digest().map(|d| d.to_string());
 
         let previous = state::read(&settings.artifacts_dir, &class.name);
@@ -569,6 +582,7 @@ impl Inner {
             files,
             kata_configs,
             previous: older,
+            served_by: Some(registry.context.registry.clone()),
         };
         let state_file = state::file(dir, name);
         state::write(dir, &state).map_err(self.io(
@@ -831,6 +845,7 @@ fn installed(
         kata_configs: state.kata_configs.clone(),
         bytes,
         pulled,
+        served_by: state.served_by.clone(),
         duration: started.elapsed(),
     }
 }
