@@ -65,6 +65,7 @@ impl Node {
                 allowed: vec![],
                 insecure: insecure.to_vec(),
                 ca_file,
+                hosts_dir: None,
             },
             limits: Limits::default(),
             allowed_host_paths: KataConfig::default().allowed_host_paths,
@@ -74,7 +75,29 @@ impl Node {
                 backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(1),
             },
+            hosts_dirs: vec![],
         }
+    }
+
+    /// `<node>/certs.d`, the node's containerd host directory for the mirror tests.
+    fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs.d")
+    }
+
+    /// Writes `<certs.d>/<registry>/hosts.toml`; returns its directory.
+    fn hosts_toml(&self, registry: &str, text: &str) -> PathBuf {
+        let dir = self.certs_dir().join(registry);
+        fs::create_dir_all(&dir).expect("hosts dir");
+        fs::write(dir.join("hosts.toml"), text).expect("hosts.toml");
+        dir
+    }
+
+    /// A store that reads the node's certs.d (as `registries.hostsDir` would make it).
+    fn store_with_hosts(&self, insecure: &[String]) -> ArtifactStore {
+        ArtifactStore::new(StoreSettings {
+            hosts_dirs: vec![self.certs_dir()],
+            ..self.settings(insecure, None)
+        })
     }
 
     fn store_for(&self, registry: &Registry) -> ArtifactStore {
@@ -1112,4 +1135,151 @@ async fn a_version_skew_is_refused_before_downloading_or_reported_per_the_config
     let again = store.ensure(&class).await.expect("up to date");
     assert!(!again.pulled);
     assert_eq!(again.version_skew, None);
+}
+
+// ---- mirrors (containerd's hosts.toml) ----
+
+/// A loopback `host:port` where nothing listens: an upstream that is down.
+fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("127.0.0.1:{port}")
+}
+
+/// The state record's `servedBy`.
+fn served_by(node: &Node, class: &str) -> Option<String> {
+    store_record(node, class)["servedBy"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn store_record(node: &Node, class: &str) -> serde_json::Value {
+    let path = node.artifacts().join(format!(".state/{class}.json"));
+    serde_json::from_slice(&fs::read(path).expect("state")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_through_a_plain_mirror_while_the_upstream_is_down() {
+    let deps = e2e_guard!();
+    let mirror = Registry::start(&deps, RegistryOptions::plain()).expect("mirror");
+    let files = three_files(31, 2 << 20);
+    let digest = push_three(&mirror, "kata/artifacts:1", &files);
+    let upstream = closed_port();
+    let node = Node::new();
+    node.hosts_toml(
+        &upstream,
+        &format!(
+            "server = \"http://{upstream}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.host()
+        ),
+    );
+    // registries.insecure is not needed: the scheme in hosts.toml decides.
+    let store = node.store_with_hosts(&[]);
+    let class = class("kata-mirror", &format!("{upstream}/kata/artifacts:1"));
+
+    let installed = store.ensure(&class).await.expect("pull through the mirror");
+    assert_eq!(installed.digest, digest);
+    assert_eq!(installed.served_by.as_deref(), Some(mirror.host().as_str()));
+    assert_installed(&node, "kata-mirror", &digest, &files);
+    assert_eq!(served_by(&node, "kata-mirror"), Some(mirror.host()));
+    eventually("3 blob GETs on the mirror", || mirror.blob_gets() == 3).await;
+    let log = mirror.log();
+    assert!(
+        log.contains(&format!("ns={upstream}")),
+        "containerd's ns parameter names the upstream: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_is_down_falls_back_to_the_upstream() {
+    let deps = e2e_guard!();
+    let upstream = Registry::start(&deps, RegistryOptions::plain()).expect("upstream");
+    let files = three_files(32, 1 << 20);
+    let digest = push_three(&upstream, "kata/artifacts:1", &files);
+    let down = closed_port();
+    let node = Node::new();
+    node.hosts_toml(
+        &upstream.host(),
+        &format!("[host.\"http://{down}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    );
+    let store = node.store_with_hosts(&[upstream.host()]);
+    let class = class(
+        "kata-fallback",
+        &format!("{}/kata/artifacts:1", upstream.host()),
+    );
+
+    let installed = store
+        .ensure(&class)
+        .await
+        .expect("fallback to the upstream");
+    assert_eq!(installed.digest, digest);
+    assert_eq!(
+        installed.served_by.as_deref(),
+        Some(upstream.host().as_str())
+    );
+    assert_installed(&node, "kata-fallback", &digest, &files);
+    eventually("3 blob GETs upstream", || upstream.blob_gets() == 3).await;
+
+    // Both down: the error says what each endpoint answered, in order.
+    drop(upstream);
+    let error = store
+        .ensure(&class)
+        .await
+        .expect_err("nothing serves")
+        .to_string();
+    let mirror_at = error.find(&format!("mirror {down}:")).expect(&error);
+    let upstream_at = error.find("upstream 127.0.0.1:").expect(&error);
+    assert!(mirror_at < upstream_at, "{error}");
+    assert!(error.contains("no endpoint served"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_mirror_with_its_ca_in_hosts_toml_and_credentials_for_the_mirror_only() {
+    let deps = e2e_guard!();
+    let mirror =
+        Registry::start(&deps, RegistryOptions::tls_with_auth(USER, PASSWORD)).expect("mirror");
+    let files = three_files(33, 1 << 20);
+    let digest = push_three(&mirror, "kata/artifacts:tls", &files);
+    let upstream = closed_port();
+    let node = Node::new();
+    let dir = node.hosts_toml(
+        &upstream,
+        &format!(
+            "[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"mirror-ca.pem\"\n",
+            mirror.host()
+        ),
+    );
+    // Relative to the hosts.toml's directory, as containerd reads it.
+    fs::copy(mirror.ca_file(), dir.join("mirror-ca.pem")).expect("ca");
+    // The pull secret has credentials for the mirror only.
+    node.secret("mirror-secret", &mirror.host(), USER, PASSWORD);
+    let store = node.store_with_hosts(&[]);
+    let anonymous = class("kata-anon", &format!("{upstream}/kata/artifacts:tls"));
+    let class = with_secret(
+        class("kata-tls-mirror", &format!("{upstream}/kata/artifacts:tls")),
+        "mirror-secret",
+    );
+
+    let installed = store
+        .ensure(&class)
+        .await
+        .expect("pull from the TLS mirror");
+    assert_eq!(installed.digest, digest);
+    assert_eq!(installed.served_by.as_deref(), Some(mirror.host().as_str()));
+    assert_installed(&node, "kata-tls-mirror", &digest, &files);
+    eventually("3 blob GETs on the mirror", || mirror.blob_gets() == 3).await;
+
+    // Without credentials the mirror refuses, and the error says so for the mirror by name.
+    let error = store
+        .ensure(&anonymous)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains(&format!("mirror {}", mirror.host())),
+        "{error}"
+    );
+    assert!(error.contains("401"), "{error}");
+    assert!(!error.contains(PASSWORD));
 }

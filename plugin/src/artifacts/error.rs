@@ -167,6 +167,40 @@ pub enum ArtifactError {
         path: PathBuf,
         why: String,
     },
+    #[error(
+        "pulling {class}: CA {} for registry {registry} (from containerd's hosts.toml or certs.d): {why}",
+        path.display()
+    )]
+    HostCa {
+        class: String,
+        registry: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error(
+        "pulling {class}: registry host configuration for {registry}: {why}: fix the file (containerd's certs.d layout) or set registries.hostsDir"
+    )]
+    Hosts {
+        class: String,
+        registry: String,
+        why: String,
+    },
+    #[error(
+        "pulling {class}: {} lists no endpoint that can pull {reference}: give one the \"pull\" capability (and \"resolve\" for a tag)",
+        file.display()
+    )]
+    NoEndpoint {
+        class: String,
+        reference: String,
+        file: PathBuf,
+    },
+    #[error("pulling {class}: no endpoint served {reference}: {tried}")]
+    Endpoints {
+        class: String,
+        reference: String,
+        /// What each endpoint answered, in the order they were tried.
+        tried: String,
+    },
     #[error("pulling {class}: cannot set up a client for registry {registry}: {why}")]
     Client {
         class: String,
@@ -241,6 +275,10 @@ impl ArtifactError {
             | ArtifactError::BadLayer { class, .. }
             | ArtifactError::PullSecret { class, .. }
             | ArtifactError::CaFile { class, .. }
+            | ArtifactError::HostCa { class, .. }
+            | ArtifactError::Hosts { class, .. }
+            | ArtifactError::NoEndpoint { class, .. }
+            | ArtifactError::Endpoints { class, .. }
             | ArtifactError::Client { class, .. }
             | ArtifactError::KataConfig { class, .. }
             | ArtifactError::NotManaged { class, .. }

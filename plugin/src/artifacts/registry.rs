@@ -1,6 +1,7 @@
-//! Talking to one registry for one class: the client (TLS, CA bundle, plain HTTP only for
-//! `registries.insecure`), credentials from the class's pull secret, manifest requests with
-//! retries, and the translation of registry answers into [`ArtifactError`]s.
+//! Talking to one registry endpoint for one class: the client (TLS, CA bundles, plain HTTP only
+//! for `registries.insecure` or an `http://` host of containerd's `hosts.toml`), credentials from
+//! the class's pull secret for the host contacted, manifest requests with retries, and the
+//! translation of registry answers into [`ArtifactError`]s.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use oci_client::{Client, Reference};
 
 use super::auth::{self, Credentials, DockerConfig};
 use super::error::{ArtifactError, AuthHint, Result};
+use super::hosts::Endpoint;
 use super::manifest;
 use crate::config::{OciReference, Registries, RuntimeClass};
 
@@ -171,25 +173,30 @@ impl Context {
     }
 }
 
-/// A client and credentials for the class's registry.
+/// A client and credentials for one endpoint of the class's registry (the registry itself or
+/// a mirror).
 pub(crate) struct Registry {
     pub client: Client,
     pub auth: RegistryAuth,
     pub context: Context,
     pub retry: RetryPolicy,
+    /// A mirror: requests go to `context.registry` on behalf of the reference's registry.
+    mirror: bool,
 }
 
 impl Registry {
     pub fn connect(
         class: &RuntimeClass,
         source: &OciReference,
+        endpoint: &Endpoint,
         registries: &Registries,
         pull_secrets_dir: &Path,
         retry: RetryPolicy,
     ) -> Result<Self> {
-        let registry = source.registry().to_owned();
-        let (credentials, hint) = credentials(class, source, pull_secrets_dir)?;
-        let insecure = registries.is_insecure(&registry);
+        let registry = endpoint.host.clone();
+        // The host contacted, not the reference's: a mirror has credentials of its own.
+        let (credentials, hint) = credentials(class, &registry, pull_secrets_dir)?;
+        let insecure = endpoint.plain_http;
         let mut config = ClientConfig {
             protocol: if insecure {
                 ClientProtocol::HttpsExcept(vec![registry.clone()])
@@ -201,11 +208,25 @@ impl Registry {
             connect_timeout: Some(Duration::from_secs(10)),
             // A stalled transfer is a transient failure, retried (and resumed) like a cut one.
             read_timeout: Some(Duration::from_secs(60)),
+            // hosts.toml is root-owned node configuration, like registries.caFile.
+            accept_invalid_certificates: endpoint.skip_verify,
             ..ClientConfig::default()
         };
         if let Some(ca_file) = &registries.ca_file {
             let data = std::fs::read(ca_file).map_err(|e| ArtifactError::CaFile {
                 class: class.name.clone(),
+                path: ca_file.clone(),
+                why: e.to_string(),
+            })?;
+            config.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        for ca_file in &endpoint.ca_files {
+            let data = std::fs::read(ca_file).map_err(|e| ArtifactError::HostCa {
+                class: class.name.clone(),
+                registry: registry.clone(),
                 path: ca_file.clone(),
                 why: e.to_string(),
             })?;
@@ -220,9 +241,18 @@ impl Registry {
         let client = Client::try_from(config).map_err(|e| ArtifactError::Client {
             class: class.name.clone(),
             registry: registry.clone(),
-            why: match (&registries.ca_file, e) {
-                (Some(path), e) => format!("{e} (is {} a PEM bundle?)", path.display()),
-                (None, e) => e.to_string(),
+            why: {
+                let files: Vec<String> = registries
+                    .ca_file
+                    .iter()
+                    .chain(&endpoint.ca_files)
+                    .map(|p| p.display().to_string())
+                    .collect();
+                if files.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{e} (are {} PEM bundles?)", files.join(", "))
+                }
             },
         })?;
         Ok(Self {
@@ -236,7 +266,19 @@ impl Registry {
                 insecure,
             },
             retry,
+            mirror: endpoint.mirror,
         })
+    }
+
+    /// oci-client's reference for `source` as this endpoint serves it. For a mirror, requests
+    /// go to the mirror with containerd's `?ns=<registry>` parameter, and oci-client keys the
+    /// credentials and tokens by the mirror's host (`Reference::resolve_registry`).
+    pub fn reference(&self, source: &OciReference) -> Reference {
+        let mut reference = to_reference(source);
+        if self.mirror {
+            reference.set_mirror_registry(self.context.registry.clone());
+        }
+        reference
     }
 
     /// Fetches a manifest (by tag or digest); returns its body and digest. The digest is
@@ -278,10 +320,10 @@ pub(crate) fn to_reference(source: &OciReference) -> Reference {
     }
 }
 
-/// The class's credentials for the registry and the hint an authorization error gives.
+/// The class's credentials for `host` and the hint an authorization error gives.
 fn credentials(
     class: &RuntimeClass,
-    source: &OciReference,
+    host: &str,
     pull_secrets_dir: &Path,
 ) -> Result<(Credentials, AuthHint)> {
     let Some(secret) = &class.artifacts.pull_secret else {
@@ -297,7 +339,7 @@ fn credentials(
         .map_err(|e| fail(&pull_secrets_dir.join(secret), e.to_string()))?;
     let config = DockerConfig::read(&path).map_err(|e| fail(&path, e.to_string()))?;
     match config
-        .lookup(source.registry())
+        .lookup(host)
         .map_err(|e| fail(&path, e.to_string()))?
     {
         Some(credentials) => Ok((credentials, AuthHint::Secret(secret.clone()))),
@@ -328,5 +370,58 @@ mod tests {
         assert_eq!(reference.registry(), "127.0.0.1:5000");
         assert_eq!(reference.repository(), "kata/artifacts");
         assert_eq!(reference.tag(), Some("1.0"));
+    }
+
+    #[test]
+    fn a_mirror_gets_requests_and_credentials_of_its_own() {
+        let source: OciReference = "registry.example:5000/kata/artifacts:1.0"
+            .parse()
+            .expect("ref");
+        let class: RuntimeClass = serde_yaml::from_str(
+            "{name: kata, artifacts: {url: \"registry.example:5000/kata/artifacts:1.0\", pullSecret: s}}",
+        )
+        .expect("class");
+        let secrets = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(secrets.path().join("s")).expect("mkdir");
+        std::fs::write(
+            secrets.path().join("s/.dockerconfigjson"),
+            r#"{"auths": {"mirror.example:5001": {"username": "m", "password": "p"}}}"#,
+        )
+        .expect("secret");
+        let mut endpoint = Endpoint::upstream("mirror.example:5001", true);
+        endpoint.mirror = true;
+        let registry = Registry::connect(
+            &class,
+            &source,
+            &endpoint,
+            &Registries::default(),
+            secrets.path(),
+            RetryPolicy::default(),
+        )
+        .expect("connect");
+        let reference = registry.reference(&source);
+        assert_eq!(reference.resolve_registry(), "mirror.example:5001");
+        assert_eq!(reference.registry(), "registry.example:5000");
+        assert!(matches!(registry.auth, RegistryAuth::Basic(ref user, _) if user == "m"));
+        assert_eq!(registry.context.hint, AuthHint::Secret("s".into()));
+
+        let upstream = Registry::connect(
+            &class,
+            &source,
+            &Endpoint::upstream("registry.example:5000", false),
+            &Registries::default(),
+            secrets.path(),
+            RetryPolicy::default(),
+        )
+        .expect("connect");
+        assert_eq!(
+            upstream.reference(&source).resolve_registry(),
+            "registry.example:5000"
+        );
+        assert!(matches!(upstream.auth, RegistryAuth::Anonymous));
+        assert_eq!(
+            upstream.context.hint,
+            AuthHint::SecretWithoutEntry("s".into())
+        );
     }
 }

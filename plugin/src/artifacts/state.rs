@@ -55,6 +55,10 @@ pub struct ClassState {
     /// that resolves to one of them keeps the current version instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected: Vec<String>,
+    /// `host[:port]` this version was pulled from: a mirror of containerd's hosts.toml or the
+    /// registry itself. Absent in records written before mirrors were supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }
 
 impl ClassState {
@@ -82,6 +86,8 @@ pub struct VersionRecord {
     pub kata_configs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kata_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }
 
 /// `<artifactsDir>/.state`.
@@ -159,6 +165,7 @@ mod tests {
             retired: vec![],
             versions: BTreeMap::new(),
             rejected: vec![],
+            served_by: Some("mirror.example:5001".into()),
         };
         let path = write(dir.path(), &state).expect("write");
         assert_eq!(read(dir.path(), "kata-qemu"), Some(state));
@@ -171,5 +178,14 @@ mod tests {
             0o700
         );
         assert_eq!(read(dir.path(), "other"), None);
+    }
+
+    #[test]
+    fn records_without_served_by_still_load() {
+        let old = r#"{"class": "k", "reference": "r/x:1", "resolvedDigest": "sha256:aa",
+            "manifestDigest": "sha256:aa", "path": "/a/.store/sha256:aa", "installedAt": 1,
+            "files": {}}"#;
+        let state: ClassState = serde_json::from_str(old).expect("old record");
+        assert_eq!(state.served_by, None);
     }
 }

@@ -21,9 +21,10 @@ use super::error::{ArtifactError, Result};
 use super::hostpaths;
 use super::kataconf;
 use super::manifest::{self, Layer, LayerKind, Parsed};
+use super::mirrors;
 use super::paths;
 use super::progress::{NoProgress, PullObserver};
-use super::registry::{Registry, RetryPolicy, to_reference};
+use super::registry::{Registry, RetryPolicy};
 use super::skew::{self, KATA_VERSION_ANNOTATION, Skew};
 use super::state::{self, ClassState, FileRecord};
 use super::unpack;
@@ -45,6 +46,9 @@ pub struct StoreSettings {
     pub retry: RetryPolicy,
     /// `kataConfig.allowedHostPaths`: host files an installed kata configuration may name.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// containerd's certs directories (`<dir>/<host>/hosts.toml`) for mirrors and per-host CAs,
+    /// searched in order; empty: every pull goes to the reference's registry.
+    pub hosts_dirs: Vec<PathBuf>,
 }
 
 impl StoreSettings {
@@ -57,6 +61,13 @@ impl StoreSettings {
             parallel_layers: DEFAULT_PARALLEL_LAYERS,
             retry: RetryPolicy::default(),
             allowed_host_paths: config.kata_config.allowed_host_paths.clone(),
+            // Ours overrides containerd's, as the node's own statement of what pulls use.
+            hosts_dirs: match &config.registries.hosts_dir {
+                Some(dir) => vec![dir.clone()],
+                None => {
+                    crate::containerd::certs::registry_config_dirs(&config.containerd.config_path)
+                }
+            },
         }
     }
 }
@@ -88,6 +99,9 @@ pub struct Installed {
     /// The artifact needs a kata version the node's shim is not (`versionSkew: warn`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version_skew: Option<String>,
+    /// `host[:port]` the installed version was pulled from (a mirror or the registry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
 }
@@ -484,18 +498,14 @@ impl Inner {
             pin = Some(state.resolved_digest.clone());
             by_digest = pin.clone();
         }
-        let registry = Registry::connect(
-            class,
-            source,
-            &settings.registries,
-            &settings.pull_secrets_dir,
-            settings.retry,
-        )?;
-        let mut reference = to_reference(source);
-        if let Some(digest) = by_digest {
-            reference = reference.clone_with_digest(digest);
-        }
-        let (body, resolved) = registry.manifest(&reference).await?;
+        // The first endpoint of containerd's hosts.toml (or the registry) that serves the
+        // manifest serves the blobs too.
+        let mirrors::Served {
+            registry,
+            reference,
+            body,
+            digest: resolved,
+        } = mirrors::resolve(class, settings, by_digest.as_deref()).await?;
 
         if let Some(state) = &previous
             && state.resolved_digest == resolved
@@ -823,6 +833,7 @@ impl Inner {
             files,
             kata_configs,
             kata_version,
+            served_by: Some(registry.context.registry.clone()),
             previous: Vec::new(),
             retired: Vec::new(),
             versions: BTreeMap::new(),
@@ -1144,6 +1155,7 @@ fn installed(
         pulled,
         held_back: None,
         version_skew: None,
+        served_by: state.served_by.clone(),
         duration: started.elapsed(),
     }
 }

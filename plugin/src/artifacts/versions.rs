@@ -96,6 +96,7 @@ pub fn roll_back(state: ClassState, now_ms: u64) -> Result<ClassState, RollbackR
         files: record.files,
         kata_configs: record.kata_configs,
         kata_version: record.kata_version,
+        served_by: record.served_by,
         previous,
         retired: state.retired,
         versions,
@@ -129,6 +130,7 @@ fn superseded(state: &ClassState, now_ms: u64) -> VersionRecord {
         files: state.files.clone(),
         kata_configs: state.kata_configs.clone(),
         kata_version: state.kata_version.clone(),
+        served_by: state.served_by.clone(),
     }
 }
 
@@ -159,6 +161,7 @@ mod tests {
             retired: vec![],
             versions: BTreeMap::new(),
             rejected: vec![],
+            served_by: None,
         }
     }
 

@@ -78,6 +78,10 @@ pub struct Registries {
     /// Node-local. Extra CA bundle (PEM) for TLS registries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Node-local. containerd's registry host directory (`certs.d`: `<dir>/<host>/hosts.toml`)
+    /// for mirrors and per-host CAs; replaces the `registry.config_path` of containerd's config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts_dir: Option<PathBuf>,
 }
 
 impl Registries {

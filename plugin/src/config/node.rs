@@ -28,6 +28,7 @@ pub(super) struct NodeConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub(super) struct NodeRegistries {
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) hosts_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +89,7 @@ impl NodeConfig {
         set(&mut config.pull_secrets_dir, self.pull_secrets_dir);
         set(&mut config.state_dir, self.state_dir);
         config.registries.ca_file = self.registries.ca_file;
+        config.registries.hosts_dir = self.registries.hosts_dir;
         set(
             &mut config.containerd.config_path,
             self.containerd.config_path,

@@ -187,6 +187,7 @@ pub(super) const CONFIG: Shape = Shape::Struct(&[
                 Shared,
             ),
             key("caFile", PATH, NodeLocal),
+            key("hostsDir", PATH, NodeLocal),
         ]),
         Both,
     ),

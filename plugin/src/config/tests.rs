@@ -297,7 +297,7 @@ fn a_yaml_syntax_error_names_the_file_and_the_position() {
 #[test]
 fn operator_kind_refuses_node_local_keys() {
     let err = parse_str(
-        "artifactsDir: /x\npullSecretsDir: /y\nregistries: {caFile: /ca.pem}\npolicies: {dir: /p}\n",
+        "artifactsDir: /x\npullSecretsDir: /y\nregistries: {caFile: /ca.pem, hostsDir: /certs.d}\npolicies: {dir: /p}\n",
         Path::new("cm.yaml"),
         FileKind::Operator,
     )
@@ -311,6 +311,7 @@ fn operator_kind_refuses_node_local_keys() {
             "artifactsDir",
             "pullSecretsDir",
             "registries.caFile",
+            "registries.hostsDir",
             "policies.dir"
         ]
     );
@@ -731,6 +732,7 @@ fn full_config() -> Config {
     config.runtime_classes[0].artifacts.digest =
         Some(format!("sha256:{HEX}").parse().expect("digest"));
     config.runtime_classes[0].runtime.adopt = true;
+    config.registries.hosts_dir = Some("/etc/containerd/certs.d".into());
     config
 }
 
@@ -783,6 +785,7 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
         state_dir: Some("/s".into()),
         registries: NodeRegistries {
             ca_file: Some("/ca.pem".into()),
+            hosts_dir: Some("/etc/containerd/certs.d".into()),
         },
         containerd: NodeContainerd {
             config_path: Some("/c".into()),

@@ -11,6 +11,7 @@
 //! - [`restart`]: the restart strategies and the rollback; [`systemd`]: the unit over D-Bus.
 
 pub mod atomic;
+pub mod certs;
 pub mod commit;
 pub mod cri;
 pub mod diff;

@@ -1,0 +1,148 @@
+//! Which endpoint serves a pull: the registry's `hosts.toml` endpoints in order, then the
+//! upstream. The first that answers with the manifest serves the whole pull (its blobs too);
+//! one that is down, answers 404, refuses us or sends a bad manifest is passed over with a
+//! warning, and when none serves, the error says what each one answered.
+
+use oci_client::Reference;
+
+use super::error::{ArtifactError, Result};
+use super::hosts::{self, Endpoint};
+use super::registry::{Registry, RetryPolicy};
+use super::store::StoreSettings;
+use crate::config::{OciReference, RuntimeClass};
+
+/// Attempts at an endpoint that has another after it: a mirror that is down should cost a
+/// pull seconds, not the full backoff of the last endpoint.
+const ATTEMPTS_BEFORE_NEXT: u32 = 2;
+
+/// The endpoint that answered, with what it answered.
+pub(crate) struct Served {
+    pub registry: Registry,
+    /// The reference as this endpoint serves it (a mirror's host, for a mirror).
+    pub reference: Reference,
+    pub body: bytes::Bytes,
+    pub digest: String,
+}
+
+/// Fetches the manifest `class`'s source names from the first endpoint that serves it.
+///
+/// `by_digest`: fetch this digest rather than what the reference names (a repair pulls the
+/// recorded version again, never a newer one).
+pub(crate) async fn resolve(
+    class: &RuntimeClass,
+    settings: &StoreSettings,
+    by_digest: Option<&str>,
+) -> Result<Served> {
+    let source = &class.artifacts.url;
+    let registry = source.registry();
+    let hosts = hosts::lookup(
+        &settings.hosts_dirs,
+        registry,
+        settings.registries.is_insecure(registry),
+    )
+    .map_err(|e| ArtifactError::Hosts {
+        class: class.name.clone(),
+        registry: registry.to_owned(),
+        why: e.to_string(),
+    })?;
+    let digest_only = by_digest.is_some() || source.digest().is_some();
+    let candidates: Vec<&Endpoint> = hosts
+        .endpoints
+        .iter()
+        .filter(|endpoint| usable(endpoint, digest_only))
+        .collect();
+    if candidates.is_empty() {
+        return Err(ArtifactError::NoEndpoint {
+            class: class.name.clone(),
+            reference: source.as_str().to_owned(),
+            file: hosts.source.clone().unwrap_or_default(),
+        });
+    }
+    let mut failures = Vec::new();
+    for (i, endpoint) in candidates.iter().enumerate() {
+        let last = i + 1 == candidates.len();
+        let retry = if last {
+            settings.retry
+        } else {
+            RetryPolicy {
+                attempts: settings.retry.attempts.min(ATTEMPTS_BEFORE_NEXT),
+                ..settings.retry
+            }
+        };
+        match fetch(class, source, endpoint, settings, retry, by_digest).await {
+            Ok(served) => {
+                tracing::info!(served_by = %endpoint.host, mirror = endpoint.mirror, digest = %served.digest, "manifest resolved");
+                return Ok(served);
+            }
+            // The class's secret is broken for every endpoint alike.
+            Err(e @ ArtifactError::PullSecret { .. }) => return Err(e),
+            // Without mirrors the registry's own error is the clearest.
+            Err(e) if candidates.len() == 1 => return Err(e),
+            Err(e) => {
+                if !last {
+                    tracing::warn!(endpoint = %endpoint.host, mirror = endpoint.mirror, error = %e, "endpoint did not serve the manifest; trying the next");
+                }
+                failures.push(format!(
+                    "{}: {}",
+                    endpoint.label(),
+                    without_prefix(&e, class)
+                ));
+            }
+        }
+    }
+    Err(ArtifactError::Endpoints {
+        class: class.name.clone(),
+        reference: source.as_str().to_owned(),
+        tried: failures.join("; "),
+    })
+}
+
+/// Whether `endpoint` may serve this pull: it must be addressable, serve blobs, and resolve
+/// tags unless the reference has a digest (containerd's capability rules).
+fn usable(endpoint: &Endpoint, by_digest: bool) -> bool {
+    if !endpoint.ignored.is_empty() {
+        tracing::warn!(endpoint = %endpoint.host, settings = ?endpoint.ignored, "hosts.toml settings not applied to artifact pulls");
+    }
+    if let Some(why) = &endpoint.unusable {
+        tracing::warn!(endpoint = %endpoint.host, reason = %why, "hosts.toml endpoint skipped");
+        return false;
+    }
+    endpoint.pull && (by_digest || endpoint.resolve)
+}
+
+async fn fetch(
+    class: &RuntimeClass,
+    source: &OciReference,
+    endpoint: &Endpoint,
+    settings: &StoreSettings,
+    retry: RetryPolicy,
+    by_digest: Option<&str>,
+) -> Result<Served> {
+    let registry = Registry::connect(
+        class,
+        source,
+        endpoint,
+        &settings.registries,
+        &settings.pull_secrets_dir,
+        retry,
+    )?;
+    let mut reference = registry.reference(source);
+    if let Some(digest) = by_digest {
+        reference = reference.clone_with_digest(digest.to_owned());
+    }
+    let (body, digest) = registry.manifest(&reference).await?;
+    Ok(Served {
+        registry,
+        reference,
+        body,
+        digest,
+    })
+}
+
+/// An endpoint's error without the `pulling <class>: ` every message starts with, for a list.
+fn without_prefix(error: &ArtifactError, class: &RuntimeClass) -> String {
+    let text = error.to_string();
+    text.strip_prefix(&format!("pulling {}: ", class.name))
+        .map(str::to_owned)
+        .unwrap_or(text)
+}
