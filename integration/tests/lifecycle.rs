@@ -368,3 +368,55 @@ async fn a_version_skew_shows_in_status_and_refuse_keeps_it_from_being_current()
         .unwrap();
     assert!(text.contains(&format!("  version skew: {skew}")), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mirror_in_containerds_hosts_toml_serves_the_daemon_while_the_upstream_is_down() {
+    let Some(deps) = require_e2e() else {
+        return;
+    };
+    let mut node = KataNode::start(deps, Version::V2_1).await.unwrap();
+    // The class names an upstream where nothing listens; only containerd's own registry
+    // configuration (config_path → certs.d/<upstream>/hosts.toml) knows the mirror.
+    let upstream = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let certs = node.dir().join("certs.d");
+    let hosts = certs.join(&upstream);
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!(
+            "server = \"http://{upstream}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            node.registry.host()
+        ),
+    )
+    .unwrap();
+    let config = &node.cd.layout().config;
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "\n[plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"{}\"\n",
+        certs.display()
+    ));
+    std::fs::write(config, text).unwrap();
+
+    let operator = node.operator_config(&upstream, "eager", "");
+    let node_config = node.node_config(None);
+    let d = daemon(&mut node, &operator, &node_config).await;
+    d.wait_until("the class is installed", async || {
+        node.installed().is_some()
+    })
+    .await
+    .unwrap();
+    assert_eq!(node.installed().as_deref(), Some(node::VMLINUX));
+    assert_eq!(
+        record(&node)["servedBy"],
+        node.registry.host(),
+        "{}",
+        record(&node)
+    );
+    assert!(
+        node.registry.log().contains(&format!("ns={upstream}")),
+        "the mirror was asked on behalf of the upstream"
+    );
+}
