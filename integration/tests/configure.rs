@@ -361,6 +361,72 @@ async fn a_restart_that_never_serves_is_rolled_back_on_1_7() {
     restart_that_never_serves_is_rolled_back(Version::V1_7).await;
 }
 
+/// containerd restarts but reads another file than the one configure wrote (a node whose
+/// `containerd.configPath` is wrong): CRI Status does not list the class, so the restart counts
+/// as failed, the written file is restored, and configure says what containerd serves.
+#[tokio::test]
+async fn a_restart_that_does_not_serve_the_class_is_rolled_back_on_2_1() {
+    let deps = e2e_guard!();
+    let version = Version::V2_1;
+    let mut cd = Containerd::start(&deps, version, ContainerdOptions::default())
+        .await
+        .expect("containerd starts");
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("restart-requested");
+    let restart = format!(
+        "{{method: command, command: [/bin/sh, -c, 'echo >> {}'], timeout: 5s}}",
+        marker.display()
+    );
+    let (operator, node) = configs(dir.path(), &cd, &restart);
+    // The node config names a copy: containerd never reads it.
+    let copy = dir.path().join("config-copy.toml");
+    std::fs::copy(&cd.layout().config, &copy).unwrap();
+    let node_text = std::fs::read_to_string(&node).unwrap().replace(
+        &cd.layout().config.display().to_string(),
+        &copy.display().to_string(),
+    );
+    write(&node, &node_text, 0o600);
+    let original = std::fs::read(&copy).unwrap();
+
+    let child = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_runs(&marker, 1).await;
+    assert_ne!(
+        std::fs::read(&copy).unwrap(),
+        original,
+        "the stanza was written"
+    );
+    cd.restart()
+        .await
+        .expect("containerd restarts (on its own file)");
+    wait_for_runs(&marker, 2).await;
+    cd.restart().await.expect("containerd restarts again");
+    let output = child.wait_with_output().await.unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "does not serve the runtime handler(s) {CLASS} (CRI Status lists:"
+        )) && stderr.contains("is containerd reading the config file that was written?"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stderr.contains("the previous containerd config was restored"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        original,
+        "the written file is restored"
+    );
+    cd.shutdown().await.unwrap();
+}
+
 /// A stanza of the class's name that the node wrote itself stops configure, byte for byte
 /// untouched, until the node config says `runtime.adopt: true`; then it is replaced and ours.
 #[tokio::test]

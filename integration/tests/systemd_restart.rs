@@ -61,6 +61,7 @@ async fn configure(
     dir: &Path,
     (address, config): &(PathBuf, PathBuf),
     bus_address: &str,
+    version: Version,
 ) -> Output {
     let (operator, node) = configs(dir, address, config);
     tokio::process::Command::new(env!("CARGO_BIN_EXE_knm-under-test"))
@@ -72,7 +73,7 @@ async fn configure(
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--containerd-binary")
-        .arg(deps.containerd_bin(Version::V2_1))
+        .arg(deps.containerd_bin(version))
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
         .kill_on_drop(true)
         .output()
@@ -90,9 +91,13 @@ fn text(output: &Output) -> String {
 }
 
 /// containerd, a private bus and a fake systemd serving `unit` for that containerd.
-async fn fake_node(deps: &Deps, unit: FakeUnit) -> Option<(PrivateBus, FakeSystemd)> {
+async fn fake_node(
+    deps: &Deps,
+    unit: FakeUnit,
+    version: Version,
+) -> Option<(PrivateBus, FakeSystemd)> {
     let bus = PrivateBus::require().await?;
-    let cd = Containerd::start(deps, Version::V2_1, ContainerdOptions::default())
+    let cd = Containerd::start(deps, version, ContainerdOptions::default())
         .await
         .expect("containerd starts");
     let fake = FakeSystemd::start(&bus, unit, cd)
@@ -102,9 +107,18 @@ async fn fake_node(deps: &Deps, unit: FakeUnit) -> Option<(PrivateBus, FakeSyste
 }
 
 #[tokio::test]
-async fn kill_mode_process_restarts_through_dbus_and_the_class_serves() {
+async fn kill_mode_process_restarts_through_dbus_and_the_class_serves_2_1() {
+    restarts_through_dbus_and_the_class_serves(Version::V2_1).await;
+}
+
+#[tokio::test]
+async fn kill_mode_process_restarts_through_dbus_and_the_class_serves_1_7() {
+    restarts_through_dbus_and_the_class_serves(Version::V1_7).await;
+}
+
+async fn restarts_through_dbus_and_the_class_serves(version: Version) {
     let deps = e2e_guard!();
-    let Some((bus, fake)) = fake_node(&deps, FakeUnit::new(UNIT, "process")).await else {
+    let Some((bus, fake)) = fake_node(&deps, FakeUnit::new(UNIT, "process"), version).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -121,7 +135,14 @@ async fn kill_mode_process_restarts_through_dbus_and_the_class_serves() {
         )
     };
 
-    let output = configure(&deps, dir.path(), &paths(&fake).await, bus.address()).await;
+    let output = configure(
+        &deps,
+        dir.path(),
+        &paths(&fake).await,
+        bus.address(),
+        version,
+    )
+    .await;
     assert!(output.status.success(), "{}", text(&output));
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("containerd restarted and serving"),
@@ -134,12 +155,14 @@ async fn kill_mode_process_restarts_through_dbus_and_the_class_serves() {
     let config = std::fs::read_to_string(&cd.layout().config).unwrap();
     assert!(config.contains(CLASS) && config != original, "{config}");
     let mut cri = cd.cri().await.unwrap();
-    let status = cri.status().await.unwrap();
-    assert!(
-        status.runtime_handlers.iter().any(|h| h == CLASS),
-        "{:?}",
-        status.runtime_handlers
-    );
+    if version == Version::V2_1 {
+        let status = cri.status().await.unwrap();
+        assert!(
+            status.runtime_handlers.iter().any(|h| h == CLASS),
+            "{:?}",
+            status.runtime_handlers
+        );
+    }
     let id = cri
         .run_pod(&PodSpec::new("after").handler(CLASS))
         .await
@@ -156,7 +179,7 @@ async fn kill_mode_process_restarts_through_dbus_and_the_class_serves() {
 /// written and nothing restarted; returns configure's stderr.
 async fn refused_before_writing(unit: FakeUnit, bus_address: Option<&str>) -> Option<String> {
     let deps = e2e_guard!(None);
-    let (bus, fake) = fake_node(&deps, unit).await?;
+    let (bus, fake) = fake_node(&deps, unit, Version::V2_1).await?;
     let dir = tempfile::tempdir().unwrap();
     let paths = paths(&fake).await;
     let original = std::fs::read(&paths.1).unwrap();
@@ -165,6 +188,7 @@ async fn refused_before_writing(unit: FakeUnit, bus_address: Option<&str>) -> Op
         dir.path(),
         &paths,
         bus_address.unwrap_or(bus.address()),
+        Version::V2_1,
     )
     .await;
     assert!(!output.status.success(), "{}", text(&output));
@@ -219,7 +243,8 @@ async fn an_unreachable_bus_is_a_clear_error_and_nothing_is_written() {
 #[tokio::test]
 async fn a_unit_that_fails_to_start_is_rolled_back_and_restarted() {
     let deps = e2e_guard!();
-    let Some((bus, fake)) = fake_node(&deps, FakeUnit::new(UNIT, "mixed")).await else {
+    let Some((bus, fake)) = fake_node(&deps, FakeUnit::new(UNIT, "mixed"), Version::V2_1).await
+    else {
         return;
     };
     // The restart onto the new config fails (containerd stays down, the job ends "failed");
@@ -228,7 +253,7 @@ async fn a_unit_that_fails_to_start_is_rolled_back_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let paths = paths(&fake).await;
     let original = std::fs::read(&paths.1).unwrap();
-    let output = configure(&deps, dir.path(), &paths, bus.address()).await;
+    let output = configure(&deps, dir.path(), &paths, bus.address(), Version::V2_1).await;
     assert!(!output.status.success(), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -272,7 +272,9 @@ fn write_and_restart(
     if no_restart {
         return Ok(Applied::Written { restart: None });
     }
-    let probe = ReadyProbe::new(&config.containerd.address);
+    let probe = ReadyProbe::new(&config.containerd.address)
+        .with_handlers(desired.iter().map(|stanza| stanza.name.clone()))
+        .with_nri_socket(&config.nri.socket);
     let outcome = restart::restart_or_roll_back(&strategy, &probe, &committed, &writer)?;
     Ok(Applied::Written {
         restart: Some(outcome),

@@ -47,7 +47,7 @@ const SYNC_RETRY: Duration = Duration::from_secs(30);
 pub async fn external(args: RunArgs) -> Result<()> {
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
-    let config = loaded.config;
+    let mut config = loaded.config;
     let format = args.log_format.unwrap_or(match config.log.format {
         crate::config::LogFormat::Text => LogFormat::Text,
         crate::config::LogFormat::Json => LogFormat::Json,
@@ -67,6 +67,8 @@ pub async fn external(args: RunArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| config.nri.socket.clone());
     info!(plugin = %identity, socket = %socket.display(), version = env!("CARGO_PKG_VERSION"), "starting");
+    // A containerd restart waits for this socket to come back.
+    config.nri.socket = socket.clone();
 
     let daemon = Daemon::start(config, args.node, args.gc_grace, true).await?;
     tokio::select! {

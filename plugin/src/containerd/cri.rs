@@ -1,6 +1,7 @@
-//! containerd's CRI, for what NRI cannot tell: which sandboxes exist. containerd removes the
+//! containerd's CRI, for what NRI cannot tell: which sandboxes exist (containerd removes the
 //! sandboxes of a handler that left its config without NRI events, and NRI may be off; the
-//! garbage collector asks CRI before it removes anything.
+//! garbage collector asks CRI before it removes anything), and whether a restarted containerd
+//! serves the runtime handlers its new config names.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,15 +25,36 @@ pub enum CriError {
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("CRI ListPodSandbox at {}: {}", address.display(), status.message())]
+    #[error("CRI client: {0}")]
+    Runtime(String),
+    #[error("CRI {call} at {}: {}", address.display(), status.message())]
     Call {
+        call: &'static str,
         address: PathBuf,
         status: Box<tonic::Status>,
     },
 }
 
-/// Every sandbox containerd knows, ready or not.
-pub async fn list_sandboxes(address: &Path) -> Result<Vec<PodRecord>, CriError> {
+impl CriError {
+    /// containerd answers, but without this call (its CRI plugin is disabled, or too old).
+    pub fn unimplemented(&self) -> bool {
+        matches!(self, CriError::Call { status, .. } if status.code() == tonic::Code::Unimplemented)
+    }
+}
+
+/// What CRI `Status` says about the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriStatus {
+    /// The `RuntimeReady` condition.
+    pub runtime_ready: bool,
+    /// The runtime handlers containerd serves; empty from containerd before 2.0, which does
+    /// not list them.
+    pub handlers: Vec<String>,
+}
+
+async fn client(
+    address: &Path,
+) -> Result<RuntimeServiceClient<tonic::transport::Channel>, CriError> {
     let socket = address.to_path_buf();
     let connect = |source| CriError::Connect {
         address: address.to_path_buf(),
@@ -48,10 +70,44 @@ pub async fn list_sandboxes(address: &Path) -> Result<Vec<PodRecord>, CriError> 
         }))
         .await
         .map_err(connect)?;
-    let response = RuntimeServiceClient::new(channel)
+    Ok(RuntimeServiceClient::new(channel))
+}
+
+/// CRI `Status`: whether the runtime is ready and which handlers it serves.
+pub async fn status(address: &Path) -> Result<CriStatus, CriError> {
+    let response = client(address)
+        .await?
+        .status(api::StatusRequest { verbose: false })
+        .await
+        .map_err(|status| CriError::Call {
+            call: "Status",
+            address: address.to_path_buf(),
+            status: Box::new(status),
+        })?
+        .into_inner();
+    let runtime_ready = response.status.is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.r#type == "RuntimeReady" && c.status)
+    });
+    Ok(CriStatus {
+        runtime_ready,
+        handlers: response
+            .runtime_handlers
+            .into_iter()
+            .map(|h| h.name)
+            .collect(),
+    })
+}
+
+/// Every sandbox containerd knows, ready or not.
+pub async fn list_sandboxes(address: &Path) -> Result<Vec<PodRecord>, CriError> {
+    let response = client(address)
+        .await?
         .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
         .await
         .map_err(|status| CriError::Call {
+            call: "ListPodSandbox",
             address: address.to_path_buf(),
             status: Box::new(status),
         })?;

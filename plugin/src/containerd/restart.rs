@@ -8,8 +8,13 @@
 //!
 //! Ready means: containerd's gRPC socket was created again (containerd removes and recreates it
 //! on every start, so a changed inode proves a new process) and accepts connections, and still
-//! does after a short settle. Restarts are coalesced by the caller: one edit holds every class,
-//! then one restart.
+//! does after a short settle; then CRI `Status` says the runtime is ready and lists every runtime
+//! handler the new config names (containerd 2.x lists them; 1.x lists none and is taken at its
+//! socket's word, as is a containerd without CRI); and NRI's socket, if it was there before, is
+//! back. A containerd that restarted but does not serve the handlers (it reads another config
+//! file than the one written, or dropped the runtime) is a failed restart, rolled back like one
+//! that never came up. Restarts are coalesced by the caller: one edit holds every class, then
+//! one restart.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -127,6 +132,20 @@ pub struct ReadyProbe {
     pub settle: Duration,
     /// Poll interval.
     pub interval: Duration,
+    /// Runtime handlers CRI `Status` must list after the restart.
+    pub handlers: Vec<String>,
+    /// containerd's NRI socket: when it was there before the restart, it must come back.
+    pub nri_socket: Option<PathBuf>,
+}
+
+/// What identifies a socket file (inode and change time).
+type SocketIdentity = (u64, i64, i64);
+
+/// The sockets as they were before a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Before {
+    containerd: Option<SocketIdentity>,
+    nri: Option<SocketIdentity>,
 }
 
 impl ReadyProbe {
@@ -135,21 +154,107 @@ impl ReadyProbe {
             address: address.into(),
             settle: Duration::from_millis(500),
             interval: Duration::from_millis(50),
+            handlers: Vec::new(),
+            nri_socket: None,
+        }
+    }
+
+    /// Also waits until CRI `Status` lists `handlers`.
+    pub fn with_handlers(mut self, handlers: impl IntoIterator<Item = String>) -> Self {
+        self.handlers = handlers.into_iter().collect();
+        self
+    }
+
+    /// Also waits for NRI's socket to come back, if it is there before the restart.
+    pub fn with_nri_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.nri_socket = Some(socket.into());
+        self
+    }
+
+    /// The sockets now, before a restart. NRI's counts only when something listens on it: a
+    /// stale file nobody serves would never come back.
+    pub fn before(&self) -> Before {
+        Before {
+            containerd: self.socket_identity(),
+            nri: self
+                .nri_socket
+                .as_deref()
+                .filter(|socket| UnixStream::connect(socket).is_ok())
+                .and_then(identity),
+        }
+    }
+
+    /// Waits until containerd serves again after a restart: [`wait`](Self::wait), then CRI
+    /// and NRI ([`wait_serving`](Self::wait_serving)).
+    pub fn wait_restarted(
+        &self,
+        before: Before,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), RestartError> {
+        self.wait(before.containerd, deadline, timeout)?;
+        self.wait_serving(before.nri, deadline, timeout)
+    }
+
+    /// Waits until CRI `Status` reports the runtime ready with every handler of
+    /// [`handlers`](Self::handlers), and NRI's socket is a new one when there was one before.
+    pub fn wait_serving(
+        &self,
+        nri_before: Option<SocketIdentity>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(), RestartError> {
+        let mut cri_done = false;
+        loop {
+            let mut last = None;
+            if !cri_done {
+                match cri_status(&self.address) {
+                    Ok(status) => match serving(&status, &self.handlers) {
+                        Ok(()) => cri_done = true,
+                        Err(why) => last = Some(why),
+                    },
+                    // No CRI (disabled, or older than Status): the socket's word stands.
+                    Err(e) if e.unimplemented() => cri_done = true,
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            if cri_done {
+                match (&self.nri_socket, nri_before) {
+                    (Some(socket), Some(old)) => {
+                        let now = identity(socket);
+                        if now.is_some() && now != Some(old) && UnixStream::connect(socket).is_ok()
+                        {
+                            return Ok(());
+                        }
+                        last = Some(format!(
+                            "NRI's socket {} is not back (it was there before the restart)",
+                            socket.display()
+                        ));
+                    }
+                    _ => return Ok(()),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(RestartError::NotReady {
+                    address: self.address.clone(),
+                    timeout,
+                    detail: last.unwrap_or_default(),
+                });
+            }
+            thread::sleep(self.interval.max(Duration::from_millis(100)));
         }
     }
 
     /// What identifies the running containerd's socket (inode and change time), if it exists.
-    pub fn socket_identity(&self) -> Option<(u64, i64, i64)> {
-        std::fs::metadata(&self.address)
-            .ok()
-            .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+    pub fn socket_identity(&self) -> Option<SocketIdentity> {
+        identity(&self.address)
     }
 
     /// Waits until the socket differs from `before` (a new containerd made it), accepts a
     /// connection, and accepts one again after `settle`; gives up at `deadline`.
     pub fn wait(
         &self,
-        before: Option<(u64, i64, i64)>,
+        before: Option<SocketIdentity>,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<(), RestartError> {
@@ -188,6 +293,69 @@ impl ReadyProbe {
     }
 }
 
+fn identity(socket: &Path) -> Option<SocketIdentity> {
+    std::fs::metadata(socket)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// Whether `status` shows a ready runtime serving every one of `handlers`; why not otherwise.
+/// An empty handler list is containerd before 2.0, which does not report them.
+fn serving(status: &super::cri::CriStatus, handlers: &[String]) -> Result<(), String> {
+    if !status.runtime_ready {
+        return Err("CRI Status: the runtime is not ready".into());
+    }
+    if status.handlers.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = handlers
+        .iter()
+        .filter(|h| !status.handlers.contains(h))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<&str> = status
+        .handlers
+        .iter()
+        .map(|h| {
+            if h.is_empty() {
+                "(default)"
+            } else {
+                h.as_str()
+            }
+        })
+        .collect();
+    Err(format!(
+        "containerd restarted but does not serve the runtime handler(s) {} (CRI Status lists: {}): is containerd reading the config file that was written?",
+        missing.join(", "),
+        listed.join(", ")
+    ))
+}
+
+/// CRI `Status`, from blocking code: on a thread of its own with its own runtime, so it works
+/// whether or not the caller is inside one.
+fn cri_status(address: &Path) -> Result<super::cri::CriStatus, super::cri::CriError> {
+    let address = address.to_path_buf();
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| super::cri::CriError::Runtime(e.to_string()))?;
+                runtime.block_on(super::cri::status(&address))
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(super::cri::CriError::Runtime(
+                    "the CRI call panicked".into(),
+                ))
+            })
+    })
+}
+
 /// Restarts containerd per `strategy` and waits until it serves again.
 pub fn restart(strategy: &Strategy, probe: &ReadyProbe) -> Result<Outcome, RestartError> {
     match strategy {
@@ -195,9 +363,9 @@ pub fn restart(strategy: &Strategy, probe: &ReadyProbe) -> Result<Outcome, Resta
         Strategy::Systemd { unit, timeout } => {
             let start = Instant::now();
             let deadline = start + *timeout;
-            let before = probe.socket_identity();
+            let before = probe.before();
             systemd::restart_unit(unit, *timeout)?;
-            probe.wait(before, deadline, *timeout)?;
+            probe.wait_restarted(before, deadline, *timeout)?;
             Ok(Outcome::Restarted {
                 took: start.elapsed(),
             })
@@ -205,9 +373,9 @@ pub fn restart(strategy: &Strategy, probe: &ReadyProbe) -> Result<Outcome, Resta
         Strategy::Command { argv, timeout } => {
             let start = Instant::now();
             let deadline = start + *timeout;
-            let before = probe.socket_identity();
+            let before = probe.before();
             run_command(argv, *timeout)?;
-            probe.wait(before, deadline, *timeout)?;
+            probe.wait_restarted(before, deadline, *timeout)?;
             Ok(Outcome::Restarted {
                 took: start.elapsed(),
             })
@@ -250,7 +418,9 @@ fn roll_back(
         return RestartError::NotRestarted { cause };
     }
     tracing::warn!(error = %cause, "containerd did not come back with the new config: restarting it with the previous one");
-    match restart(strategy, probe) {
+    // The previous config need not serve the new handlers: containerd serving at all is the aim.
+    let previous = probe.clone().with_handlers(Vec::new());
+    match restart(strategy, &previous) {
         Ok(_) => RestartError::RolledBack { cause },
         Err(e) => RestartError::RollbackFailed {
             cause,
@@ -380,6 +550,39 @@ mod tests {
             run_command(&argv(&["systemctl"]), Duration::from_secs(1)),
             Err(RestartError::RelativeCommand { .. })
         ));
+    }
+
+    #[test]
+    fn serving_needs_a_ready_runtime_and_every_handler_listed() {
+        let status = |ready, handlers: &[&str]| super::super::cri::CriStatus {
+            runtime_ready: ready,
+            handlers: handlers.iter().map(|h| h.to_string()).collect(),
+        };
+        let wanted = vec!["kata-a".to_owned(), "kata-b".to_owned()];
+        assert!(serving(&status(true, &["runc", "kata-a", "kata-b"]), &wanted).is_ok());
+        let why = serving(&status(true, &["runc", "kata-a"]), &wanted).unwrap_err();
+        assert!(
+            why.contains(
+                "does not serve the runtime handler(s) kata-b (CRI Status lists: runc, kata-a)"
+            ),
+            "{why}"
+        );
+        assert!(serving(&status(false, &["kata-a", "kata-b"]), &wanted).is_err());
+        // containerd 1.x lists no handlers: the socket's word stands.
+        assert!(serving(&status(true, &[]), &wanted).is_ok());
+    }
+
+    #[test]
+    fn a_stale_nri_socket_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let probe = |socket: &Path| ReadyProbe::new("/nonexistent").with_nri_socket(socket);
+        assert!(probe(&live).before().nri.is_some());
+        assert!(probe(&stale).before().nri.is_none());
+        assert!(probe(&dir.path().join("absent")).before().nri.is_none());
     }
 
     #[test]
