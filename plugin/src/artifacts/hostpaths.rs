@@ -34,6 +34,17 @@ const MORE_PATH_ANNOTATIONS: [&str; 5] = [
     "sandbox_bind_mounts",
 ];
 
+/// Entropy devices kata may feed the guest from (`entropy_source`): anything else is a host file
+/// whose content the pod would read through virtio-rng.
+const ENTROPY_DEVICES: [&str; 3] = ["/dev/urandom", "/dev/random", "/dev/hwrng"];
+
+/// Where guest memory files may be created (`file_mem_backend`): shared-memory and hugepage
+/// mounts, never a directory of host files.
+const MEMORY_BACKEND_DIRS: [&str; 2] = ["/dev/shm", "/dev/hugepages"];
+
+/// Where vhost-user sockets may live (`vhost_user_store_path`): runtime directories.
+const SOCKET_DIRS: [&str; 2] = ["/run", "/var/run"];
+
 /// Characters with a meaning in Go's `regexp`, the syntax of `enable_annotations` entries.
 const REGEX_SYNTAX: &[char] = &[
     '.', '*', '+', '?', '(', ')', '[', ']', '{', '}', '|', '^', '$', '\\',
@@ -85,6 +96,23 @@ impl HostPathRule<'_> {
     /// The first refused value of one configuration; `Err` when it is not TOML.
     pub fn check(&self, text: &str) -> Result<Option<Refusal>, String> {
         let doc: DocumentMut = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
+        // Host paths bind-mounted into the sandbox, which the pod then reads.
+        if let Some(mounts) = doc
+            .get("runtime")
+            .and_then(Item::as_table_like)
+            .and_then(|runtime| runtime.get("sandbox_bind_mounts"))
+        {
+            let key = "[runtime] sandbox_bind_mounts";
+            if let Some(refusal) = strings(mounts).find_map(|entry| {
+                let path = entry
+                    .strip_suffix(":ro")
+                    .or_else(|| entry.strip_suffix(":rw"))
+                    .unwrap_or(entry);
+                self.path(key, path)
+            }) {
+                return Ok(Some(refusal));
+            }
+        }
         let Some(hypervisors) = doc.get("hypervisor").and_then(Item::as_table_like) else {
             return Ok(None);
         };
@@ -96,6 +124,19 @@ impl HostPathRule<'_> {
                 let full_key = format!("[hypervisor.{name}] {key}");
                 let refusal = if PATH_KEYS.contains(&key) {
                     item.as_str().and_then(|value| self.path(&full_key, value))
+                } else if key == "pflashes" {
+                    strings(item).find_map(|value| self.path(&full_key, value))
+                } else if key == "entropy_source" {
+                    item.as_str().and_then(|value| {
+                        self.host_place(&full_key, value, &ENTROPY_DEVICES, false)
+                    })
+                } else if key == "file_mem_backend" {
+                    item.as_str().and_then(|value| {
+                        self.host_place(&full_key, value, &MEMORY_BACKEND_DIRS, true)
+                    })
+                } else if key == "vhost_user_store_path" {
+                    item.as_str()
+                        .and_then(|value| self.host_place(&full_key, value, &SOCKET_DIRS, true))
                 } else if key.starts_with("valid_") && key.ends_with("paths") {
                     strings(item).find_map(|value| self.path(&full_key, value))
                 } else if key == "enable_annotations" {
@@ -109,6 +150,32 @@ impl HostPathRule<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// A host place of a known kind (a device, a memory or socket directory): `value` must be
+    /// one of `places` (or below one, with `below`), or allowlisted; unset is kata's default.
+    fn host_place(&self, key: &str, value: &str, places: &[&str], below: bool) -> Option<Refusal> {
+        if value.is_empty() {
+            return None;
+        }
+        let path = Path::new(value);
+        let known = path.is_absolute()
+            && !path.components().any(|c| c == Component::ParentDir)
+            && places
+                .iter()
+                .any(|place| path == Path::new(place) || (below && path.starts_with(place)));
+        if known || self.path(key, value).is_none() {
+            return None;
+        }
+        Some(Refusal {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            rule: format!(
+                "must be {}{} (or in kataConfig.allowedHostPaths)",
+                if below { "in or below " } else { "" },
+                places.join(", ")
+            ),
+        })
     }
 
     /// `None` when `value` is unset, inside the version, or allowlisted.
@@ -208,6 +275,59 @@ mod tests {
         }
         .check(text)
         .expect("valid TOML")
+    }
+
+    #[test]
+    fn checks_data_paths_by_their_kind() {
+        let ok = format!(
+            "[runtime]\nsandbox_bind_mounts = [\"/opt/kata/share/kata-containers/certs:ro\", \"{VERSION}/extra\"]\n\
+             [hypervisor.qemu]\nentropy_source = \"/dev/urandom\"\nfile_mem_backend = \"/dev/hugepages/kata\"\n\
+             vhost_user_store_path = \"/var/run/kata-containers/vhost-user\"\npflashes = [\"{VERSION}/OVMF_VARS.fd\"]\n"
+        );
+        assert_eq!(check(&ok), None);
+        for (text, key, value, rule) in [
+            (
+                "[runtime]\nsandbox_bind_mounts = [\"/etc/kubernetes:ro\"]",
+                "[runtime] sandbox_bind_mounts",
+                "/etc/kubernetes",
+                "allowedHostPaths",
+            ),
+            (
+                "[hypervisor.qemu]\nentropy_source = \"/etc/shadow\"",
+                "[hypervisor.qemu] entropy_source",
+                "/etc/shadow",
+                "must be /dev/urandom, /dev/random, /dev/hwrng",
+            ),
+            (
+                "[hypervisor.qemu]\nfile_mem_backend = \"/etc\"",
+                "[hypervisor.qemu] file_mem_backend",
+                "/etc",
+                "must be in or below /dev/shm, /dev/hugepages",
+            ),
+            (
+                "[hypervisor.qemu]\nfile_mem_backend = \"/dev/shm/../../etc\"",
+                "[hypervisor.qemu] file_mem_backend",
+                "/dev/shm/../../etc",
+                "must be in or below",
+            ),
+            (
+                "[hypervisor.qemu]\nvhost_user_store_path = \"/root\"",
+                "[hypervisor.qemu] vhost_user_store_path",
+                "/root",
+                "must be in or below /run, /var/run",
+            ),
+            (
+                "[hypervisor.qemu]\npflashes = [\"/boot/efi/secret.fd\"]",
+                "[hypervisor.qemu] pflashes",
+                "/boot/efi/secret.fd",
+                "allowedHostPaths",
+            ),
+        ] {
+            let refusal = check(text).unwrap_or_else(|| panic!("{text} refused"));
+            assert_eq!(refusal.key, key);
+            assert_eq!(refusal.value, value);
+            assert!(refusal.rule.contains(rule), "{}", refusal.rule);
+        }
     }
 
     #[test]
