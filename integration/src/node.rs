@@ -107,6 +107,13 @@ impl KataNode {
         )?)
     }
 
+    /// The OCI spec (containerd's bundle `config.json`) of the last sandbox the stand-in shim
+    /// started: what kata would have been given.
+    pub fn last_sandbox_spec(&self) -> Option<Value> {
+        let text = std::fs::read(self.dir.path().join("last-sandbox-spec.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
     /// The version (`.store/<digest>`) the class's link pointed at at each sandbox start.
     pub fn shim_starts(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("shim-starts"))
@@ -135,6 +142,7 @@ impl KataNode {
              \x20     exit 1\n\
              \x20   fi\n\
              \x20   readlink {link} >> {starts}\n\
+             \x20   cp config.json {spec} 2>/dev/null || true\n\
              \x20 fi\n\
              done\n\
              exec {runc} \"$@\"\n",
@@ -142,6 +150,7 @@ impl KataNode {
             link = self.artifacts().join(CLASS).display(),
             starts = self.dir.path().join("shim-starts").display(),
             version = self.dir.path().join("stand-in-version").display(),
+            spec = self.dir.path().join("last-sandbox-spec.json").display(),
             expected = expected.display(),
             runc = self.deps.runc_shim_bin(self.cd.version()).display(),
         );

@@ -516,3 +516,71 @@ fn a_policy_annotation_pattern_reaching_config_path_is_refused() {
         "{reason}"
     );
 }
+
+/// A pod that names its own kata configuration (`io.katacontainers.config_path`, which kata
+/// reads before the stanza's `ConfigPath`) next to an allowed hypervisor annotation: containerd,
+/// filtering by the stanza kata-nri-manager wrote, hands the shim the allowed one only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pods_config_path_annotation_never_reaches_the_shim() {
+    use kata_nri_integration::node::{CLASS as GOOD, KataNode};
+    use kata_nri_integration::{PodSpec, Version, require_e2e};
+    let Some(deps) = require_e2e() else {
+        return;
+    };
+    let mut node = KataNode::start(deps, Version::V2_1)
+        .await
+        .expect("containerd and the registry start");
+    let host = node.registry.host();
+    let operator = node
+        .operator_config(
+            &host,
+            "eager",
+            "annotations: {allowed: [\"io.katacontainers.config.hypervisor.*\"]}\n",
+        )
+        .replace(
+            "privilegedWithoutHostDevices: false}",
+            "privilegedWithoutHostDevices: false, podAnnotations: [\"io.katacontainers.config.hypervisor.*\"]}",
+        );
+    let node_config = node.node_config(None);
+    let daemon = node
+        .daemon(Path::new(KNM), operator, node_config, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    daemon
+        .wait_until("the class is installed", async || {
+            node.installed().is_some()
+        })
+        .await
+        .expect("installed");
+    let config = fs::read_to_string(&node.cd.layout().config).expect("containerd config");
+    assert!(
+        config.contains("io.katacontainers.config.hypervisor.*"),
+        "{config}"
+    );
+
+    let mut cri = node.cd.cri().await.expect("cri");
+    cri.run_pod(
+        &PodSpec::new("sneaky")
+            .handler(GOOD)
+            .annotation(
+                "io.katacontainers.config_path",
+                "/tmp/evil-configuration.toml",
+            )
+            .annotation("io.katacontainers.config.hypervisor.kernel_params", "quiet"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
+    let spec = node
+        .last_sandbox_spec()
+        .expect("the shim saw a sandbox spec");
+    let annotations = spec["annotations"].as_object().expect("annotations");
+    assert_eq!(
+        annotations["io.katacontainers.config.hypervisor.kernel_params"], "quiet",
+        "{annotations:?}"
+    );
+    assert!(
+        !annotations.contains_key("io.katacontainers.config_path"),
+        "{annotations:?}"
+    );
+    cri.remove_all_pods().await.expect("cleanup");
+}
