@@ -584,3 +584,85 @@ async fn a_pods_config_path_annotation_never_reaches_the_shim() {
     );
     cri.remove_all_pods().await.expect("cleanup");
 }
+
+/// A compiled policy in the cache that is not what the daemon wrote (one byte flipped: machine
+/// code nobody checked) is never loaded: the next start recompiles from the `.wasm`, rewrites the
+/// entry, and decides as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tampered_compiled_policy_is_recompiled_not_run() {
+    use kata_nri_integration::node::{CLASS as GOOD, KataNode};
+    use kata_nri_integration::{PodSpec, Version, require_e2e};
+    let Some(deps) = require_e2e() else {
+        return;
+    };
+    let mut node = KataNode::start(deps, Version::V2_1)
+        .await
+        .expect("containerd and the registry start");
+    let policies = node.dir().join("policies.d");
+    fs::create_dir_all(&policies).expect("policies dir");
+    let built = kata_nri_integration::repo_root()
+        .join("policies-wasm/target/wasm32-wasip2/release/namespace_gate.wasm");
+    assert!(
+        built.is_file(),
+        "{} missing: run policies-wasm/build.sh",
+        built.display()
+    );
+    fs::copy(&built, policies.join("10-namespace-gate.wasm")).expect("policy");
+    let operator = node.operator_config(
+        &node.registry.host(),
+        "onDemand",
+        &format!(
+            "policies:\n  settings: {{namespace-gate: {{namespaces: [ml-team], classes: [{GOOD}]}}}}\n"
+        ),
+    );
+    let node_config = node.node_config(Some(&policies));
+    let first = node
+        .daemon(Path::new(KNM), operator.clone(), node_config.clone(), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    first.process.stop().await.expect("stops");
+
+    let cache = node.state_dir().join("policy-cache");
+    let compiled: Vec<PathBuf> = fs::read_dir(&cache)
+        .expect("the cache was written")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(compiled.len(), 1, "{compiled:?}");
+    let mut bytes = fs::read(&compiled[0]).expect("compiled");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(&compiled[0], &bytes).expect("tamper");
+
+    let second = node
+        .daemon(Path::new(KNM), operator, node_config, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        second
+            .process
+            .events_with_message(
+                "compiled policy does not match the digest we recorded; recompiling"
+            )
+            .len(),
+        1,
+        "{}",
+        second.process.log()
+    );
+    assert_ne!(
+        fs::read(&compiled[0]).expect("rewritten"),
+        bytes,
+        "the entry was rewritten"
+    );
+    let mut cri = node.cd.cri().await.expect("cri");
+    let err = cri
+        .run_pod(&PodSpec::new("outsider").handler(GOOD).namespace("team-b"))
+        .await
+        .expect_err("the recompiled policy still denies");
+    assert!(format!("{err:#}").contains("namespace-gate"), "{err:#}");
+    cri.run_pod(&PodSpec::new("insider").handler(GOOD).namespace("ml-team"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", second.process.log()));
+    cri.remove_all_pods().await.expect("cleanup");
+}
