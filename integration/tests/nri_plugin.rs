@@ -12,6 +12,8 @@ use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_knm-under-test");
 const PREPARE: &str = "kata-nri-manager.io/prepare";
+/// A pod annotation value that must never reach the log.
+const POD_SECRET: &str = "pod-annotation-s3cret-9f2c";
 
 fn pod_events(plugin: &PluginProcess, event: &str, pod_name: &str) -> Vec<Value> {
     plugin
@@ -91,25 +93,29 @@ async fn sees_pods_in_synchronize_and_events(version: Version) {
     assert_eq!(synced["pod_id"], before_id.as_str());
     assert_eq!(synced["pod"], "team-a/before");
     assert_eq!(synced["runtime_handler"], TEST_HANDLER);
-    let annotations = synced["annotations"].as_str().unwrap();
-    assert!(
-        annotations.contains(&format!("\"{PREPARE}\": \"kata-qemu\"")),
-        "{annotations}"
-    );
+    let keys = synced["annotation_keys"].as_str().unwrap();
+    assert!(keys.contains(&format!("\"{PREPARE}\"")), "{keys}");
+    assert_eq!(synced["prepare"], "kata-qemu");
 
     let after = PodSpec::new("after")
         .handler(TEST_HANDLER)
-        .annotation(PREPARE, "kata-clh,kata-qemu");
+        .annotation(PREPARE, "kata-clh,kata-qemu")
+        .annotation("example.com/token", POD_SECRET);
     let after_id = cri.run_pod(&after).await.unwrap();
     let run = wait_pod_event(&plugin, "RunPodSandbox", "after").await;
     assert_eq!(run["pod_id"], after_id.as_str());
     assert_eq!(run["runtime_handler"], TEST_HANDLER);
+    assert_eq!(run["prepare"], "kata-clh,kata-qemu", "{run}");
     assert!(
-        run["annotations"]
+        run["annotation_keys"]
             .as_str()
             .unwrap()
-            .contains(&format!("\"{PREPARE}\": \"kata-clh,kata-qemu\"")),
+            .contains("\"example.com/token\""),
         "{run}"
+    );
+    assert!(
+        !plugin.log().contains(POD_SECRET),
+        "an annotation's value reached the log"
     );
 
     cri.stop_pod(&after_id).await.unwrap();

@@ -71,13 +71,17 @@ pub fn log_configured(runtime: &RuntimeInfo) {
     );
 }
 
+/// Annotation values are the pod author's and may hold anything (tokens included): only the
+/// keys are logged, and the value of our own prepare annotation.
 fn log_pod(event: &str, pod: &PodRecord) {
+    let keys: Vec<&str> = pod.annotations.keys().map(String::as_str).collect();
     info!(
         event,
         pod_id = %pod.id,
         pod = %format_args!("{}/{}", pod.namespace, pod.name),
         runtime_handler = %pod.runtime_handler,
-        annotations = ?pod.annotations,
+        annotation_keys = ?keys,
+        prepare = pod.annotations.get(crate::reconcile::PREPARE_ANNOTATION).map(String::as_str),
         "pod"
     );
 }
