@@ -489,3 +489,49 @@ async fn the_nodes_own_stanza_is_only_replaced_when_adopted() {
     assert!(record.contains(CLASS), "{record}");
     cd.shutdown().await.unwrap();
 }
+
+/// `uninstall` on a node kata-nri-manager never configured: nothing recorded, so containerd's
+/// file (here one without a `version` and no containerd binary to ask) is neither read nor
+/// touched, and the command says so.
+#[tokio::test]
+async fn uninstall_with_nothing_recorded_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let original = "# the node's own containerd config\n[plugins]\n";
+    write(&config, original, 0o644);
+    let operator = dir.path().join("operator.yaml");
+    write(
+        &operator,
+        "runtimeClasses:\n- name: knm-x\n  artifacts: {url: nvcr.io/kata/x:1}\n",
+        0o644,
+    );
+    let node = dir.path().join("node.yaml");
+    write(
+        &node,
+        &format!(
+            "containerd:\n  configPath: {}\n  restart: {{method: none}}\n",
+            config.display()
+        ),
+        0o600,
+    );
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_knm-under-test"))
+        .arg("uninstall")
+        .arg("--config")
+        .arg(&operator)
+        .arg("--node-config")
+        .arg(&node)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--containerd-binary")
+        .arg(dir.path().join("no-containerd"))
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("nothing of kata-nri-manager's to remove"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+}

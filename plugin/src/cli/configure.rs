@@ -76,6 +76,17 @@ pub fn configure(args: ConfigureArgs) -> Result<()> {
 /// `uninstall`: removes every stanza (and the drop-in and its `imports` entry) we wrote.
 pub fn uninstall(args: UninstallArgs) -> Result<()> {
     let config = load(&args)?;
+    let record = ownership_path(&config, &args.node);
+    if OwnershipRecord::load(&record)?.is_empty() {
+        // Nothing of ours to remove: containerd's file is not ours to read, let alone edit or
+        // restart for (it may be one we cannot parse, on a node we never configured).
+        println!(
+            "containerd config {}: nothing of kata-nri-manager's to remove (no stanza recorded in {})",
+            config.containerd.config_path.display(),
+            record.display()
+        );
+        return Ok(());
+    }
     run(&config, &[], &args.node, args.dry_run, args.no_restart)
 }
 
