@@ -420,3 +420,40 @@ async fn a_mirror_in_containerds_hosts_toml_serves_the_daemon_while_the_upstream
         "the mirror was asked on behalf of the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interval_update_policy_takes_a_moved_tag_without_a_restart() {
+    let Some(deps) = require_e2e() else {
+        return;
+    };
+    let mut node = KataNode::start(deps, Version::V2_1).await.unwrap();
+    let operator = node
+        .operator_config(&node.registry.host(), "onDemand", "")
+        .replace(
+            "  provision: onDemand\n",
+            "  provision: onDemand\n  updatePolicy: 1s\n",
+        );
+    let node_config = node.node_config(None);
+    let d = daemon(&mut node, &operator, &node_config).await;
+    // Not installed: an onDemand class is not pulled by an update check.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(node.installed().is_none());
+    let mut cri = node.cd.cri().await.unwrap();
+    cri.run_pod(&PodSpec::new("first").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", d.process.log()));
+    let v2 = move_tag(&node, V2);
+    d.wait_until("the interval check installed version 2", async || {
+        node.installed().as_deref() == Some(V2)
+    })
+    .await
+    .unwrap();
+    assert_eq!(record(&node)["manifestDigest"], v2.as_str());
+    d.process
+        .wait_for_events(1, node::WAIT, |e| {
+            e["message"] == "updated to a new version" && e["digest"] == v2.as_str()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    cri.remove_all_pods().await.unwrap();
+}

@@ -845,8 +845,10 @@ impl Inner {
         let prior = state::read(dir, name);
         let keep = self.settings.limits.keep_versions as usize;
         let state = versions::advance(prior, next, keep, unix_now_ms());
-        self.switch_link(name, digest)?;
+        // Record first, as `rollback` does: whoever sees the new link finds its record, and a
+        // crash in between leaves a record whose link the next ensure points (`usable`).
         self.record(&state)?;
+        self.switch_link(name, digest)?;
         Ok(state)
     }
 
