@@ -60,6 +60,20 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// An example policy as `policies-wasm/build.sh` builds it (`name` without `.wasm`), which the
+/// test script builds before the tests: a missing one fails the test that needs it.
+pub fn built_policy(name: &str) -> PathBuf {
+    let built = repo_root()
+        .join("policies-wasm/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        built.is_file(),
+        "{} missing: run policies-wasm/build.sh",
+        built.display()
+    );
+    built
+}
+
 /// `KNM_CACHE`, or `<repo>/.cache/e2e`.
 pub fn default_cache_dir() -> PathBuf {
     match std::env::var_os("KNM_CACHE") {

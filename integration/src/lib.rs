@@ -34,7 +34,9 @@ pub use cri::{
     ContainerSpec, Cri, CriCallError, PodSandboxState, PodSpec, RuntimeStatus, cri_status,
 };
 pub use dbus::PrivateBus;
-pub use deps::{Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, repo_root, require_e2e};
+pub use deps::{
+    Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, built_policy, repo_root, require_e2e,
+};
 pub use node::{Daemon, KataNode};
 pub use plugin::{EMPTY_CONFIG, PluginOptions, PluginProcess, run_to_completion};
 pub use proxy::CutProxy;

@@ -424,13 +424,7 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
 #[test]
 fn a_policy_source_outside_registries_allowed_is_denied() {
     let _deps = e2e_guard!();
-    let built = kata_nri_integration::repo_root()
-        .join("policies-wasm/target/wasm32-wasip2/release/mirror.wasm");
-    assert!(
-        built.is_file(),
-        "{} missing: run policies-wasm/build.sh",
-        built.display()
-    );
+    let built = kata_nri_integration::built_policy("mirror");
     let dir = tempfile::tempdir().expect("tempdir");
     let request = dir.path().join("request.json");
     let eval = |allowed: &str| {
@@ -477,13 +471,7 @@ fn a_policy_source_outside_registries_allowed_is_denied() {
 #[test]
 fn a_policy_annotation_pattern_reaching_config_path_is_refused() {
     let _deps = e2e_guard!();
-    let built = kata_nri_integration::repo_root()
-        .join("policies-wasm/target/wasm32-wasip2/release/misbehave.wasm");
-    assert!(
-        built.is_file(),
-        "{} missing: run policies-wasm/build.sh",
-        built.display()
-    );
+    let built = kata_nri_integration::built_policy("misbehave");
     let dir = tempfile::tempdir().expect("tempdir");
     let request = dir.path().join("request.json");
     write(
@@ -600,13 +588,7 @@ async fn a_tampered_compiled_policy_is_recompiled_not_run() {
         .expect("containerd and the registry start");
     let policies = node.dir().join("policies.d");
     fs::create_dir_all(&policies).expect("policies dir");
-    let built = kata_nri_integration::repo_root()
-        .join("policies-wasm/target/wasm32-wasip2/release/namespace_gate.wasm");
-    assert!(
-        built.is_file(),
-        "{} missing: run policies-wasm/build.sh",
-        built.display()
-    );
+    let built = kata_nri_integration::built_policy("namespace_gate");
     fs::copy(&built, policies.join("10-namespace-gate.wasm")).expect("policy");
     let operator = node.operator_config(
         &node.registry.host(),

@@ -240,13 +240,7 @@ async fn a_policy_denial_fails_the_start_with_the_policy_and_reason(version: Ver
     };
     let policies = node.dir().join("policies.d");
     std::fs::create_dir_all(&policies).unwrap();
-    let built = kata_nri_integration::repo_root()
-        .join("policies-wasm/target/wasm32-wasip2/release/namespace_gate.wasm");
-    assert!(
-        built.is_file(),
-        "{} missing: run policies-wasm/build.sh",
-        built.display()
-    );
+    let built = kata_nri_integration::built_policy("namespace_gate");
     std::fs::copy(&built, policies.join("10-namespace-gate.wasm")).unwrap();
     let operator = node.operator_config(
         &node.registry.host(),
