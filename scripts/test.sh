@@ -16,5 +16,5 @@ if [ "$(id -u)" -eq 0 ]; then
   export KNM_REQUIRE_E2E="${KNM_REQUIRE_E2E:-1}"
 fi
 cargo test --workspace --locked
-# The optional `kube` feature (node labels), against a fake API server.
-cargo test -p kata-nri-manager --features kube --locked --lib reconcile::labels
+# The optional `kube` feature against fake API servers (`reconcile::l`: labels and lease).
+cargo test -p kata-nri-manager --features kube --locked --lib reconcile::l

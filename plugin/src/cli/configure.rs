@@ -294,17 +294,26 @@ fn write_and_restart(
 
 /// Makes containerd's config serve exactly `desired` of ours, restarting once if it changed
 /// (unless `no_restart`): the daemon's side of `configure`.
-pub fn sync(
+///
+/// `permit` runs once it is known that containerd will be restarted, before anything is
+/// written, and what it returns is held until the restart is over: the daemon's fleet-wide
+/// restart slot.
+pub fn sync<P>(
     config: &Config,
     desired: &[RuntimeStanza],
     node: &NodeArgs,
     no_restart: bool,
+    permit: impl FnOnce() -> P,
 ) -> Result<Applied> {
     if desired.is_empty() && OwnershipRecord::load(&ownership_path(config, node))?.is_empty() {
         // Nothing to write and nothing of ours to remove: containerd's file is not ours to read.
         return Ok(Applied::Unchanged);
     }
     let planned = plan(config, desired, node)?;
+    let restarts = !planned.edit.is_noop()
+        && !no_restart
+        && !matches!(config.containerd.restart, crate::config::Restart::None);
+    let _permit = restarts.then(permit);
     write_and_restart(config, &planned, desired, no_restart)
 }
 

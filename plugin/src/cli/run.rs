@@ -246,10 +246,27 @@ impl Daemon {
             error!(error = %e, gate_dir = %config.gate.dir.display(), "gate not installed: onDemand classes cannot start");
         }
 
+        #[cfg(feature = "kube")]
+        let restart_lease = if may_restart {
+            let lease = crate::reconcile::lease::RestartLease::in_cluster(
+                config.fleet.max_concurrent_restarts,
+            );
+            if lease.is_none() {
+                info!(
+                    "not in a Kubernetes cluster (no in-cluster credentials, NODE_NAME or POD_NAMESPACE): containerd restarts are not coordinated"
+                );
+            }
+            lease
+        } else {
+            None
+        };
         let sync: Arc<dyn ContainerdSync> = Arc::new(CliSync {
             config: config.clone(),
             node,
             may_restart,
+            #[cfg(feature = "kube")]
+            restart_lease,
+            runtime: tokio::runtime::Handle::current(),
         });
         configure_containerd(&reconciler, &sync, stanzas.clone(), &metrics).await;
         if failed(&board.containerd()) {
@@ -336,11 +353,34 @@ struct CliSync {
     config: Arc<Config>,
     node: NodeArgs,
     may_restart: bool,
+    /// In a cluster: one of `fleet.maxConcurrentRestarts` slots is held while containerd
+    /// restarts.
+    #[cfg(feature = "kube")]
+    restart_lease: Option<crate::reconcile::lease::RestartLease>,
+    /// The daemon's runtime, for the slot's API calls from the blocking sync.
+    #[cfg_attr(not(feature = "kube"), allow(dead_code))]
+    runtime: tokio::runtime::Handle,
+}
+
+impl CliSync {
+    /// Waits for a restart slot (in a cluster); held until dropped.
+    fn restart_permit(&self) -> Option<Box<dyn Send>> {
+        #[cfg(feature = "kube")]
+        if let Some(lease) = &self.restart_lease {
+            let permit = self.runtime.block_on(lease.acquire());
+            return Some(Box::new(crate::reconcile::lease::HeldOn {
+                permit: Some(permit),
+                runtime: self.runtime.clone(),
+            }));
+        }
+        None
+    }
 }
 
 impl ContainerdSync for CliSync {
     fn sync(&self, desired: &[RuntimeStanza]) -> Result<SyncOutcome, String> {
-        match configure::sync(&self.config, desired, &self.node, !self.may_restart) {
+        let permit = || self.restart_permit();
+        match configure::sync(&self.config, desired, &self.node, !self.may_restart, permit) {
             Ok(Applied::Unchanged) => Ok(SyncOutcome::Unchanged),
             Ok(Applied::Written {
                 restart: Some(Outcome::Restarted { took }),

@@ -38,7 +38,24 @@ pub struct Config {
     /// Address of `/metrics`, `/healthz`, `/readyz`.
     pub listen: SocketAddr,
     pub log: Log,
+    /// Coordination across the nodes of a cluster.
+    pub fleet: Fleet,
     pub runtime_classes: Vec<RuntimeClass>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Fleet {
+    /// Nodes that may restart containerd at the same time (Kubernetes Leases; in-cluster only).
+    pub max_concurrent_restarts: u32,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self {
+            max_concurrent_restarts: 1,
+        }
+    }
 }
 
 impl Default for Config {
@@ -57,6 +74,7 @@ impl Default for Config {
             kata_config: KataConfig::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             log: Log::default(),
+            fleet: Fleet::default(),
             runtime_classes: Vec::new(),
         }
     }

@@ -288,6 +288,11 @@ pub(super) const CONFIG: Shape = Shape::Struct(&[
     ),
     key("listen", Shape::Text(values::listen_address), Shared),
     key(
+        "fleet",
+        Shape::Struct(&[key("maxConcurrentRestarts", Shape::Count, Shared)]),
+        Shared,
+    ),
+    key(
         "log",
         Shape::Struct(&[key("format", Shape::Enum(&["text", "json"]), Shared)]),
         Shared,

@@ -17,6 +17,12 @@ pub(super) fn validate(
 ) {
     let names: Vec<(usize, &str)> = classes.iter().map(|(i, c)| (*i, c.name.as_str())).collect();
     duplicate_names(&names, problems);
+    if config.fleet.max_concurrent_restarts == 0 {
+        problems.push(
+            "fleet.maxConcurrentRestarts",
+            "must be at least 1 (0 would never let a node restart containerd)",
+        );
+    }
     for (i, class) in classes {
         let path = index("runtimeClasses", *i);
         source_is_allowed(config, class, &path, problems);

@@ -13,6 +13,8 @@ pub mod gc;
 pub mod http;
 #[cfg(feature = "kube")]
 pub mod labels;
+#[cfg(feature = "kube")]
+pub mod lease;
 pub mod metrics;
 mod reconciler;
 pub mod status;
