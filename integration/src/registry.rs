@@ -127,9 +127,9 @@ fn make_certificates(dir: &Path) -> Result<()> {
 impl Registry {
     pub fn start(deps: &Deps, options: RegistryOptions) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("knm-registry-").tempdir()?;
-        let port = free_port()?;
+        // Rewritten with each port tried (see below).
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:PORT\n",
             dir.path().join("storage").display()
         );
         if options.tls {
@@ -148,17 +148,32 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             ));
         }
-        fs::write(dir.path().join("config.yml"), config)?;
         let mut registry = Self {
             child: None,
             dir,
-            port,
+            port: 0,
             options,
             registry_bin: deps.registry.clone(),
             oras_bin: deps.oras.clone(),
         };
-        registry.spawn()?;
-        Ok(registry)
+        // A free port can be taken by another test between our probe and the registry's bind
+        // (then the registry exits, and something else answers on the port): try another.
+        let mut last = None;
+        for _ in 0..5 {
+            registry.port = free_port()?;
+            fs::write(
+                registry.dir.path().join("config.yml"),
+                config.replace("127.0.0.1:PORT", &format!("127.0.0.1:{}", registry.port)),
+            )?;
+            match registry.spawn() {
+                Ok(()) => return Ok(registry),
+                Err(e) => {
+                    registry.kill();
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("registry not started")))
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -176,13 +191,27 @@ impl Registry {
             .context("starting docker-registry")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        // Ours listens when its log says so and it still runs: a connect alone could reach
+        // whoever else took the port.
+        let listening = format!("listening on 127.0.0.1:{}", self.port);
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                bail!("registry exited on port {}: {}", self.port, self.log());
+            }
+            if self.log().contains(&listening)
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return Ok(());
+            }
             if Instant::now() > deadline {
                 bail!("registry did not listen on {}: {}", self.port, self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
     }
 
     /// `127.0.0.1:<port>`.
