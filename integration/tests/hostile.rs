@@ -642,7 +642,12 @@ async fn a_tampered_compiled_policy_is_recompiled_not_run() {
         .run_pod(&PodSpec::new("outsider").handler(GOOD).namespace("team-b"))
         .await
         .expect_err("the recompiled policy still denies");
-    assert!(format!("{err:#}").contains("namespace-gate"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("namespace-gate"),
+        "{err:#}\n{}\n{}",
+        second.process.log(),
+        node.cd.log_tail(30)
+    );
     cri.run_pod(&PodSpec::new("insider").handler(GOOD).namespace("ml-team"))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", second.process.log()));
