@@ -472,20 +472,15 @@ async fn retry_containerd(
 /// The install records are the truth about versions: a `rollback` run from the CLI shows in
 /// the status (and the node annotation) without waiting for the next ensure.
 fn follow_install_records(board: &StatusBoard, store: &ArtifactStore) {
-    for class in board.report(&[]).classes {
+    for mut class in board.report(&[]).classes {
         if class.state != ArtifactState::Ready {
             continue;
         }
         if let Some(record) = store.installed(&class.class)
-            && (class.digest.as_ref() != Some(&record.manifest_digest)
-                || class.previous != record.previous)
+            && class.follow_record(&record)
         {
             board.update_class(&class.class, |s| {
-                if s.digest.as_ref() != Some(&record.manifest_digest) {
-                    s.held_back = None;
-                }
-                s.digest = Some(record.manifest_digest.clone());
-                s.previous = record.previous.clone();
+                s.follow_record(&record);
             });
         }
     }

@@ -120,14 +120,8 @@ fn from_disk(config: &Config) -> StatusReport {
 fn overlay_records(config: &Config, report: &mut StatusReport) {
     let store = ArtifactStore::new(StoreSettings::from_config(config));
     for status in &mut report.classes {
-        if let Some(record) = store.installed(&status.class)
-            && status.state == ArtifactState::Ready
-        {
-            if status.digest.as_ref() != Some(&record.manifest_digest) {
-                status.held_back = None;
-            }
-            status.digest = Some(record.manifest_digest);
-            status.previous = record.previous;
+        if let Some(record) = store.installed(&status.class) {
+            status.follow_record(&record);
         }
     }
 }

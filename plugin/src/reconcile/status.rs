@@ -94,6 +94,27 @@ pub struct ClassStatus {
     pub updated_at: u64,
 }
 
+impl ClassStatus {
+    /// Takes the installed version from the class's install record, the truth about versions
+    /// (a `rollback` from the CLI changes it under a running daemon). Only a ready class
+    /// follows; a held-back update no longer applies once the version moved. Returns whether
+    /// anything changed.
+    pub fn follow_record(&mut self, record: &crate::artifacts::ClassState) -> bool {
+        if self.state != ArtifactState::Ready
+            || (self.digest.as_ref() == Some(&record.manifest_digest)
+                && self.previous == record.previous)
+        {
+            return false;
+        }
+        if self.digest.as_ref() != Some(&record.manifest_digest) {
+            self.held_back = None;
+        }
+        self.digest = Some(record.manifest_digest.clone());
+        self.previous = record.previous.clone();
+        true
+    }
+}
+
 /// The daemon's connection to containerd's NRI.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -318,6 +339,30 @@ mod tests {
             annotations: Default::default(),
             created_at_ms: None,
         }
+    }
+
+    #[test]
+    fn a_ready_class_follows_its_install_record() {
+        let record: crate::artifacts::ClassState = serde_json::from_value(serde_json::json!({
+            "class": "k", "reference": "r/k:1", "resolvedDigest": "sha256:bb",
+            "manifestDigest": "sha256:bb", "path": "/a/.store/sha256:bb", "installedAt": 1,
+            "files": {}, "previous": ["sha256:aa"]
+        }))
+        .unwrap();
+        let board = StatusBoard::new([("k".to_owned(), Provision::Eager)]);
+        let mut status = board.report(&[]).classes.remove(0);
+        assert!(
+            !status.follow_record(&record),
+            "an absent class does not follow"
+        );
+        status.state = ArtifactState::Ready;
+        status.digest = Some("sha256:aa".into());
+        status.held_back = Some("sha256:bb".into());
+        assert!(status.follow_record(&record));
+        assert_eq!(status.digest.as_deref(), Some("sha256:bb"));
+        assert_eq!(status.previous, ["sha256:aa"]);
+        assert_eq!(status.held_back, None);
+        assert!(!status.follow_record(&record), "nothing left to change");
     }
 
     #[test]
