@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::metrics::{ClassLabels, GateLabels, Metrics, PullLabels};
 use super::status::{ArtifactState, ClassDecision, StatusBoard};
 use super::triggers::PodSignal;
-use crate::artifacts::{ArtifactStore, Freshness};
+use crate::artifacts::{ArtifactStore, ClassState, Freshness};
 use crate::config::{Config, Provision, RuntimeClass, UpdatePolicy};
 use crate::containerd::RuntimeStanza;
 use crate::gate::{self, EnsureRequest, Ensurer, GateState};
@@ -448,7 +448,14 @@ impl Reconciler {
                 }
             });
             let result = this.pull(&class, trigger, freshness).await;
-            this.record(&class, &result);
+            // Reads the install record and stats the version's files: off the async workers.
+            let (store, checked) = (this.store.clone(), class.clone());
+            let on_disk = tokio::task::spawn_blocking(move || {
+                (store.installed(&checked.name), store.verified(&checked))
+            })
+            .await
+            .unwrap_or((None, None));
+            this.record(&class, &result, on_disk);
             lock(&this.inflight).remove(&class.name);
             result
         });
@@ -549,15 +556,18 @@ impl Reconciler {
             .inc();
     }
 
-    fn record(&self, class: &RuntimeClass, result: &Result<Ready, String>) {
+    /// `on_disk`: the class's install record, and the same only when its files are intact.
+    fn record(
+        &self,
+        class: &RuntimeClass,
+        result: &Result<Ready, String>,
+        on_disk: (Option<ClassState>, Option<ClassState>),
+    ) {
+        let (recorded, intact) = on_disk;
         match result {
             Ok(ready) => {
                 info!(runtime_class = %class.name, digest = %ready.digest, source = %ready.source, pulled = ready.pulled, "runtime class ready");
-                let previous = self
-                    .store
-                    .installed(&class.name)
-                    .map(|state| state.previous)
-                    .unwrap_or_default();
+                let previous = recorded.map(|state| state.previous).unwrap_or_default();
                 self.board.update_class(&class.name, |s| {
                     s.state = ArtifactState::Ready;
                     s.digest = Some(ready.digest.clone());
@@ -582,7 +592,7 @@ impl Reconciler {
             }
             Err(e) => {
                 // A failed update check leaves the installed version serving.
-                let installed = self.store.verified(class);
+                let installed = intact;
                 match &installed {
                     Some(state) => {
                         warn!(runtime_class = %class.name, error = %e, digest = %state.manifest_digest, "update failed; the installed version stays current")
