@@ -36,6 +36,22 @@ impl fmt::Display for AuthHint {
     }
 }
 
+impl AuthHint {
+    /// What to do when the registry (or its token service) knows who we are, or that we are
+    /// anonymous, and still refuses the repository.
+    fn forbidden(&self) -> String {
+        match self {
+            AuthHint::Anonymous => "anonymous pulls of this repository are not allowed: set artifacts.pullSecret for this class".into(),
+            AuthHint::Secret(name) => format!(
+                "the account of pullSecret {name:?} may not pull this repository: grant it pull access, or use another secret"
+            ),
+            AuthHint::SecretWithoutEntry(name) => format!(
+                "pullSecret {name:?} has no credentials for this registry and anonymous pulls of this repository are not allowed: add an `auths` entry for it"
+            ),
+        }
+    }
+}
+
 /// Why a runtime class's artifacts could not be pulled, verified or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -46,6 +62,35 @@ pub enum ArtifactError {
         reference: String,
         status: u16,
         hint: AuthHint,
+    },
+    /// Authenticated (or anonymous) and still refused: a 403, a token service that refuses the
+    /// scope, or distribution's 401 `insufficient_scope` for a token without pull access.
+    #[error(
+        "pulling {class}: registry {registry} answered {status} for {reference}{detail}: {}",
+        hint.forbidden()
+    )]
+    Forbidden {
+        class: String,
+        registry: String,
+        reference: String,
+        status: u16,
+        /// Who refused and how, e.g. ` (insufficient_scope: the token grants no pull)`.
+        detail: Box<str>,
+        /// Boxed with `detail` to keep the error enum small (clippy's `result_large_err`).
+        hint: Box<AuthHint>,
+    },
+    #[error(
+        "pulling {class}: registry {registry} sent a manifest of {}{size} bytes for {reference}, more than the {limit} bytes containerd accepts: refused before reading it (the artifact is broken or the registry hostile)",
+        if *announced { "" } else { "at least " }
+    )]
+    ManifestTooLarge {
+        class: String,
+        registry: String,
+        reference: String,
+        /// The announced `Content-Length`, or what was read before giving up.
+        size: u64,
+        announced: bool,
+        limit: u64,
     },
     #[error(
         "pulling {class}: {reference} not found in registry {registry} (404): check the tag or digest in artifacts.url"
@@ -261,6 +306,8 @@ impl ArtifactError {
     pub fn class(&self) -> &str {
         match self {
             ArtifactError::Unauthorized { class, .. }
+            | ArtifactError::Forbidden { class, .. }
+            | ArtifactError::ManifestTooLarge { class, .. }
             | ArtifactError::NotFound { class, .. }
             | ArtifactError::Registry { class, .. }
             | ArtifactError::Unreachable { class, .. }

@@ -13,8 +13,10 @@
 //! nothing changed, one pull shared by every concurrent caller otherwise.
 
 mod auth;
+mod challenge;
 mod download;
 mod error;
+mod fetch;
 mod hostpaths;
 mod hosts;
 mod kataconf;
@@ -32,6 +34,7 @@ mod versions;
 
 pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
 pub use error::{ArtifactError, AuthHint, Result};
+pub use fetch::MAX_MANIFEST_BYTES;
 pub use kataconf::PATH_KEYS as KATA_PATH_KEYS;
 pub use progress::{NoProgress, PullObserver};
 pub use registry::RetryPolicy;

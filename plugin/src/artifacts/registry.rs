@@ -1,9 +1,10 @@
-//! Talking to one registry endpoint for one class: the client (TLS, CA bundles, plain HTTP only
+//! Talking to one registry endpoint for one class: the clients (TLS, CA bundles, plain HTTP only
 //! for `registries.insecure` or an `http://` host of containerd's `hosts.toml`), credentials from
-//! the class's pull secret for the host contacted, manifest requests with retries, and the
-//! translation of registry answers into [`ArtifactError`]s.
+//! the class's pull secret for the host contacted, manifest requests with retries (sent by
+//! [`super::fetch`]), and the translation of registry answers into [`ArtifactError`]s.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -13,8 +14,9 @@ use oci_client::{Client, Reference};
 
 use super::auth::{self, Credentials, DockerConfig};
 use super::error::{ArtifactError, AuthHint, Result};
+use super::fetch;
 use super::hosts::Endpoint;
-use super::manifest;
+use super::secret::Secret;
 use crate::config::{OciReference, Registries, RuntimeClass};
 
 /// How often and how patiently transient failures (connection errors, 5xx, 429, bodies cut
@@ -102,7 +104,7 @@ impl Context {
                 {
                     Failure::Permanent(self.denied(401))
                 } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
-                    Failure::Permanent(self.denied(403))
+                    Failure::Permanent(self.forbidden(403, ""))
                 } else {
                     Failure::Permanent(self.refused(message))
                 }
@@ -127,7 +129,7 @@ impl Context {
     fn status(&self, code: u16, message: &str) -> Failure {
         match code {
             401 => Failure::Permanent(self.denied(401)),
-            403 => Failure::Permanent(self.denied(403)),
+            403 => Failure::Permanent(self.forbidden(403, "")),
             404 => Failure::Permanent(self.not_found()),
             408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {code}")),
             _ => Failure::Permanent(self.refused(format!("HTTP {code}: {}", message.trim()))),
@@ -141,6 +143,19 @@ impl Context {
             reference: self.reference.clone(),
             status,
             hint: self.hint.clone(),
+        }
+    }
+
+    /// The credentials (or anonymous access) were accepted but may not pull the repository.
+    /// `detail` follows the reference in the message (who refused, and how).
+    pub fn forbidden(&self, status: u16, detail: &str) -> ArtifactError {
+        ArtifactError::Forbidden {
+            class: self.class.clone(),
+            registry: self.registry.clone(),
+            reference: self.reference.clone(),
+            status,
+            detail: detail.into(),
+            hint: Box::new(self.hint.clone()),
         }
     }
 
@@ -173,11 +188,17 @@ impl Context {
     }
 }
 
-/// A client and credentials for one endpoint of the class's registry (the registry itself or
+/// Clients and credentials for one endpoint of the class's registry (the registry itself or
 /// a mirror).
 pub(crate) struct Registry {
+    /// oci-client: blobs (streamed, resumed, verified by us).
     pub client: Client,
     pub auth: RegistryAuth,
+    /// Our own HTTP client with the same TLS settings: manifests (bounded, see `fetch`).
+    pub http: reqwest::Client,
+    pub credentials: Credentials,
+    /// The `Authorization` header manifest requests carry, once a challenge asked for one.
+    authorization: Mutex<Option<Secret>>,
     pub context: Context,
     pub retry: RetryPolicy,
     /// A mirror: requests go to `context.registry` on behalf of the reference's registry.
@@ -212,16 +233,14 @@ impl Registry {
             accept_invalid_certificates: endpoint.skip_verify,
             ..ClientConfig::default()
         };
+        let mut roots = Vec::new();
         if let Some(ca_file) = &registries.ca_file {
             let data = std::fs::read(ca_file).map_err(|e| ArtifactError::CaFile {
                 class: class.name.clone(),
                 path: ca_file.clone(),
                 why: e.to_string(),
             })?;
-            config.extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
+            roots.push(data);
         }
         for ca_file in &endpoint.ca_files {
             let data = std::fs::read(ca_file).map_err(|e| ArtifactError::HostCa {
@@ -230,15 +249,18 @@ impl Registry {
                 path: ca_file.clone(),
                 why: e.to_string(),
             })?;
-            config.extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
+            roots.push(data);
         }
+        config
+            .extra_root_certificates
+            .extend(roots.iter().map(|data| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: data.clone(),
+            }));
         // reqwest is built without a default crypto provider; install ring's once per process
         // (a second install is refused harmlessly).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::try_from(config).map_err(|e| ArtifactError::Client {
+        let client_error = |e: String| ArtifactError::Client {
             class: class.name.clone(),
             registry: registry.clone(),
             why: {
@@ -249,15 +271,25 @@ impl Registry {
                     .map(|p| p.display().to_string())
                     .collect();
                 if files.is_empty() {
-                    e.to_string()
+                    e
                 } else {
                     format!("{e} (are {} PEM bundles?)", files.join(", "))
                 }
             },
-        })?;
+        };
+        let http = http_client(&config, &roots).map_err(|e| client_error(e.to_string()))?;
+        let client = Client::try_from(config).map_err(|e| client_error(e.to_string()))?;
+        // A docker config's `registrytoken` goes to the registry as it is, from the first request.
+        let authorization = match &credentials {
+            Credentials::Bearer(token) => Some(Secret::new(format!("Bearer {}", token.expose()))),
+            _ => None,
+        };
         Ok(Self {
             client,
             auth: credentials.to_registry_auth(),
+            http,
+            credentials,
+            authorization: Mutex::new(authorization),
             context: Context {
                 class: class.name.clone(),
                 registry,
@@ -281,16 +313,18 @@ impl Registry {
         reference
     }
 
-    /// Fetches a manifest (by tag or digest); returns its body and digest. The digest is
-    /// checked against the body by oci-client (and against the reference's digest, if any).
+    /// Fetches a manifest (by tag or digest), at most [`fetch::MAX_MANIFEST_BYTES`]; returns its
+    /// body and digest, checked against the reference's digest and the registry's
+    /// `Docker-Content-Digest`.
     pub async fn manifest(&self, reference: &Reference) -> Result<(bytes::Bytes, String)> {
+        // The blobs that follow go through oci-client, which authenticates on its own with
+        // these credentials.
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+            .await;
         let mut attempt = 1;
         loop {
-            let result = self
-                .client
-                .pull_manifest_raw(reference, &self.auth, manifest::ACCEPTED)
-                .await;
-            match result.map_err(|e| self.context.failure(e)) {
+            match fetch::manifest(self, reference).await {
                 Ok(found) => return Ok(found),
                 Err(Failure::Permanent(e)) => return Err(e),
                 Err(Failure::Transient(why)) if attempt >= self.retry.attempts => {
@@ -304,6 +338,48 @@ impl Registry {
             }
         }
     }
+
+    /// `http` or `https`, as oci-client chooses for this endpoint.
+    pub fn scheme(&self) -> &'static str {
+        if self.context.insecure {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    pub fn authorization(&self) -> Option<Secret> {
+        self.authorization
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn set_authorization(&self, value: Secret) {
+        *self
+            .authorization
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(value);
+    }
+}
+
+/// Our HTTP client for manifests and tokens, configured as oci-client configures its own.
+fn http_client(config: &ClientConfig, roots: &[Vec<u8>]) -> reqwest::Result<reqwest::Client> {
+    let mut certificates = Vec::new();
+    for data in roots {
+        certificates.extend(reqwest::Certificate::from_pem_bundle(data)?);
+    }
+    let mut builder = reqwest::Client::builder()
+        .danger_accept_invalid_certs(config.accept_invalid_certificates)
+        .tls_certs_merge(certificates)
+        .user_agent(config.user_agent);
+    if let Some(timeout) = config.read_timeout {
+        builder = builder.read_timeout(timeout);
+    }
+    if let Some(timeout) = config.connect_timeout {
+        builder = builder.connect_timeout(timeout);
+    }
+    builder.build()
 }
 
 /// oci-client's reference for ours (already normalised: registry, repository, tag, digest).
