@@ -22,11 +22,14 @@ pub mod containerd;
 pub mod cri;
 pub mod dbus;
 pub mod deps;
+pub mod http1;
+pub mod lying;
 pub mod node;
 pub mod plugin;
 pub mod proxy;
 pub mod registry;
 pub mod systemd;
+pub mod token;
 
 pub use config::{ContainerdOptions, FileSource, Layout, RuntimeHandler, TEST_HANDLER, Version};
 pub use containerd::{Containerd, K8S_NAMESPACE, KEEP_ENV};
@@ -37,11 +40,13 @@ pub use dbus::PrivateBus;
 pub use deps::{
     Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, built_policy, repo_root, require_e2e,
 };
+pub use lying::LyingRegistry;
 pub use node::{Daemon, KataNode};
 pub use plugin::{EMPTY_CONFIG, PluginOptions, PluginProcess, run_to_completion};
 pub use proxy::CutProxy;
-pub use registry::{Registry, RegistryOptions};
+pub use registry::{Registry, RegistryOptions, TokenAuth};
 pub use systemd::{FakeSystemd, FakeUnit};
+pub use token::{Account, TokenService};
 
 /// The generated CRI v1 API (`k8s-cri`), for calls and types the helpers do not cover.
 pub use k8s_cri::v1 as cri_api;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::Deps;
+use crate::token::TokenService;
 
 /// The fixed creation time passed to `oras push`, so that the same files give the same digest.
 pub const CREATED: &str = "2024-01-01T00:00:00Z";
@@ -24,6 +25,15 @@ pub struct RegistryOptions {
     pub tls: bool,
     /// Require basic auth with this user and password (htpasswd, bcrypt).
     pub basic_auth: Option<(String, String)>,
+    /// Require tokens from a token service instead (see [`crate::token`]).
+    pub token_auth: Option<TokenAuth>,
+}
+
+/// `auth: token` for a registry: the configuration section and the account `oras` pushes with.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    pub section: String,
+    pub pusher: (String, String),
 }
 
 impl RegistryOptions {
@@ -35,6 +45,20 @@ impl RegistryOptions {
         Self {
             tls: true,
             basic_auth: Some((user.into(), password.into())),
+            token_auth: None,
+        }
+    }
+
+    /// Plain HTTP, tokens from `service`; `oras` pushes as the service's admin account
+    /// `user`/`password`.
+    pub fn plain_with_tokens(service: &TokenService, user: &str, password: &str) -> Self {
+        Self {
+            tls: false,
+            basic_auth: None,
+            token_auth: Some(TokenAuth {
+                section: service.registry_auth(),
+                pusher: (user.into(), password.into()),
+            }),
         }
     }
 }
@@ -147,6 +171,9 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: knm-test\n    path: {}\n",
                 dir.path().join("htpasswd").display()
             ));
+        }
+        if let Some(token) = &options.token_auth {
+            config.push_str(&token.section);
         }
         let mut registry = Self {
             child: None,
@@ -297,7 +324,12 @@ impl Registry {
         } else {
             command.arg("--plain-http");
         }
-        if let Some((user, password)) = &self.options.basic_auth {
+        let pusher = self.options.basic_auth.as_ref().or(self
+            .options
+            .token_auth
+            .as_ref()
+            .map(|token| &token.pusher));
+        if let Some((user, password)) = pusher {
             command.args(["-u", user, "-p", password]);
         }
         run(&mut command)

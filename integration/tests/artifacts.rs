@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kata_nri_integration::registry::layer;
-use kata_nri_integration::{CutProxy, Registry, RegistryOptions, e2e_guard};
+use kata_nri_integration::{
+    Account, CutProxy, LyingRegistry, Registry, RegistryOptions, TokenService, e2e_guard,
+};
 use kata_nri_manager::artifacts::{
     ArtifactStore, KATA_VERSION_ANNOTATION, RetryPolicy, StoreSettings,
 };
@@ -1282,4 +1284,302 @@ async fn a_tls_mirror_with_its_ca_in_hosts_toml_and_credentials_for_the_mirror_o
     );
     assert!(error.contains("401"), "{error}");
     assert!(!error.contains(PASSWORD));
+}
+
+// Token auth (the protocol of Docker Hub, GHCR, Quay, Harbor): a real `docker-registry` with
+// `auth: token`, and the harness's token service signing what each account may do.
+
+const TOKEN_PASSWORD: &str = "t0ken-Pa55word-for-knm";
+const PUSHER_PASSWORD: &str = "pusher-Pa55word-for-knm";
+
+/// `puller` may pull `kata/artifacts`, `stranger` only `kata/other`, `blocked` is refused by
+/// the service outright; `pusher` is what `oras` pushes with.
+fn token_service() -> TokenService {
+    TokenService::start(BTreeMap::from([
+        ("pusher".to_owned(), Account::admin(PUSHER_PASSWORD)),
+        (
+            "puller".to_owned(),
+            Account::pulls(TOKEN_PASSWORD, &["kata/artifacts"]),
+        ),
+        (
+            "stranger".to_owned(),
+            Account::pulls(TOKEN_PASSWORD, &["kata/other"]),
+        ),
+        ("blocked".to_owned(), Account::refused(TOKEN_PASSWORD)),
+    ]))
+    .expect("token service")
+}
+
+fn token_registry(deps: &kata_nri_integration::Deps, service: &TokenService) -> Registry {
+    Registry::start(
+        deps,
+        RegistryOptions::plain_with_tokens(service, "pusher", PUSHER_PASSWORD),
+    )
+    .expect("registry with token auth")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_with_a_token_and_says_who_refused_what() {
+    let deps = e2e_guard!();
+    let service = token_service();
+    let registry = token_registry(&deps, &service);
+    let files = three_files(40, 1 << 20);
+    let digest = push_three(&registry, "kata/artifacts:1", &files);
+    let node = Node::new();
+    let host = registry.host();
+    node.secret("puller", &host, "puller", TOKEN_PASSWORD);
+    node.secret("wrong", &host, "puller", "not-the-t0ken-password");
+    node.secret("stranger", &host, "stranger", TOKEN_PASSWORD);
+    node.secret("blocked", &host, "blocked", TOKEN_PASSWORD);
+    let store = node.store_for(&registry);
+    let url = format!("{host}/kata/artifacts:1");
+    let good = with_secret(class("kata-qemu", &url), "puller");
+
+    let installed = store.ensure(&good).await.expect("pull with a token");
+    assert_eq!(installed.digest, digest);
+    assert_installed(&node, "kata-qemu", &digest, &files);
+    let asked = service.requests();
+    assert!(
+        asked.iter().any(|r| r.user.as_deref() == Some("puller")
+            && r.scopes == ["repository:kata/artifacts:pull"]
+            && r.status == 200),
+        "the token was asked for with the pull secret and the pull scope only: {asked:?}"
+    );
+    fs::remove_dir_all(node.artifacts()).expect("clean artifactsDir");
+
+    let realm_refused = format!("its token service {} refused", service.realm());
+    let may_not = |secret: &str| {
+        format!("the account of pullSecret \"{secret}\" may not pull this repository")
+    };
+    for (secret, expected) in [
+        // The token service does not know the password.
+        ("wrong", vec!["answered 401", "check pullSecret \"wrong\""]),
+        // A token that grants no pull of this repository: distribution's 401.
+        (
+            "stranger",
+            vec!["answered 401", "insufficient_scope", &may_not("stranger")],
+        ),
+        // The token service refuses the account.
+        (
+            "blocked",
+            vec!["answered 403", &realm_refused, &may_not("blocked")],
+        ),
+    ] {
+        let bad = with_secret(class("kata-qemu", &url), secret);
+        let error = assert_refused(&node, &store, &good, &bad, &expected).await;
+        assert!(!error.contains("not-the-t0ken-password") && !error.contains(TOKEN_PASSWORD));
+        fs::remove_dir_all(node.artifacts()).expect("clean artifactsDir");
+    }
+
+    // Anonymous: the service issues a token that grants nothing.
+    let error = store
+        .ensure(&class("kata-anon", &url))
+        .await
+        .expect_err("anonymous")
+        .to_string();
+    assert!(
+        error.contains("anonymous pulls of this repository are not allowed")
+            && error.contains("set artifacts.pullSecret"),
+        "{error}"
+    );
+
+    // An HTTPS registry whose realm is plain HTTP: the password is not sent there.
+    let tls = Registry::start(
+        &deps,
+        RegistryOptions {
+            tls: true,
+            ..RegistryOptions::plain_with_tokens(&service, "pusher", PUSHER_PASSWORD)
+        },
+    )
+    .expect("TLS registry with token auth");
+    push_three(&tls, "kata/artifacts:1", &files);
+    node.secret("puller-tls", &tls.host(), "puller", TOKEN_PASSWORD);
+    let before = service.requests().len();
+    let store = ArtifactStore::new(node.settings(&[], Some(tls.ca_file())));
+    let error = store
+        .ensure(&with_secret(
+            class("kata-tls", &format!("{}/kata/artifacts:1", tls.host())),
+            "puller-tls",
+        ))
+        .await
+        .expect_err("plain-HTTP realm")
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "its token service {} is not HTTPS: the pull secret's password is not sent there",
+            service.realm()
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        service.requests().len(),
+        before,
+        "nothing sent to the realm"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_token_passwords_never_reach_the_logs() {
+    let deps = e2e_guard!();
+    let service = token_service();
+    let registry = token_registry(&deps, &service);
+    push_three(&registry, "kata/artifacts:1", &three_files(41, 1 << 20));
+    let node = Node::new();
+    let host = registry.host();
+    node.secret("puller", &host, "puller", TOKEN_PASSWORD);
+    node.secret("wrong", &host, "puller", "wrong-t0ken-Pa55word");
+    let run = |secret: &str| {
+        let config = node.dir.path().join(format!("config-{secret}.yaml"));
+        let text = format!(
+            "artifactsDir: {}\npullSecretsDir: {}\nregistries:\n  insecure: [\"{host}\"]\nruntimeClasses:\n  - name: kata-qemu\n    artifacts:\n      url: {host}/kata/artifacts:1\n      pullSecret: {secret}\n",
+            node.artifacts().display(),
+            node.secrets().display(),
+        );
+        fs::write(&config, text).expect("config");
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).expect("mode");
+        std::process::Command::new(env!("CARGO_BIN_EXE_knm-under-test"))
+            .args(["pull", "--config"])
+            .arg(&config)
+            .args(["--output", "json"])
+            .env("RUST_LOG", "trace")
+            .output()
+            .expect("run pull")
+    };
+
+    let failed = run("wrong");
+    let ok = run("puller");
+    assert!(
+        ok.status.success(),
+        "pull failed: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(!failed.status.success());
+    let failed_stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        failed_stderr.contains("answered 401") && failed_stderr.contains("check pullSecret"),
+        "{failed_stderr}"
+    );
+    let everything = [&failed.stdout, &failed.stderr, &ok.stdout, &ok.stderr]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect::<String>();
+    assert!(everything.len() > 10_000, "trace logs were captured");
+    let issued = service.issued();
+    assert!(
+        !issued.is_empty(),
+        "the successful pull used a token: {:?}",
+        service.requests()
+    );
+    for token in &issued {
+        // The signature alone is enough to replay a token; look for it as well as the whole.
+        let signature = token.rsplit('.').next().expect("jwt");
+        assert!(
+            !everything.contains(signature),
+            "an issued token appears in the output"
+        );
+    }
+    for secret in [TOKEN_PASSWORD, "wrong-t0ken-Pa55word"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} appears in the output"
+        );
+    }
+    for pair in [
+        format!("puller:{TOKEN_PASSWORD}"),
+        "puller:wrong-t0ken-Pa55word".to_owned(),
+    ] {
+        assert!(
+            !everything.contains(&base64(pair.as_bytes())),
+            "base64 credentials in the output"
+        );
+    }
+}
+
+/// A valid image manifest of more than containerd's 4,393,216 bytes (an annotation pads it).
+fn oversized_manifest() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+            "size": 2,
+        },
+        "layers": [],
+        "annotations": {"padding": "x".repeat(4_400_000)},
+    }))
+    .expect("manifest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_manifest_beyond_containerds_cap_from_a_registry_or_a_mirror() {
+    let deps = e2e_guard!();
+    let big = oversized_manifest();
+    // Announced: refused on its Content-Length. Chunked: refused once the cap is read.
+    for (announce, expected) in [
+        (true, format!("sent a manifest of {} bytes", big.len())),
+        (false, "sent a manifest of at least ".to_owned()),
+    ] {
+        let liar = LyingRegistry::serving_manifest(big.clone(), announce).expect("liar");
+        let node = Node::new();
+        let store = ArtifactStore::new(node.settings(&[liar.host()], None));
+        let error = store
+            .ensure(&class(
+                "kata-qemu",
+                &format!("{}/kata/artifacts:1", liar.host()),
+            ))
+            .await
+            .expect_err("oversized manifest")
+            .to_string();
+        assert!(
+            error.contains(&format!("registry {} {expected}", liar.host()))
+                && error.contains("more than the 4393216 bytes containerd accepts"),
+            "{error}"
+        );
+        assert_eq!(liar.manifest_requests(), 1, "refused without retrying");
+        assert!(node.snapshot().is_empty(), "{:?}", node.snapshot());
+    }
+
+    // The same from a mirror: the mirror is named, the upstream serves, and what is installed
+    // is the upstream's.
+    let upstream = Registry::start(&deps, RegistryOptions::plain()).expect("registry");
+    let files = three_files(42, 1 << 20);
+    let digest = push_three(&upstream, "kata/artifacts:1", &files);
+    let mirror = LyingRegistry::serving_manifest(big, true).expect("liar");
+    let node = Node::new();
+    node.hosts_toml(
+        &upstream.host(),
+        &format!(
+            "[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.host()
+        ),
+    );
+    let store = node.store_with_hosts(&[upstream.host()]);
+    let class = class(
+        "kata-mirror",
+        &format!("{}/kata/artifacts:1", upstream.host()),
+    );
+    let installed = store.ensure(&class).await.expect("the upstream serves");
+    assert_eq!(installed.digest, digest);
+    assert_eq!(
+        installed.served_by.as_deref(),
+        Some(upstream.host().as_str())
+    );
+    assert_installed(&node, "kata-mirror", &digest, &files);
+    assert_eq!(mirror.manifest_requests(), 1);
+
+    // Upstream gone: the error says what the mirror sent.
+    drop(upstream);
+    fs::remove_dir_all(node.artifacts()).expect("clean artifactsDir");
+    let error = store
+        .ensure(&class)
+        .await
+        .expect_err("nothing serves")
+        .to_string();
+    assert!(
+        error.contains(&format!("mirror {}:", mirror.host()))
+            && error.contains("more than the 4393216 bytes containerd accepts"),
+        "{error}"
+    );
+    assert!(node.snapshot().is_empty(), "{:?}", node.snapshot());
 }

@@ -80,8 +80,9 @@ pub enum ArtifactError {
         hint: Box<AuthHint>,
     },
     #[error(
-        "pulling {class}: registry {registry} sent a manifest of {}{size} bytes for {reference}, more than the {limit} bytes containerd accepts: refused before reading it (the artifact is broken or the registry hostile)",
-        if *announced { "" } else { "at least " }
+        "pulling {class}: registry {registry} sent a manifest of {}{size} bytes for {reference}, more than the {limit} bytes containerd accepts: refused {} (the artifact is broken or the registry hostile)",
+        if *announced { "" } else { "at least " },
+        if *announced { "before reading it" } else { "after reading the first bytes beyond the cap" }
     )]
     ManifestTooLarge {
         class: String,

@@ -178,6 +178,13 @@ async fn exchange(
     }
     let mut request = registry.http.get(realm).query(&query);
     if let Credentials::Basic { username, password } = credentials {
+        // The realm is the registry's to choose; a password goes to it no less securely than
+        // to the registry itself.
+        if registry.scheme() == "https" && !realm.starts_with("https://") {
+            return Err(Failure::Permanent(context.refused(format!(
+                "its token service {shown} is not HTTPS: the pull secret's password is not sent there"
+            ))));
+        }
         request = request.basic_auth(username, Some(password.expose()));
     }
     tracing::debug!(runtime_class = %context.class, registry = %context.registry, realm = %shown, scope, "requesting a registry token");
