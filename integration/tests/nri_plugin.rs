@@ -56,7 +56,13 @@ async fn registers(version: Version) {
         .wait_registered(1, Duration::from_secs(5))
         .await
         .unwrap();
-    let configured = plugin.events_with_message("configured by the runtime");
+    // Configure's log line follows the registration's by a moment: wait for it.
+    let configured = plugin
+        .wait_for_events(1, Duration::from_secs(5), |e| {
+            e["message"] == "configured by the runtime"
+        })
+        .await
+        .unwrap();
     assert_eq!(configured.len(), 1, "{}", plugin.log());
     assert_eq!(configured[0]["runtime"], "containerd");
 }
