@@ -32,7 +32,11 @@ mod versions;
 
 pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
 pub use error::{ArtifactError, AuthHint, Result};
-pub use kataconf::PATH_KEYS as KATA_PATH_KEYS;
+pub use kataconf::{
+    KataConfigError, PATH_KEYS as KATA_PATH_KEYS, apply_settings as apply_kata_settings,
+    apply_settings_file as apply_kata_settings_file,
+    settings_fingerprint as kata_settings_fingerprint,
+};
 pub use progress::{NoProgress, PullObserver};
 pub use registry::RetryPolicy;
 pub use secret::Secret;
