@@ -2,7 +2,7 @@
 //! `image`, `initrd` and `firmware` are rewritten (format-preserving, toml_edit) to paths in
 //! `<artifactsDir>/.store/<digest>/`, so a sandbox never mixes files of two versions. Policies'
 //! kata settings (`mutate-runtime`'s `kata-config`, an allowlist with no path-valued key) are
-//! written into the class's configuration by [`apply_settings`] / [`apply_settings_file`].
+//! written beside the class's configuration by [`render_settings`] (see [`SETTINGS_DIR`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -273,25 +273,63 @@ pub fn apply_settings(
     Ok(doc.to_string())
 }
 
-/// [`apply_settings`] on a file: written as a fresh file (temp + rename, same mode) so a hard
-/// link to the original stays unchanged, as [`rewrite_all`] does.
-pub fn apply_settings_file(path: &Path, settings: &[KataSetting]) -> Result<(), KataConfigError> {
-    let name = path.display().to_string();
+/// Where policies' settings for a class's configuration are written inside a version:
+/// `.kata-settings/<fingerprint>/<configFile>`. Keyed by the settings, so classes that share a
+/// version each get theirs, and a file once written never changes under a running sandbox.
+pub const SETTINGS_DIR: &str = ".kata-settings";
+
+/// The configuration kata reads for a class (relative to the version's directory):
+/// `config_file` itself without settings, its rendering with them.
+pub fn settings_path(config_file: &Path, settings: &[KataSetting]) -> PathBuf {
+    if settings.is_empty() {
+        return config_file.to_owned();
+    }
+    Path::new(SETTINGS_DIR)
+        .join(settings_fingerprint(settings))
+        .join(config_file)
+}
+
+/// Writes `config_file` of the version in `version_dir` with `settings` applied to
+/// [`settings_path`] (a fresh file: temp + rename, mode 0644), unless it is there already.
+/// Returns that path, relative to `version_dir`; `None` when there are no settings.
+pub fn render_settings(
+    version_dir: &Path,
+    config_file: &Path,
+    settings: &[KataSetting],
+) -> Result<Option<PathBuf>, KataConfigError> {
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let name = config_file.display().to_string();
     let bad = |why: String| KataConfigError::Bad {
         file: name.clone(),
         why,
     };
-    let text = fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let new_text = apply_settings(&name, &text, settings)?;
-    let mode = fs::metadata(path)
-        .map(|m| m.permissions())
-        .map_err(|e| bad(e.to_string()))?;
-    let tmp = path.with_extension("toml.knm-tmp");
-    fs::write(&tmp, new_text).map_err(|e| bad(format!("cannot write: {e}")))?;
-    fs::set_permissions(&tmp, mode).map_err(|e| bad(e.to_string()))?;
-    fs::rename(&tmp, path).map_err(|e| bad(format!("cannot replace: {e}")))?;
-    tracing::info!(file = %path.display(), settings = settings.len(), "policy kata settings written");
-    Ok(())
+    if !config_file
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(KataConfigError::Missing(name.clone()));
+    }
+    let source = resolve_inside(version_dir, config_file)
+        .ok_or_else(|| KataConfigError::Missing(name.clone()))?;
+    let rel = settings_path(config_file, settings);
+    let target = version_dir.join(&rel);
+    if target.is_file() {
+        return Ok(Some(rel));
+    }
+    let text = fs::read_to_string(version_dir.join(&source))
+        .map_err(|e| bad(format!("cannot read: {e}")))?;
+    let rendered = apply_settings(&name, &text, settings)?;
+    let parent = target.parent().unwrap_or(version_dir);
+    fs::create_dir_all(parent)
+        .map_err(|e| bad(format!("cannot create {}: {e}", parent.display())))?;
+    let tmp = target.with_extension("toml.knm-tmp");
+    fs::write(&tmp, rendered).map_err(|e| bad(format!("cannot write: {e}")))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(|e| bad(e.to_string()))?;
+    fs::rename(&tmp, &target).map_err(|e| bad(format!("cannot install: {e}")))?;
+    Ok(Some(rel))
 }
 
 /// A short stable name of a settings list (`sha256` of its JSON, first 16 hex digits; empty list
@@ -570,20 +608,55 @@ sandbox_cgroup_only = true
     }
 
     #[test]
-    fn applies_to_a_file_keeping_its_mode_and_links() {
+    fn renders_settings_beside_the_configuration_once() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("configuration-qemu.toml");
-        fs::write(&path, GPU_CONFIG).expect("write");
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
-        let link = dir.path().join("hard-link.toml");
-        fs::hard_link(&path, &link).expect("link");
-        apply_settings_file(&path, &[KataSetting::MemorySlots(16)]).expect("apply");
-        let text = fs::read_to_string(&path).expect("read");
+        let config = Path::new("share/configuration-qemu.toml");
+        fs::create_dir_all(dir.path().join("share")).expect("mkdir");
+        fs::write(dir.path().join(config), GPU_CONFIG).expect("write");
+        let settings = [KataSetting::MemorySlots(16)];
+
+        assert_eq!(
+            render_settings(dir.path(), config, &[]).expect("none"),
+            None
+        );
+        assert_eq!(settings_path(config, &[]), config);
+        let rel = render_settings(dir.path(), config, &settings)
+            .expect("render")
+            .expect("a file");
+        assert_eq!(rel, settings_path(config, &settings));
+        assert!(rel.starts_with(SETTINGS_DIR));
+        assert!(rel.ends_with(config));
+        let text = fs::read_to_string(dir.path().join(&rel)).expect("read");
         assert!(text.contains("memory_slots = 16"), "{text}");
-        assert_eq!(fs::read_to_string(&link).expect("link"), GPU_CONFIG);
-        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o640);
+        assert_eq!(
+            fs::read_to_string(dir.path().join(config)).expect("base"),
+            GPU_CONFIG,
+            "the artifact's own configuration is left as it is"
+        );
+        let mode = fs::metadata(dir.path().join(&rel))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // Once written, a rendering is never written again (a sandbox may be reading it).
+        fs::write(dir.path().join(&rel), "kept").expect("overwrite");
+        render_settings(dir.path(), config, &settings).expect("again");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(&rel)).expect("read"),
+            "kept"
+        );
+
+        for bad in [
+            "../configuration-qemu.toml",
+            "/etc/kata.toml",
+            "share/missing.toml",
+        ] {
+            assert!(matches!(
+                render_settings(dir.path(), Path::new(bad), &settings),
+                Err(KataConfigError::Missing(_))
+            ));
+        }
     }
 
     #[test]

@@ -33,9 +33,9 @@ mod versions;
 pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
 pub use error::{ArtifactError, AuthHint, Result};
 pub use kataconf::{
-    KataConfigError, PATH_KEYS as KATA_PATH_KEYS, apply_settings as apply_kata_settings,
-    apply_settings_file as apply_kata_settings_file,
-    settings_fingerprint as kata_settings_fingerprint,
+    KataConfigError, PATH_KEYS as KATA_PATH_KEYS, SETTINGS_DIR as KATA_SETTINGS_DIR,
+    apply_settings as apply_kata_settings, settings_fingerprint as kata_settings_fingerprint,
+    settings_path as kata_settings_path,
 };
 pub use progress::{NoProgress, PullObserver};
 pub use registry::RetryPolicy;
