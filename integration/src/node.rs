@@ -285,6 +285,24 @@ impl KataNode {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// [`cli`](Self::cli) that must succeed; returns its stdout.
+    pub async fn cli_ok(
+        &self,
+        daemon: &Daemon,
+        operator: &str,
+        node: &str,
+        args: &[&str],
+    ) -> Result<String> {
+        let out = self.cli(daemon, operator, node, args).await?;
+        ensure!(
+            out.status.success(),
+            "{args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// A `kata-nri-manager` command (`args`, then `--config`, `--node-config` and
     /// `--state-dir`) with the daemon's binary and configs, as an operator on the node runs it.
     pub async fn cli(

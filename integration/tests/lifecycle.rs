@@ -236,15 +236,9 @@ async fn a_moved_tag_updates_on_start_rolls_back_and_retires_unused_versions() {
     assert!(text.contains(&format!("held back: {v3}")), "{text}");
 
     // A second rollback undoes the first.
-    let out = node
-        .cli(&fourth, &operator, &node_config, &["rollback", CLASS])
+    node.cli_ok(&fourth, &operator, &node_config, &["rollback", CLASS])
         .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(node.installed().as_deref(), Some(V3));
     drop(new_pod);
     cri.remove_all_pods().await.unwrap();
@@ -275,15 +269,9 @@ async fn rollback_refuses_without_a_previous_version_and_with_a_changed_file() {
     assert!(err.contains("no previous version is kept"), "{err}");
 
     let v2 = move_tag(&node, V2);
-    let out = node
-        .cli(&d, &operator, &node_config, &["pull", CLASS])
+    node.cli_ok(&d, &operator, &node_config, &["pull", CLASS])
         .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(node.installed().as_deref(), Some(V2));
     let v1 = record(&node)["previous"][0].as_str().unwrap().to_owned();
     // Someone edits a file of the kept version: rolling back onto it is refused.

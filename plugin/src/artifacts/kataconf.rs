@@ -1,12 +1,17 @@
 //! Points a kata configuration at the files of its own version: `[hypervisor.*]` `kernel`,
 //! `image`, `initrd` and `firmware` are rewritten (format-preserving, toml_edit) to paths in
-//! `<artifactsDir>/.store/<digest>/`, so a sandbox never mixes files of two versions.
+//! `<artifactsDir>/.store/<digest>/`, so a sandbox never mixes files of two versions. Policies'
+//! kata settings (`mutate-runtime`'s `kata-config`, an allowlist with no path-valued key) are
+//! written beside the class's configuration by [`render_settings`] (see [`SETTINGS_DIR`]).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use toml_edit::{DocumentMut, Item, Value};
+use sha2::{Digest as _, Sha256};
+use toml_edit::{DocumentMut, Item, Table, Value};
+
+use crate::policy::{KataSection, KataSetting, validate_kata_settings};
 
 /// The keys of a hypervisor section that name files of the artifact.
 pub const PATH_KEYS: [&str; 4] = ["kernel", "image", "initrd", "firmware"];
@@ -201,6 +206,217 @@ pub fn rewrite(text: &str, locate: &Locator<'_>) -> Result<Option<String>, Strin
     Ok(changed.then(|| doc.to_string()))
 }
 
+/// Writes policies' kata settings into the text of a kata configuration, keeping comments and
+/// layout: each `[hypervisor.*]` setting into every hypervisor table of the file (a kata
+/// configuration has one), `[runtime]` and `[agent.kata]` settings into those tables (created
+/// when absent). A value the file already has is replaced in place, with its comment;
+/// `guest-kernel-params` is appended to the file's own `kernel_params`, so the artifact's
+/// parameters stay. Apply to the artifact's own text, once: a second application would append the
+/// kernel parameters again.
+///
+/// The settings are validated again here ([`validate_kata_settings`]): this writes a file kata
+/// runs from as root, and the caller may hold settings from a saved record rather than fresh
+/// from the guard. `file` is for messages.
+pub fn apply_settings(
+    file: &str,
+    text: &str,
+    settings: &[KataSetting],
+) -> Result<String, KataConfigError> {
+    let bad = |why: String| KataConfigError::Bad {
+        file: file.to_owned(),
+        why,
+    };
+    validate_kata_settings(settings)
+        .map_err(|why| bad(format!("policy settings refused: {why}")))?;
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e| bad(format!("not valid TOML: {e}")))?;
+    for setting in settings {
+        let (section, key) = setting.toml_key();
+        // The setting list has no path-valued key; this keeps it so if the list ever grows.
+        if PATH_KEYS.contains(&key) || key.ends_with("path") || key.contains("paths") {
+            return Err(bad(format!(
+                "{key} is a path-valued key; policies may not set it"
+            )));
+        }
+        match section {
+            KataSection::Hypervisor => {
+                let hypervisors = doc
+                    .get_mut("hypervisor")
+                    .and_then(Item::as_table_like_mut)
+                    .ok_or_else(|| {
+                        bad("no [hypervisor.*] table to apply policy settings to".into())
+                    })?;
+                let mut applied = false;
+                for (_, section) in hypervisors.iter_mut() {
+                    if let Some(table) = section.as_table_like_mut() {
+                        set_value(table, key, setting);
+                        applied = true;
+                    }
+                }
+                if !applied {
+                    return Err(bad(
+                        "no [hypervisor.*] table to apply policy settings to".into()
+                    ));
+                }
+            }
+            KataSection::Runtime => {
+                let table = table_at(&mut doc, &["runtime"]).map_err(bad)?;
+                set_value(table, key, setting);
+            }
+            KataSection::Agent => {
+                let table = table_at(&mut doc, &["agent", "kata"]).map_err(bad)?;
+                set_value(table, key, setting);
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Where policies' settings for a class's configuration are written inside a version:
+/// `.kata-settings/<fingerprint>/<configFile>`. Keyed by the settings, so classes that share a
+/// version each get theirs, and a file once written never changes under a running sandbox.
+pub const SETTINGS_DIR: &str = ".kata-settings";
+
+/// The configuration kata reads for a class (relative to the version's directory):
+/// `config_file` itself without settings, its rendering with them.
+pub fn settings_path(config_file: &Path, settings: &[KataSetting]) -> PathBuf {
+    if settings.is_empty() {
+        return config_file.to_owned();
+    }
+    Path::new(SETTINGS_DIR)
+        .join(settings_fingerprint(settings))
+        .join(config_file)
+}
+
+/// Writes `config_file` of the version in `version_dir` with `settings` applied to
+/// [`settings_path`] (a fresh file: temp + rename, mode 0644), unless it is there already.
+/// Returns that path, relative to `version_dir`; `None` when there are no settings.
+pub fn render_settings(
+    version_dir: &Path,
+    config_file: &Path,
+    settings: &[KataSetting],
+) -> Result<Option<PathBuf>, KataConfigError> {
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let name = config_file.display().to_string();
+    let bad = |why: String| KataConfigError::Bad {
+        file: name.clone(),
+        why,
+    };
+    if !config_file
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(KataConfigError::Missing(name.clone()));
+    }
+    let source = resolve_inside(version_dir, config_file)
+        .ok_or_else(|| KataConfigError::Missing(name.clone()))?;
+    let rel = settings_path(config_file, settings);
+    let target = version_dir.join(&rel);
+    if target.is_file() {
+        return Ok(Some(rel));
+    }
+    let text = fs::read_to_string(version_dir.join(&source))
+        .map_err(|e| bad(format!("cannot read: {e}")))?;
+    let rendered = apply_settings(&name, &text, settings)?;
+    let parent = target.parent().unwrap_or(version_dir);
+    fs::create_dir_all(parent)
+        .map_err(|e| bad(format!("cannot create {}: {e}", parent.display())))?;
+    let tmp = target.with_extension("toml.knm-tmp");
+    fs::write(&tmp, rendered).map_err(|e| bad(format!("cannot write: {e}")))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(|e| bad(e.to_string()))?;
+    fs::rename(&tmp, &target).map_err(|e| bad(format!("cannot install: {e}")))?;
+    Ok(Some(rel))
+}
+
+/// A short stable name of a settings list (`sha256` of its JSON, first 16 hex digits; empty list
+/// → `none`), to record beside an installed version: a different list needs the configuration
+/// written again from the artifact's own text.
+pub fn settings_fingerprint(settings: &[KataSetting]) -> String {
+    if settings.is_empty() {
+        return "none".to_owned();
+    }
+    // The settings serialize to plain JSON (no maps), so the text is stable.
+    let json = serde_json::to_vec(settings).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The table at `path`, created (as a standard `[a.b]` table) when absent.
+fn table_at<'d>(
+    doc: &'d mut DocumentMut,
+    path: &[&str],
+) -> Result<&'d mut dyn toml_edit::TableLike, String> {
+    let mut item = doc.as_item_mut();
+    for (depth, name) in path.iter().enumerate() {
+        let table = item
+            .as_table_like_mut()
+            .ok_or_else(|| format!("[{}] is not a table", path[..depth].join(".")))?;
+        if table.get(name).is_none() {
+            let mut new = Table::new();
+            // An intermediate `[agent]` of its own would be an empty header: leave it implicit.
+            new.set_implicit(depth + 1 < path.len());
+            table.insert(name, Item::Table(new));
+        }
+        item = table
+            .get_mut(name)
+            .ok_or_else(|| format!("[{}] vanished", path[..=depth].join(".")))?;
+    }
+    item.as_table_like_mut()
+        .ok_or_else(|| format!("[{}] is not a table", path.join(".")))
+}
+
+/// Sets `key` in `table` to the setting's value, keeping the decor (comments, spacing) of a value
+/// that was there.
+fn set_value(table: &mut dyn toml_edit::TableLike, key: &str, setting: &KataSetting) {
+    let old = table.get(key).and_then(Item::as_value);
+    let new = match setting {
+        KataSetting::DefaultVcpus(n)
+        | KataSetting::DefaultMaxVcpus(n)
+        | KataSetting::DefaultMemoryMib(n)
+        | KataSetting::MemorySlots(n)
+        | KataSetting::PcieRootPorts(n)
+        | KataSetting::AgentDialTimeoutSecs(n) => Value::from(i64::from(*n)),
+        KataSetting::EnableIommu(b)
+        | KataSetting::StaticSandboxResourceMgmt(b)
+        | KataSetting::SandboxCgroupOnly(b) => Value::from(*b),
+        KataSetting::HotPlugVfio(port) | KataSetting::ColdPlugVfio(port) => {
+            Value::from(port.kata_value())
+        }
+        KataSetting::GuestKernelParams(params) => {
+            let own = old.and_then(Value::as_str).unwrap_or("").trim();
+            let added = params
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            Value::from(match (own.is_empty(), added.is_empty()) {
+                (_, true) => own.to_owned(),
+                (true, false) => added,
+                (false, false) => format!("{own} {added}"),
+            })
+        }
+    };
+    match table.get_mut(key) {
+        // In place: the key keeps its position, the value its comment.
+        Some(Item::Value(old)) => {
+            let decor = old.decor().clone();
+            *old = new;
+            *old.decor_mut() = decor;
+        }
+        Some(other) => *other = Item::Value(new),
+        None => {
+            table.insert(key, Item::Value(new));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +517,154 @@ enable_debug = false
         .expect("config");
         let error = rewrite_all(dir.path(), Path::new("/x"), None).expect_err("ambiguous");
         assert!(error.to_string().contains("matches 2 files"), "{error}");
+    }
+
+    const GPU_CONFIG: &str = r#"# kata configuration for GPUs
+[hypervisor.qemu]
+path = "/opt/kata/bin/qemu-system-x86_64"
+kernel_params = "console=hvc0"  # the artifact's own
+default_vcpus = 1 # boot vCPUs
+cold_plug_vfio = "no-port"
+
+[agent.kata]
+enable_debug = false
+"#;
+
+    #[test]
+    fn applies_policy_settings_in_place_and_keeps_the_rest() {
+        use crate::policy::VfioPort;
+        let settings = [
+            KataSetting::DefaultVcpus(4),
+            KataSetting::DefaultMemoryMib(8192),
+            KataSetting::ColdPlugVfio(VfioPort::RootPort),
+            KataSetting::PcieRootPorts(2),
+            KataSetting::GuestKernelParams("iommu=pt  pci=realloc".into()),
+            KataSetting::SandboxCgroupOnly(true),
+            KataSetting::AgentDialTimeoutSecs(90),
+        ];
+        let out = apply_settings("configuration-qemu.toml", GPU_CONFIG, &settings).expect("apply");
+        let expected = r#"# kata configuration for GPUs
+[hypervisor.qemu]
+path = "/opt/kata/bin/qemu-system-x86_64"
+kernel_params = "console=hvc0 iommu=pt pci=realloc"  # the artifact's own
+default_vcpus = 4 # boot vCPUs
+cold_plug_vfio = "root-port"
+default_memory = 8192
+pcie_root_port = 2
+
+[agent.kata]
+enable_debug = false
+dial_timeout = 90
+
+[runtime]
+sandbox_cgroup_only = true
+"#;
+        assert_eq!(out, expected);
+        // The result is TOML kata can read, with the types kata expects.
+        let doc: DocumentMut = out.parse().expect("toml");
+        assert_eq!(
+            doc["hypervisor"]["qemu"]["default_vcpus"].as_integer(),
+            Some(4)
+        );
+        assert_eq!(doc["runtime"]["sandbox_cgroup_only"].as_bool(), Some(true));
+    }
+
+    #[test]
+    fn applies_to_every_hypervisor_table_and_creates_kernel_params() {
+        let text = "[hypervisor.clh]\npath = \"/opt/kata/bin/cloud-hypervisor\"\n";
+        let settings = [
+            KataSetting::EnableIommu(true),
+            KataSetting::GuestKernelParams("quiet".into()),
+        ];
+        let out = apply_settings("c.toml", text, &settings).expect("apply");
+        assert_eq!(
+            out,
+            "[hypervisor.clh]\npath = \"/opt/kata/bin/cloud-hypervisor\"\nenable_iommu = true\nkernel_params = \"quiet\"\n"
+        );
+        assert_eq!(apply_settings("c.toml", text, &[]).expect("none"), text);
+    }
+
+    #[test]
+    fn refuses_bad_settings_and_files_without_a_hypervisor() {
+        let refused = apply_settings(
+            "c.toml",
+            GPU_CONFIG,
+            &[KataSetting::GuestKernelParams("init=/bin/sh".into())],
+        )
+        .expect_err("refused");
+        assert!(
+            refused.to_string().contains("policy settings refused"),
+            "{refused}"
+        );
+        let out_of_range = apply_settings("c.toml", GPU_CONFIG, &[KataSetting::DefaultVcpus(0)]);
+        assert!(out_of_range.is_err());
+        let none = apply_settings("c.toml", "[runtime]\n", &[KataSetting::DefaultVcpus(2)])
+            .expect_err("no hypervisor");
+        assert!(
+            none.to_string().contains("no [hypervisor.*] table"),
+            "{none}"
+        );
+        assert!(apply_settings("c.toml", "[[x", &[]).is_err());
+    }
+
+    #[test]
+    fn renders_settings_beside_the_configuration_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Path::new("share/configuration-qemu.toml");
+        fs::create_dir_all(dir.path().join("share")).expect("mkdir");
+        fs::write(dir.path().join(config), GPU_CONFIG).expect("write");
+        let settings = [KataSetting::MemorySlots(16)];
+
+        assert_eq!(
+            render_settings(dir.path(), config, &[]).expect("none"),
+            None
+        );
+        assert_eq!(settings_path(config, &[]), config);
+        let rel = render_settings(dir.path(), config, &settings)
+            .expect("render")
+            .expect("a file");
+        assert_eq!(rel, settings_path(config, &settings));
+        assert!(rel.starts_with(SETTINGS_DIR));
+        assert!(rel.ends_with(config));
+        let text = fs::read_to_string(dir.path().join(&rel)).expect("read");
+        assert!(text.contains("memory_slots = 16"), "{text}");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(config)).expect("base"),
+            GPU_CONFIG,
+            "the artifact's own configuration is left as it is"
+        );
+        let mode = fs::metadata(dir.path().join(&rel))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // Once written, a rendering is never written again (a sandbox may be reading it).
+        fs::write(dir.path().join(&rel), "kept").expect("overwrite");
+        render_settings(dir.path(), config, &settings).expect("again");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(&rel)).expect("read"),
+            "kept"
+        );
+
+        for bad in [
+            "../configuration-qemu.toml",
+            "/etc/kata.toml",
+            "share/missing.toml",
+        ] {
+            assert!(matches!(
+                render_settings(dir.path(), Path::new(bad), &settings),
+                Err(KataConfigError::Missing(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn fingerprints_tell_setting_lists_apart() {
+        let a = settings_fingerprint(&[KataSetting::DefaultVcpus(2)]);
+        assert_eq!(a, settings_fingerprint(&[KataSetting::DefaultVcpus(2)]));
+        assert_ne!(a, settings_fingerprint(&[KataSetting::DefaultVcpus(3)]));
+        assert_eq!(a.len(), 16);
+        assert_eq!(settings_fingerprint(&[]), "none");
     }
 }

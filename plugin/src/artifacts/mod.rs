@@ -35,7 +35,11 @@ mod versions;
 pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
 pub use error::{ArtifactError, AuthHint, Result};
 pub use fetch::MAX_MANIFEST_BYTES;
-pub use kataconf::PATH_KEYS as KATA_PATH_KEYS;
+pub use kataconf::{
+    KataConfigError, PATH_KEYS as KATA_PATH_KEYS, SETTINGS_DIR as KATA_SETTINGS_DIR,
+    apply_settings as apply_kata_settings, settings_fingerprint as kata_settings_fingerprint,
+    settings_path as kata_settings_path,
+};
 pub use progress::{NoProgress, PullObserver};
 pub use registry::RetryPolicy;
 pub use secret::Secret;

@@ -59,6 +59,11 @@ pub struct ClassState {
     /// registry itself. Absent in records written before mirrors were supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    /// Policies' kata settings for the class (`mutate-runtime`), rendered into the current
+    /// version beside `runtime.configFile` (see `kataconf::SETTINGS_DIR`). Kept for callers
+    /// that run no policies (the CLI), so what they install gets the same rendering.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kata_settings: Vec<crate::policy::KataSetting>,
 }
 
 impl ClassState {
@@ -146,6 +151,7 @@ mod tests {
     fn round_trips_root_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = ClassState {
+            kata_settings: vec![],
             class: "kata-qemu".into(),
             reference: "r/x:1".into(),
             resolved_digest: "sha256:aa".into(),

@@ -30,6 +30,7 @@ use super::state::{self, ClassState, FileRecord};
 use super::unpack;
 use super::versions::{self, RollbackRefused, SandboxAge};
 use crate::config::{ByteSize, Config, Limits, Registries, RuntimeClass, VersionSkew};
+use crate::policy::KataSetting;
 
 /// Layers fetched at once: enough to fill a link with a few large files, few enough that the
 /// write buffers stay small.
@@ -144,6 +145,9 @@ struct Inner {
     observer: Arc<dyn PullObserver>,
     /// Pulls in progress by class: later callers join the running one.
     inflight: Mutex<HashMap<String, SharedPull>>,
+    /// Policies' kata settings by class, as the daemon decided them; a class without an entry
+    /// keeps what its record says (the CLI runs no policies).
+    kata_settings: Mutex<HashMap<String, Vec<KataSetting>>>,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -166,12 +170,24 @@ impl ArtifactStore {
                 settings,
                 observer,
                 inflight: Mutex::new(HashMap::new()),
+                kata_settings: Mutex::new(HashMap::new()),
             }),
         }
     }
 
     pub fn settings(&self) -> &StoreSettings {
         &self.inner.settings
+    }
+
+    /// The kata settings policies decided for `class`: rendered into its installed version by
+    /// the next ensure (and into every version installed after), beside `runtime.configFile`
+    /// at [`kataconf::settings_path`]. An empty list means the configuration as shipped.
+    pub fn set_kata_settings(&self, class: &str, settings: Vec<KataSetting>) {
+        self.inner
+            .kata_settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(class.to_owned(), settings);
     }
 
     /// `<artifactsDir>/<class>`.
@@ -288,7 +304,8 @@ impl ArtifactStore {
         let state = state::read(dir, name)
             .ok_or_else(|| refused("nothing is installed for it".to_owned()))?;
         let from = state.manifest_digest.clone();
-        let back = versions::roll_back(state, unix_now_ms())
+        let wanted = self.inner.wanted_settings(class, Some(&state));
+        let mut back = versions::roll_back(state, unix_now_ms())
             .map_err(|e: RollbackRefused| refused(e.to_string()))?;
         for (rel, record) in &back.files {
             let path = back.path.join(rel);
@@ -313,6 +330,24 @@ impl ArtifactStore {
                 }
             }
         }
+        // The version may predate the class's kata settings: render them into it too, before
+        // it becomes current.
+        if let Some(config_file) = &class.runtime.config_file {
+            let rel = kataconf::settings_path(config_file, &wanted);
+            if !back.files.contains_key(&rel.display().to_string()) {
+                let rule = hostpaths::HostPathRule {
+                    version_dir: &back.path,
+                    allowed: &self.inner.settings.allowed_host_paths,
+                };
+                if let Some((rel, record)) = render_checked(&rule, &back.path, config_file, &wanted)
+                    .map_err(|e| kata_config_error(name, e))?
+                {
+                    let record = record.map_err(self.inner.io(name, "hashing", Path::new(&rel)))?;
+                    back.files.insert(rel, record);
+                }
+            }
+        }
+        back.kata_settings = wanted;
         // Record first: a crash before the switch leaves a record whose link the next ensure
         // points back (see `usable`), so the rollback holds.
         self.inner.record(&back)?;
@@ -479,6 +514,7 @@ impl Inner {
         }
         self.check_link_is_ours(class)?;
         let previous = state::read(&settings.artifacts_dir, &class.name);
+        let wanted = self.wanted_settings(class, previous.as_ref());
         let mut pin = class.pinned_digest().map(|d| d.to_string());
         let mut by_digest = None;
         let same_version = |state: &ClassState| {
@@ -492,7 +528,8 @@ impl Inner {
             && same_version(state)
         {
             if self.usable(class, state)? {
-                return self.current(class, state, started).await;
+                let state = self.settle(class, state, &wanted).await?;
+                return self.current(class, &state, started).await;
             }
             tracing::warn!(digest = %state.resolved_digest, "installed version damaged; pulling it again by digest");
             pin = Some(state.resolved_digest.clone());
@@ -515,7 +552,8 @@ impl Inner {
             && self.usable(class, state)?
         {
             tracing::info!(digest = %state.manifest_digest, "artifacts up to date");
-            return self.current(class, state, started).await;
+            let state = self.settle(class, state, &wanted).await?;
+            return self.current(class, &state, started).await;
         }
         if let Some(state) = &previous
             && pin.is_none()
@@ -523,7 +561,8 @@ impl Inner {
             && self.usable(class, state)?
         {
             tracing::warn!(resolved = %resolved, current = %state.manifest_digest, "update held back: an operator rolled back from this version");
-            let mut kept = installed(state, self.link(class), 0, false, started);
+            let state = self.settle(class, state, &wanted).await?;
+            let mut kept = installed(&state, self.link(class), 0, false, started);
             kept.held_back = Some(resolved);
             return Ok(kept);
         }
@@ -568,6 +607,7 @@ impl Inner {
                 &resolved,
                 &digest,
                 kata_version,
+                wanted,
             )
             .await?;
         tracing::info!(digest = %state.manifest_digest, files = state.files.len(), bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "artifacts installed");
@@ -764,6 +804,7 @@ impl Inner {
         resolved: &str,
         digest: &str,
         kata_version: Option<String>,
+        kata_settings: Vec<KataSetting>,
     ) -> Result<ClassState> {
         let name = class.name.as_str();
         let dir = &self.settings.artifacts_dir;
@@ -817,8 +858,14 @@ impl Inner {
         }
 
         let kata_configs = self
-            .rewrite_kata_configs(class, &root, &final_dir, &mut files)
+            .rewrite_kata_configs(class, &root, &final_dir, &kata_settings, &mut files)
             .await?;
+        // Another class's renderings in a version it shares with this one survive the exchange.
+        keep_renderings(&final_dir, &root).map_err(self.io(
+            name,
+            "keeping the kata settings of",
+            &final_dir,
+        ))?;
         self.commit(name, staging.path(), &root, &final_dir).await?;
         drop(staging);
 
@@ -833,6 +880,7 @@ impl Inner {
             files,
             kata_configs,
             kata_version,
+            kata_settings,
             served_by: Some(registry.context.registry.clone()),
             previous: Vec::new(),
             retired: Vec::new(),
@@ -1008,53 +1056,125 @@ impl Inner {
         class: &RuntimeClass,
         root: &Path,
         final_dir: &Path,
+        kata_settings: &[KataSetting],
         files: &mut BTreeMap<String, FileRecord>,
     ) -> Result<Vec<String>> {
         let (root, final_dir) = (root.to_owned(), final_dir.to_owned());
         let config_file = class.runtime.config_file.clone();
         let name = class.name.clone();
         let allowed = self.settings.allowed_host_paths.clone();
-        let rewritten = tokio::task::spawn_blocking(move || {
+        let kata_settings = kata_settings.to_vec();
+        let (rewritten, rendered) = tokio::task::spawn_blocking(move || {
             let files = kataconf::rewrite_all(&root, &final_dir, config_file.as_deref())?;
             // After the rewrite, so the paths checked are the ones kata will read; before the
             // commit, so a refused version never becomes current.
-            hostpaths::HostPathRule {
+            let rule = hostpaths::HostPathRule {
                 version_dir: &final_dir,
                 allowed: &allowed,
-            }
-            .check_all(&root, &files)?;
-            let records: Vec<(String, io::Result<FileRecord>)> = files
-                .iter()
-                .map(|rel| (rel.display().to_string(), hash_file(&root.join(rel))))
-                .collect();
-            Ok::<_, kataconf::KataConfigError>(records)
+            };
+            rule.check_all(&root, &files)?;
+            let rendered = match &config_file {
+                Some(config_file) => render_checked(&rule, &root, config_file, &kata_settings)?,
+                None => None,
+            };
+            Ok::<_, kataconf::KataConfigError>((hash_all(&root, &files), rendered))
         })
         .await
         .map_err(|e| ArtifactError::Task {
             class: name.clone(),
             why: e.to_string(),
         })?
-        .map_err(|e| ArtifactError::KataConfig {
-            class: name.clone(),
-            file: match &e {
-                kataconf::KataConfigError::Bad { file, .. }
-                | kataconf::KataConfigError::Refused { file, .. } => PathBuf::from(file),
-                kataconf::KataConfigError::Missing(file) => PathBuf::from(file),
-            },
-            why: match &e {
-                kataconf::KataConfigError::Refused {
-                    key, value, rule, ..
-                } => format!("{key} = {value:?}: {rule}"),
-                _ => e.to_string(),
-            },
-        })?;
+        .map_err(|e| kata_config_error(&name, e))?;
         let mut names = Vec::new();
         for (rel, record) in rewritten {
             let record = record.map_err(self.io(&name, "hashing", Path::new(&rel)))?;
             files.insert(rel.clone(), record);
             names.push(rel);
         }
+        if let Some((rel, record)) = rendered {
+            let record = record.map_err(self.io(&name, "hashing", Path::new(&rel)))?;
+            files.insert(rel, record);
+        }
         Ok(names)
+    }
+
+    /// The kata settings this ensure renders: the daemon's decision for the class, else what
+    /// its record says; none for a class without `runtime.configFile` (kata reads its default
+    /// configuration then, which is not ours to change).
+    fn wanted_settings(
+        &self,
+        class: &RuntimeClass,
+        recorded: Option<&ClassState>,
+    ) -> Vec<KataSetting> {
+        if class.runtime.config_file.is_none() {
+            return Vec::new();
+        }
+        let decided = self
+            .kata_settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&class.name)
+            .cloned();
+        decided
+            .or_else(|| recorded.map(|state| state.kata_settings.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The installed version with `wanted` rendered into it: a new file in the version (never
+    /// a changed one), checked like the rest of its configuration, then recorded. Unchanged
+    /// when it already has that rendering.
+    async fn settle(
+        &self,
+        class: &RuntimeClass,
+        state: &ClassState,
+        wanted: &[KataSetting],
+    ) -> Result<ClassState> {
+        let rendered_there = |state: &ClassState| {
+            class.runtime.config_file.as_ref().is_none_or(|config| {
+                wanted.is_empty()
+                    || state.files.contains_key(
+                        &kataconf::settings_path(config, wanted)
+                            .display()
+                            .to_string(),
+                    )
+            })
+        };
+        if state.kata_settings == wanted && rendered_there(state) {
+            return Ok(state.clone());
+        }
+        let _lock = self.lock_class(&class.name)?;
+        // A fresh read under the lock: a rollback meanwhile is what this must build on.
+        let mut fresh = state::read(&self.settings.artifacts_dir, &class.name)
+            .filter(|fresh| fresh.manifest_digest == state.manifest_digest)
+            .unwrap_or_else(|| state.clone());
+        if !rendered_there(&fresh)
+            && let Some(config_file) = class.runtime.config_file.clone()
+        {
+            let (version_dir, allowed) =
+                (fresh.path.clone(), self.settings.allowed_host_paths.clone());
+            let settings = wanted.to_vec();
+            let rendered = tokio::task::spawn_blocking(move || {
+                let rule = hostpaths::HostPathRule {
+                    version_dir: &version_dir,
+                    allowed: &allowed,
+                };
+                render_checked(&rule, &version_dir, &config_file, &settings)
+            })
+            .await
+            .map_err(|e| ArtifactError::Task {
+                class: class.name.clone(),
+                why: e.to_string(),
+            })?
+            .map_err(|e| kata_config_error(&class.name, e))?;
+            if let Some((rel, record)) = rendered {
+                let record = record.map_err(self.io(&class.name, "hashing", Path::new(&rel)))?;
+                tracing::info!(file = %rel, "policy kata settings rendered into the installed version");
+                fresh.files.insert(rel, record);
+            }
+        }
+        fresh.kata_settings = wanted.to_vec();
+        self.record(&fresh)?;
+        Ok(fresh)
     }
 
     /// Makes the staged tree durable and renames it to `.store/<digest>`. An existing
@@ -1127,6 +1247,84 @@ fn unix_now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default()
+}
+
+/// Renders `settings` into the version at `root` (see [`kataconf::render_settings`]), checks
+/// the rendering's paths like the version's own configurations, and hashes it.
+fn render_checked(
+    rule: &hostpaths::HostPathRule<'_>,
+    root: &Path,
+    config_file: &Path,
+    settings: &[KataSetting],
+) -> std::result::Result<Option<(String, io::Result<FileRecord>)>, kataconf::KataConfigError> {
+    let Some(rel) = kataconf::render_settings(root, config_file, settings)? else {
+        return Ok(None);
+    };
+    if let Err(e) = rule.check_all(root, std::slice::from_ref(&rel)) {
+        let _ = fs::remove_file(root.join(&rel));
+        return Err(e);
+    }
+    let record = hash_file(&root.join(&rel));
+    Ok(Some((rel.display().to_string(), record)))
+}
+
+fn hash_all(root: &Path, files: &[PathBuf]) -> Vec<(String, io::Result<FileRecord>)> {
+    files
+        .iter()
+        .map(|rel| (rel.display().to_string(), hash_file(&root.join(rel))))
+        .collect()
+}
+
+fn kata_config_error(class: &str, e: kataconf::KataConfigError) -> ArtifactError {
+    ArtifactError::KataConfig {
+        class: class.to_owned(),
+        file: match &e {
+            kataconf::KataConfigError::Bad { file, .. }
+            | kataconf::KataConfigError::Refused { file, .. } => PathBuf::from(file),
+            kataconf::KataConfigError::Missing(file) => PathBuf::from(file),
+        },
+        why: match &e {
+            kataconf::KataConfigError::Refused {
+                key, value, rule, ..
+            } => format!("{key} = {value:?}: {rule}"),
+            _ => e.to_string(),
+        },
+    }
+}
+
+/// Copies the renderings of `existing` (a version directory about to be exchanged for the
+/// staged `root` of the same digest) that `root` lacks: they belong to other classes.
+fn keep_renderings(existing: &Path, root: &Path) -> io::Result<()> {
+    let from = existing.join(kataconf::SETTINGS_DIR);
+    let Ok(entries) = fs::read_dir(&from) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let into = root.join(kataconf::SETTINGS_DIR).join(entry.file_name());
+        if !into.exists() {
+            copy_tree(&entry.path(), &into)?;
+        }
+    }
+    Ok(())
+}
+
+/// Regular files and directories only (a rendering is nothing else).
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    if meta.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(to)?;
+        for entry in fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if meta.is_file() {
+        fs::copy(from, to)?;
+    }
+    Ok(())
 }
 
 /// Every recorded file of the version is there with its size.
@@ -1234,4 +1432,39 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchanged_version_keeps_the_renderings_of_other_classes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let existing = dir.path().join("existing");
+        let staged = dir.path().join("staged");
+        let theirs = existing.join(kataconf::SETTINGS_DIR).join("aaaa/sub");
+        fs::create_dir_all(&theirs).expect("mkdir");
+        fs::write(theirs.join("configuration.toml"), "theirs").expect("write");
+        let both = existing.join(kataconf::SETTINGS_DIR).join("bbbb");
+        fs::create_dir_all(&both).expect("mkdir");
+        fs::write(both.join("configuration.toml"), "old copy").expect("write");
+        let ours = staged.join(kataconf::SETTINGS_DIR).join("bbbb");
+        fs::create_dir_all(&ours).expect("mkdir");
+        fs::write(ours.join("configuration.toml"), "ours").expect("write");
+
+        keep_renderings(&existing, &staged).expect("keep");
+        let read = |p: PathBuf| fs::read_to_string(p).expect("read");
+        assert_eq!(
+            read(staged.join(".kata-settings/aaaa/sub/configuration.toml")),
+            "theirs"
+        );
+        assert_eq!(
+            read(staged.join(".kata-settings/bbbb/configuration.toml")),
+            "ours",
+            "the staged rendering wins"
+        );
+        // Nothing to keep: nothing done.
+        keep_renderings(&dir.path().join("absent"), &staged).expect("absent");
+    }
 }

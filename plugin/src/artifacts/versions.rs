@@ -97,6 +97,7 @@ pub fn roll_back(state: ClassState, now_ms: u64) -> Result<ClassState, RollbackR
         kata_configs: record.kata_configs,
         kata_version: record.kata_version,
         served_by: record.served_by,
+        kata_settings: state.kata_settings,
         previous,
         retired: state.retired,
         versions,
@@ -148,6 +149,7 @@ mod tests {
     fn version(n: u8) -> ClassState {
         let digest = format!("sha256:{}", format!("{n:02x}").repeat(32));
         ClassState {
+            kata_settings: vec![],
             class: "kata".into(),
             reference: "r/kata:latest".into(),
             resolved_digest: digest.clone(),

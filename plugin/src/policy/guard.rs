@@ -11,7 +11,7 @@ use crate::config::{
 
 use super::bindings::{RuntimeSettings, Source};
 use super::loaded::bounded;
-use super::types::{ArtifactSource, KataSetting, RuntimeOverrides};
+use super::types::{ArtifactSource, KataSetting, RuntimeOverrides, VfioPort};
 
 /// Most sources one answer may list.
 const MAX_SOURCES: usize = 16;
@@ -81,14 +81,13 @@ impl Guard {
     pub(crate) fn runtime(&self, settings: RuntimeSettings) -> Result<RuntimeOverrides, String> {
         self.patterns("pod-annotations", &settings.pod_annotations)?;
         self.patterns("container-annotations", &settings.container_annotations)?;
+        // Bounded before the conversion, which would otherwise copy a huge list first.
         if settings.kata_config.len() > MAX_ENTRIES {
             return Err(format!("kata-config has more than {MAX_ENTRIES} settings"));
         }
         let kata_config: Vec<KataSetting> =
             settings.kata_config.into_iter().map(Into::into).collect();
-        for setting in &kata_config {
-            check_kata_setting(setting)?;
-        }
+        validate_kata_settings(&kata_config)?;
         Ok(RuntimeOverrides {
             pod_annotations: settings.pod_annotations,
             container_annotations: settings.container_annotations,
@@ -133,6 +132,20 @@ impl Guard {
     }
 }
 
+/// The host's rules for kata settings, each on its own and together: what the guard applies to
+/// every `mutate-runtime` answer, and what the artifact store applies again before it writes
+/// them into a kata configuration (settings may come back from a saved record, not only from a
+/// guard that just ran).
+pub fn validate_kata_settings(settings: &[KataSetting]) -> Result<(), String> {
+    if settings.len() > MAX_ENTRIES {
+        return Err(format!("kata-config has more than {MAX_ENTRIES} settings"));
+    }
+    for setting in settings {
+        check_kata_setting(setting)?;
+    }
+    check_kata_settings_together(settings)
+}
+
 fn check_kata_setting(setting: &KataSetting) -> Result<(), String> {
     let in_range = |value: u32, lo: u32, hi: u32| {
         if (lo..=hi).contains(&value) {
@@ -159,23 +172,102 @@ fn check_kata_setting(setting: &KataSetting) -> Result<(), String> {
     }
 }
 
-/// Plain `key[=value]` words only: no quotes, no newlines, nothing that could end the TOML
-/// string or smuggle a second key.
+/// Rules between the settings of one answer. The daemon writes the list into the class's kata
+/// configuration as it stands, so it must mean one thing: each key at most once, and no pair
+/// that kata itself would refuse when the sandbox starts (a failure we would otherwise only see
+/// at the first pod).
+fn check_kata_settings_together(settings: &[KataSetting]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for setting in settings {
+        let (_, key) = setting.toml_key();
+        if !seen.insert(key) {
+            return Err(format!(
+                "kata-config sets {key} more than once (give each key once)"
+            ));
+        }
+    }
+    let find = |pick: fn(&KataSetting) -> Option<u32>| settings.iter().find_map(pick);
+    let vcpus = find(|s| match s {
+        KataSetting::DefaultVcpus(n) => Some(*n),
+        _ => None,
+    });
+    let max_vcpus = find(|s| match s {
+        KataSetting::DefaultMaxVcpus(n) => Some(*n),
+        _ => None,
+    });
+    if let (Some(vcpus), Some(max)) = (vcpus, max_vcpus)
+        && vcpus > max
+    {
+        return Err(format!(
+            "kata-config default_vcpus = {vcpus} is above default_maxvcpus = {max}"
+        ));
+    }
+    let plugged = |s: &KataSetting| match s {
+        KataSetting::HotPlugVfio(port) => Some((true, *port)),
+        KataSetting::ColdPlugVfio(port) => Some((false, *port)),
+        _ => None,
+    };
+    let ports: Vec<(bool, VfioPort)> = settings.iter().filter_map(plugged).collect();
+    let hot = ports.iter().any(|(hot, p)| *hot && *p != VfioPort::NoPort);
+    let cold = ports.iter().any(|(hot, p)| !*hot && *p != VfioPort::NoPort);
+    if hot && cold {
+        return Err(
+            "kata-config sets both hot_plug_vfio and cold_plug_vfio to a port (kata accepts one)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Guest kernel parameter names a policy may not set: they choose what the guest runs first,
+/// where its root comes from, or configure the kata agent (debug console, its own config file
+/// and policy), which the installed configuration owns.
+const DENIED_KERNEL_PARAMS: [&str; 6] = [
+    "init",
+    "rdinit",
+    "root",
+    "rootfstype",
+    "rootflags",
+    "agent.",
+];
+
+/// Space-separated `key[=value]` words only: no quotes or newlines (nothing that could end the
+/// TOML string or smuggle a second key), no `/` (no path can be expressed), and none of
+/// [`DENIED_KERNEL_PARAMS`].
 fn check_kernel_params(params: &str) -> Result<(), String> {
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || b" ._,:=/+-".contains(&b);
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._,:=+-".contains(&b);
     if params.len() > MAX_KERNEL_PARAMS {
         return Err(format!(
             "kata-config kernel_params has {} bytes (at most {MAX_KERNEL_PARAMS})",
             params.len()
         ));
     }
-    match params.bytes().find(|b| !allowed(*b)) {
-        Some(b) => Err(format!(
-            "kata-config kernel_params has the character {:?}; only letters, digits and ._,:=/+- are allowed",
+    if let Some(b) = params.bytes().find(|b| !allowed(*b) && *b != b' ') {
+        return Err(format!(
+            "kata-config kernel_params has the character {:?}; only letters, digits and ._,:=+- are allowed",
             char::from(b)
-        )),
-        None => Ok(()),
+        ));
     }
+    for word in params.split(' ').filter(|w| !w.is_empty()) {
+        let name = word.split_once('=').map_or(word, |(name, _)| name);
+        if name.is_empty() {
+            return Err(format!(
+                "kata-config kernel_params word {word:?} has no name"
+            ));
+        }
+        let denied = DENIED_KERNEL_PARAMS
+            .iter()
+            .any(|d| match d.strip_suffix('.') {
+                Some(prefix) => name == prefix || name.starts_with(d),
+                None => name == *d,
+            });
+        if denied {
+            return Err(format!(
+                "kata-config kernel_params may not set {name:?} (the installed configuration owns it)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -289,6 +381,75 @@ mod tests {
         );
         let ok = wit::KataSetting::GuestKernelParams("iommu=pt pci=realloc".into());
         assert!(g.runtime(settings(&[], vec![ok])).is_ok());
+    }
+
+    #[test]
+    fn kernel_params_cannot_name_paths_or_what_the_guest_runs() {
+        let g = guard();
+        let check = |params: &str| {
+            g.runtime(settings(
+                &[],
+                vec![wit::KataSetting::GuestKernelParams(params.into())],
+            ))
+        };
+        assert!(check("iommu=pt  nvidia.NVreg_EnableGpuFirmware=1 quiet").is_ok());
+        assert!(check("").is_ok());
+        let path = check("console=ttyS0 foo=/bin/sh").expect_err("path");
+        assert!(path.contains("'/'"), "{path}");
+        for denied in [
+            "init=x",
+            "rdinit=x",
+            "root=vda1",
+            "agent.debug_console",
+            "agent",
+        ] {
+            let error = check(&format!("quiet {denied}")).expect_err(denied);
+            assert!(error.contains("may not set"), "{denied}: {error}");
+        }
+        // A name that merely starts like a denied one is fine.
+        assert!(check("initcall_debug rootwait=1").is_ok());
+        assert!(check("=1").expect_err("nameless").contains("no name"));
+        assert!(check("a\tb").is_err());
+    }
+
+    #[test]
+    fn kata_settings_must_agree_with_each_other() {
+        let g = guard();
+        use wit::{KataSetting as K, VfioPort as P};
+        let twice = g.runtime(settings(&[], vec![K::DefaultVcpus(2), K::DefaultVcpus(4)]));
+        assert!(twice.expect_err("twice").contains("more than once"));
+        let params = g.runtime(settings(
+            &[],
+            vec![
+                K::GuestKernelParams("a".into()),
+                K::GuestKernelParams("b".into()),
+            ],
+        ));
+        assert!(params.is_err());
+        let above = g.runtime(settings(
+            &[],
+            vec![K::DefaultVcpus(8), K::DefaultMaxVcpus(4)],
+        ));
+        assert!(above.expect_err("above").contains("default_maxvcpus"));
+        assert!(
+            g.runtime(settings(
+                &[],
+                vec![K::DefaultVcpus(4), K::DefaultMaxVcpus(4)]
+            ))
+            .is_ok()
+        );
+        let both = g.runtime(settings(
+            &[],
+            vec![K::HotPlugVfio(P::RootPort), K::ColdPlugVfio(P::RootPort)],
+        ));
+        assert!(both.expect_err("both").contains("accepts one"));
+        assert!(
+            g.runtime(settings(
+                &[],
+                vec![K::HotPlugVfio(P::NoPort), K::ColdPlugVfio(P::RootPort)]
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

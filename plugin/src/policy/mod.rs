@@ -26,11 +26,11 @@ pub use cache::CompileCache;
 pub use chain::{Chain, PolicySummary, policy_files, policy_name};
 pub use engine::{EngineOptions, PolicyEngine};
 pub use error::{CacheError, FailureKind, PolicyError, PolicyFailure, Result};
-pub use guard::Guard;
+pub use guard::{Guard, validate_kata_settings};
 pub use loaded::LoadedPolicy;
 pub use types::{
-    AdmitOutcome, ArtifactSource, Decision, Denial, IgnoredFailure, KataSetting, NodeFacts, PciGpu,
-    PodInfo, Request, RuntimeOutcome, RuntimeOverrides, SourceOutcome, SourceSpec, Trigger,
-    VfioPort,
+    AdmitOutcome, ArtifactSource, Decision, Denial, IgnoredFailure, KataSection, KataSetting,
+    NodeFacts, PciGpu, PodInfo, Request, RuntimeOutcome, RuntimeOverrides, SourceOutcome,
+    SourceSpec, Trigger, VfioPort,
 };
 pub use watch::{PolicyChain, ReloadOutcome, WATCH_INTERVAL};

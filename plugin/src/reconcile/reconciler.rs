@@ -226,23 +226,33 @@ impl Reconciler {
                 return self.not_served(class, ClassDecision::Deny, denial.to_string());
             }
         };
-        if !overrides.kata_config.is_empty() {
+        if !overrides.kata_config.is_empty() && class.runtime.config_file.is_none() {
             warn!(
                 runtime_class = %class.name,
                 settings = ?overrides.kata_config,
-                "policies set kata configuration values; this version does not write them into the installed kata configuration"
+                "policies set kata configuration values, but the class has no runtime.configFile: kata reads its default configuration, which is not ours to change; the values are not applied"
             );
         }
+        // Rendered into the installed version by the ensures to come (an empty list undoes an
+        // earlier one).
+        self.store
+            .set_kata_settings(&class.name, overrides.kata_config.clone());
 
         let mut stanza = RuntimeStanza::new(&class.name, &class.runtime.runtime_type);
         stanza.pod_annotations = overrides.pod_annotations;
         stanza.container_annotations = overrides.container_annotations;
         stanza.privileged_without_host_devices = Some(overrides.privileged_without_host_devices);
+        // The class's link, then the configuration kata reads: the artifact's own, or its
+        // rendering with the policies' settings (a different file per settings list, so a
+        // change of settings is a change of stanza, never a file changed under a sandbox).
         stanza.config_path = class.runtime.config_file.as_ref().map(|file| {
             self.config
                 .artifacts_dir
                 .join(&class.name)
-                .join(file)
+                .join(crate::artifacts::kata_settings_path(
+                    file,
+                    &overrides.kata_config,
+                ))
                 .display()
                 .to_string()
         });

@@ -151,6 +151,57 @@ fn gpu_variant_cold_plugs_the_gpus() {
 }
 
 #[test]
+fn kata_settings_sizes_the_listed_classes_and_the_guard_bounds_them() {
+    let engine = engine();
+    let chain = Chain::new(
+        vec![load(
+            &engine,
+            "kata_settings",
+            json!({"classes": {
+                "kata-qemu": {"defaultVcpus": 2, "memorySlots": 16, "guestKernelParams": "quiet"},
+                "kata-bad": {"guestKernelParams": "quiet init=sh"},
+            }}),
+        )],
+        guard(),
+    );
+    let decide = |class: &str| {
+        chain
+            .mutate_runtime(
+                &request(class, "nvcr.io/kata:1.0"),
+                &node(&[]),
+                &RuntimeOverrides::default(),
+            )
+            .outcome
+    };
+    match decide("kata-qemu") {
+        RuntimeOutcome::Settings { settings } => assert_eq!(
+            settings.kata_config,
+            [
+                KataSetting::DefaultVcpus(2),
+                KataSetting::MemorySlots(16),
+                KataSetting::GuestKernelParams("quiet".into()),
+            ]
+        ),
+        other => panic!("expected settings, got {other:?}"),
+    }
+    match decide("kata-clh") {
+        RuntimeOutcome::Settings { settings } => assert!(settings.kata_config.is_empty()),
+        other => panic!("expected settings, got {other:?}"),
+    }
+    // What the policy may say is the host's to bound: a guest init is refused, naming it.
+    match decide("kata-bad") {
+        RuntimeOutcome::Deny(denial) => {
+            let text = denial.to_string();
+            assert!(
+                text.contains("kata_settings") && text.contains("init"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
 fn namespace_gate_admits_listed_namespaces_only() {
     let engine = engine();
     let gate = load(
