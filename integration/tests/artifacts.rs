@@ -1055,16 +1055,20 @@ async fn a_disk_too_small_refuses_before_downloading_with_the_numbers() {
 }
 
 /// A stand-in kata shim that answers `--version` as kata does.
+/// A stand-in shim at `<dir>/containerd-shim-kata-v2`, installed as a package manager does
+/// (a new file renamed over the old): the store asks a shim for its version once per file.
 fn kata_shim(dir: &Path, version: &str) -> PathBuf {
     let path = dir.join("containerd-shim-kata-v2");
+    let new = dir.join(".containerd-shim-kata-v2.new");
     fs::write(
-        &path,
+        &new,
         format!(
             "#!/bin/sh\necho 'Kata Containers containerd shim (Golang): id: \"io.containerd.kata.v2\", version: {version}, commit: 0'\n"
         ),
     )
     .expect("shim");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::rename(&new, &path).expect("install shim");
     path
 }
 

@@ -101,7 +101,20 @@ pub(crate) async fn resolve(
 /// tags unless the reference has a digest (containerd's capability rules).
 fn usable(endpoint: &Endpoint, by_digest: bool) -> bool {
     if !endpoint.ignored.is_empty() {
-        tracing::warn!(endpoint = %endpoint.host, settings = ?endpoint.ignored, "hosts.toml settings not applied to artifact pulls");
+        // Once per endpoint and settings: every pull reads hosts.toml again, and the same
+        // warning on each would bury the others.
+        type Warned = std::collections::HashSet<(String, Vec<&'static str>)>;
+        static WARNED: std::sync::LazyLock<std::sync::Mutex<Warned>> =
+            std::sync::LazyLock::new(Default::default);
+        let first = WARNED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((endpoint.host.clone(), endpoint.ignored.clone()));
+        if first {
+            tracing::warn!(endpoint = %endpoint.host, settings = ?endpoint.ignored, "hosts.toml settings not applied to artifact pulls");
+        } else {
+            tracing::debug!(endpoint = %endpoint.host, settings = ?endpoint.ignored, "hosts.toml settings not applied to artifact pulls");
+        }
     }
     if let Some(why) = &endpoint.unusable {
         tracing::warn!(endpoint = %endpoint.host, reason = %why, "hosts.toml endpoint skipped");

@@ -51,7 +51,7 @@ pub fn check(required: &str, shim: Option<&Path>) -> Result<Option<Skew>, String
             shim: shim.map(Path::to_path_buf),
         }));
     };
-    let found = match shim_version(shim) {
+    let found = match cached_shim_version(shim) {
         Ok(found) => found,
         Err(why) => {
             return Ok(Some(Skew::Unknown {
@@ -85,6 +85,35 @@ fn requirement(text: &str) -> Result<semver::VersionReq, String> {
 }
 
 /// Runs `<shim> --version` and finds the version in what it prints.
+/// A shim's answer, by what identifies the binary on disk: path, inode, size, mtime.
+type ShimKey = (PathBuf, u64, u64, Option<std::time::SystemTime>);
+
+/// [`shim_version`], asked once per binary: a gate's or an annotation's fast path ensures the
+/// installed version on every sandbox start, and starting the shim each time would cost a
+/// process (and up to the timeout) per start. A replaced shim is a new key, so it is asked again.
+fn cached_shim_version(shim: &Path) -> Result<semver::Version, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    type Answers = std::collections::HashMap<ShimKey, Result<semver::Version, String>>;
+    static ANSWERS: std::sync::LazyLock<std::sync::Mutex<Answers>> =
+        std::sync::LazyLock::new(Default::default);
+    let Ok(meta) = std::fs::metadata(shim) else {
+        return shim_version(shim);
+    };
+    let key = (
+        shim.to_owned(),
+        meta.ino(),
+        meta.size(),
+        meta.modified().ok(),
+    );
+    let answers = || ANSWERS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(answer) = answers().get(&key) {
+        return answer.clone();
+    }
+    let answer = shim_version(shim);
+    answers().insert(key, answer.clone());
+    answer
+}
+
 fn shim_version(shim: &Path) -> Result<semver::Version, String> {
     let mut child = Command::new(shim)
         .arg("--version")
@@ -147,6 +176,43 @@ mod tests {
     }
 
     const KATA: &str = r#"Kata Containers containerd shim (Golang): id: "io.containerd.kata.v2", version: 3.2.0, commit: 1a2b3c"#;
+
+    #[test]
+    fn a_shim_is_asked_once_until_it_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("containerd-shim-kata-v2");
+        let count = dir.path().join("asked");
+        // Installed as a package manager does: a new file renamed over the old one.
+        let write = |version: &str| {
+            let new = dir.path().join("new");
+            std::fs::write(
+                &new,
+                format!(
+                    "#!/bin/sh\necho x >> {}\necho 'Kata Containers containerd shim (Golang): id: \"io.containerd.kata.v2\", version: {version}, commit: c'\n",
+                    count.display()
+                ),
+            )
+            .expect("write");
+            std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            std::fs::rename(&new, &path).expect("rename");
+        };
+        let asked = || {
+            std::fs::read_to_string(&count)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        write("3.2.0");
+        assert_eq!(check("3.2.0", Some(&path)), Ok(None));
+        assert_eq!(check("3.2.0", Some(&path)), Ok(None));
+        assert_eq!(asked(), 1, "the second check used the first answer");
+        // A new shim (another file): asked again.
+        write("3.10.0");
+        assert!(matches!(
+            check("3.2.0", Some(&path)),
+            Ok(Some(Skew::Mismatch { .. }))
+        ));
+        assert_eq!(asked(), 2);
+    }
 
     #[test]
     fn finds_the_version_kata_prints() {
