@@ -326,6 +326,34 @@ impl Containerd {
             .unwrap_or_default()
     }
 
+    /// containerd serves `handler`: CRI `Status` lists it (2.x; 1.x lists no handlers), and a
+    /// pod named `pod` started with it runs on it. Returns the pod's id.
+    pub async fn expect_serves(
+        &self,
+        cri: &mut crate::Cri,
+        handler: &str,
+        pod: &str,
+    ) -> Result<String> {
+        if self.version().config_version() >= 3 {
+            let status = cri.status().await?;
+            anyhow::ensure!(
+                status.runtime_handlers.iter().any(|h| h == handler),
+                "CRI Status does not list {handler}: {:?}",
+                status.runtime_handlers
+            );
+        }
+        let id = cri
+            .run_pod(&crate::PodSpec::new(pod).handler(handler))
+            .await
+            .with_context(|| format!("RunPodSandbox with {handler}\n{}", self.log_tail(30)))?;
+        let served_by = cri.pod_status(&id).await?.runtime_handler;
+        anyhow::ensure!(
+            served_by == handler,
+            "pod {pod} runs on {served_by}, not {handler}"
+        );
+        Ok(id)
+    }
+
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();

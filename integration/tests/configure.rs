@@ -145,19 +145,9 @@ async fn configure_and_restart(version: Version) {
     assert!(config.starts_with(&original[..original.find('[').unwrap()]));
 
     let mut cri = cd.cri().await.unwrap();
-    if version == Version::V2_1 {
-        let status = cri.status().await.unwrap();
-        assert!(
-            status.runtime_handlers.iter().any(|h| h == CLASS),
-            "{:?}",
-            status.runtime_handlers
-        );
-    }
-    let id = cri
-        .run_pod(&PodSpec::new("after").handler(CLASS))
+    cd.expect_serves(&mut cri, CLASS, "after")
         .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox with {CLASS}: {e:#}\n{}", cd.log_tail(30)));
-    assert_eq!(cri.pod_status(&id).await.unwrap().runtime_handler, CLASS);
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(
         cri.pod_state(&before).await.unwrap(),
         PodSandboxState::SandboxReady,

@@ -172,17 +172,10 @@ async fn an_eager_class_is_ready_after_start(version: Version) {
         "{config}"
     );
     let mut cri = node.cd.cri().await.unwrap();
-    if version == Version::V2_1 {
-        let status = cri.status().await.unwrap();
-        assert!(
-            status.runtime_handlers.iter().any(|h| h == CLASS),
-            "{:?}",
-            status.runtime_handlers
-        );
-    }
-    cri.run_pod(&PodSpec::new("eager").handler(CLASS))
+    node.cd
+        .expect_serves(&mut cri, CLASS, "eager")
         .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
+        .unwrap_or_else(|e| panic!("{e:#}"));
     cri.remove_all_pods().await.unwrap();
 }
 
