@@ -531,3 +531,58 @@ mod tests {
         );
     }
 }
+
+/// Writes `text` to `path` with `mode` (config files: the daemon refuses a node-local config
+/// others can write).
+pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Where `containerd.restart` goes: the operator config (`systemd`), or the node-local one
+/// (`command`, `none`, and anything naming a host program).
+#[derive(Debug, Clone, Copy)]
+pub enum RestartIn<'a> {
+    Operator(&'a str),
+    Node(&'a str),
+}
+
+/// `<dir>/operator.yaml` (0644) and `<dir>/node.yaml` (0600) serving the runc-backed class
+/// `class` through containerd at `address` with config file `config`, restarted as `restart`
+/// (a YAML flow mapping). Returns (operator, node).
+pub fn write_runc_class_configs(
+    dir: &Path,
+    class: &str,
+    address: &Path,
+    config: &Path,
+    restart: RestartIn<'_>,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    let (operator_restart, node_restart) = match restart {
+        RestartIn::Operator(r) => (format!("  restart: {r}\n"), String::new()),
+        RestartIn::Node(r) => (String::new(), format!("  restart: {r}\n")),
+    };
+    let operator = dir.join("operator.yaml");
+    write_file(
+        &operator,
+        &format!(
+            "containerd:\n  mode: inline\n  address: {}\n{operator_restart}\
+             runtimeClasses:\n\
+             - name: {class}\n  \
+               artifacts: {{url: nvcr.io/kata/runc:1}}\n  \
+               runtime: {{runtimeType: io.containerd.runc.v2, privilegedWithoutHostDevices: false}}\n",
+            address.display()
+        ),
+        0o644,
+    )?;
+    let node = dir.join("node.yaml");
+    write_file(
+        &node,
+        &format!(
+            "containerd:\n  configPath: {}\n{node_restart}",
+            config.display()
+        ),
+        0o600,
+    )?;
+    Ok((operator, node))
+}

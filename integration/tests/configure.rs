@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use kata_nri_integration::config::{RestartIn, write_file, write_runc_class_configs};
 use kata_nri_integration::{
     Containerd, ContainerdOptions, Deps, PodSandboxState, PodSpec, RuntimeHandler, Version,
     e2e_guard,
@@ -16,36 +17,19 @@ use kata_nri_integration::{
 const CLASS: &str = "knm-runc";
 
 fn write(path: &Path, text: &str, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    write_file(path, text, mode).unwrap();
 }
 
-/// Operator and node config for `cd`, with the given `restart` (YAML flow mapping).
+/// Operator and node config for `cd`, with the given node-local `restart` (YAML flow mapping).
 fn configs(dir: &Path, cd: &Containerd, restart: &str) -> (PathBuf, PathBuf) {
-    let operator = dir.join("operator.yaml");
-    write(
-        &operator,
-        &format!(
-            "containerd:\n  mode: inline\n  address: {}\n\
-             runtimeClasses:\n\
-             - name: {CLASS}\n  \
-               artifacts: {{url: nvcr.io/kata/runc:1}}\n  \
-               runtime: {{runtimeType: io.containerd.runc.v2, privilegedWithoutHostDevices: false}}\n",
-            cd.address().display()
-        ),
-        0o644,
-    );
-    let node = dir.join("node.yaml");
-    write(
-        &node,
-        &format!(
-            "containerd:\n  configPath: {}\n  restart: {restart}\n",
-            cd.layout().config.display()
-        ),
-        0o600,
-    );
-    (operator, node)
+    write_runc_class_configs(
+        dir,
+        CLASS,
+        cd.address(),
+        &cd.layout().config,
+        RestartIn::Node(restart),
+    )
+    .unwrap()
 }
 
 fn knm(

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use kata_nri_integration::config::{RestartIn, write_runc_class_configs};
 use kata_nri_integration::{
     Containerd, ContainerdOptions, Deps, FakeSystemd, FakeUnit, PodSandboxState, PodSpec,
     PrivateBus, Version, e2e_guard,
@@ -15,36 +16,17 @@ use kata_nri_integration::{
 const CLASS: &str = "knm-runc";
 const UNIT: &str = "containerd.service";
 
-fn write(path: &Path, text: &str, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// Operator and node config for containerd at `address` with config file `config`, restarted
 /// through systemd's `UNIT`.
 fn configs(dir: &Path, address: &Path, config: &Path) -> (PathBuf, PathBuf) {
-    let operator = dir.join("operator.yaml");
-    write(
-        &operator,
-        &format!(
-            "containerd:\n  mode: inline\n  address: {}\n  \
-               restart: {{method: systemd, unit: {UNIT}, timeout: 30s}}\n\
-             runtimeClasses:\n\
-             - name: {CLASS}\n  \
-               artifacts: {{url: nvcr.io/kata/runc:1}}\n  \
-               runtime: {{runtimeType: io.containerd.runc.v2, privilegedWithoutHostDevices: false}}\n",
-            address.display()
-        ),
-        0o644,
-    );
-    let node = dir.join("node.yaml");
-    write(
-        &node,
-        &format!("containerd:\n  configPath: {}\n", config.display()),
-        0o600,
-    );
-    (operator, node)
+    write_runc_class_configs(
+        dir,
+        CLASS,
+        address,
+        config,
+        RestartIn::Operator(&format!("{{method: systemd, unit: {UNIT}, timeout: 30s}}")),
+    )
+    .unwrap()
 }
 
 /// containerd's socket and config file.
