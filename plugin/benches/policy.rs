@@ -4,7 +4,8 @@
 //! - cache-cold compile of three example policies (what the first start on a node pays),
 //! - first decision after a start with the compile cache warm (a new engine loading three
 //!   cached policies, then one decision), and
-//! - one warm decision through a chain of three policies (fresh store per policy call).
+//! - one warm decision through a chain of three policies (one store per decision, a fresh
+//!   instance per policy).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

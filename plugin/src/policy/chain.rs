@@ -15,6 +15,7 @@ use super::engine::PolicyEngine;
 use super::error::{FailureKind, PolicyError, PolicyFailure};
 use super::guard::Guard;
 use super::loaded::LoadedPolicy;
+use super::store::DecisionStore;
 use super::types::{
     AdmitOutcome, Decision, Denial, NodeFacts, PodInfo, Request, RuntimeOutcome, RuntimeOverrides,
     SourceOutcome,
@@ -205,8 +206,11 @@ impl Chain {
         let wit_node = Node::from(node);
         let mut current = vec![Source::from(&request.configured)];
         let mut ignored = Vec::new();
+        let mut store = DecisionStore::new();
         for step in &self.steps {
-            let answer = self.run(step, |p| p.select_source(&wit_request, &wit_node, &current));
+            let answer = self.run(step, |p| {
+                p.select_source(&mut store, &wit_request, &wit_node, &current)
+            });
             let answer = answer.and_then(|decision| self.check_source(step.name(), decision));
             match answer {
                 Ok(Checked::Pull(sources)) => current = sources,
@@ -235,10 +239,11 @@ impl Chain {
         let wit_node = Node::from(node);
         let mut current = configured.clone();
         let mut ignored = Vec::new();
+        let mut store = DecisionStore::new();
         for step in &self.steps {
             let wit_current = RuntimeSettings::from(&current);
             let answer = self.run(step, |p| {
-                p.mutate_runtime(&wit_request, &wit_node, &wit_current)
+                p.mutate_runtime(&mut store, &wit_request, &wit_node, &wit_current)
             });
             let answer = answer.and_then(|decision| match decision {
                 RuntimeDecision::Settings(settings) => self
@@ -284,8 +289,11 @@ impl Chain {
         let wit_node = Node::from(node);
         let wit_pod = Pod::from(pod);
         let mut ignored = Vec::new();
+        let mut store = DecisionStore::new();
         for step in &self.steps {
-            let answer = self.run(step, |p| p.admit(&wit_request, &wit_node, &wit_pod));
+            let answer = self.run(step, |p| {
+                p.admit(&mut store, &wit_request, &wit_node, &wit_pod)
+            });
             let answer = answer.and_then(|admission| match admission {
                 Admission::Allow => Ok(None),
                 Admission::Deny(reason) => self

@@ -16,9 +16,10 @@ use wasmtime::{
 use crate::config::PolicyLimits;
 
 use super::bindings::{Policy, PolicyPre, wit};
-use super::cache::{CompileCache, Lookup, hex_sha256};
+use super::cache::{CompileCache, Lookup};
 use super::error::PolicyError;
 use super::limits::StoreState;
+use super::store::INSTANCES_PER_STORE;
 
 /// How the engine is set up.
 #[derive(Debug, Clone, Default)]
@@ -56,11 +57,15 @@ impl Drop for Inner {
 /// Epoch ticks per deadline: finer ticks cost wakeups, coarser ones make the deadline loose.
 const TICKS_PER_DEADLINE: u32 = 10;
 const MIN_TICK: Duration = Duration::from_millis(1);
-/// Instances the pooling allocator keeps slots for; decisions run at most this many at once.
+/// Decisions that run at once (the daemon's semaphore).
 pub(crate) const MAX_CONCURRENT_CALLS: u32 = 16;
+/// Component instances the pooling allocator keeps slots for: each running decision holds up to
+/// [`INSTANCES_PER_STORE`] until its store drops, and one more decision's worth is left for
+/// loading (each policy's `validate-settings` call) beside them.
+const POOL_INSTANCES: u32 = (MAX_CONCURRENT_CALLS + 1) * INSTANCES_PER_STORE;
 /// Bytes of each linear memory kept resident between calls: a Rust guest's 1 MiB shadow stack
-/// and its first heap pages. At most `MAX_CONCURRENT_CALLS * 2` slots, so at most 64 MiB of RSS,
-/// and in practice only the pages calls touch.
+/// and its first heap pages. Only pages a call touched are resident (a few hundred KiB per slot
+/// in use), bounded by `POOL_INSTANCES * 2` slots of 2 MiB.
 const KEEP_RESIDENT: usize = 2 << 20;
 /// Bytes of each table kept resident between calls (a guest's tables are a few KiB).
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
@@ -123,13 +128,13 @@ impl PolicyEngine {
         self.inner.cache.as_ref()
     }
 
-    /// Compiles `bytes` (a component), through the cache. `Err` is the reason, for the caller
-    /// to put into its own error.
-    pub(crate) fn compile(&self, bytes: &[u8]) -> Result<Component, String> {
+    /// Compiles `bytes` (a component whose sha256 is `sha256_hex`), through the cache. `Err` is
+    /// the reason, for the caller to put into its own error.
+    pub(crate) fn compile(&self, bytes: &[u8], sha256_hex: &str) -> Result<Component, String> {
         let Some(cache) = &self.inner.cache else {
             return Component::new(&self.inner.engine, bytes).map_err(|e| format!("{e:#}"));
         };
-        let key = format!("{}-{}", hex_sha256(bytes), self.inner.engine_hash);
+        let key = format!("{sha256_hex}-{}", self.inner.engine_hash);
         match cache.lookup(&key) {
             Lookup::Hit(compiled) => {
                 // SAFETY: `compiled` is byte for byte what `serialize` gave us for this key:
@@ -174,13 +179,25 @@ impl PolicyEngine {
         PolicyPre::new(pre).map_err(|e| format!("{e:#}"))
     }
 
-    /// A store for one call: empty WASI, the memory cap, the deadline armed.
+    /// The wasmtime engine, to tell whether a store belongs to it.
+    pub(crate) fn wasmtime(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// A store for the calls of one decision: empty WASI, the memory cap. [`arm`](Self::arm)
+    /// it before each call.
     pub(crate) fn new_store(&self) -> Store<StoreState> {
         let mut store = Store::new(&self.inner.engine, StoreState::new(self.inner.memory_cap));
         store.limiter(|state| &mut state.memory);
-        // Armed before instantiation, which runs guest code too (and traps without it).
-        store.set_epoch_deadline(self.inner.deadline_ticks);
         store
+    }
+
+    /// Readies `store` for one policy call: the full deadline from now, armed before
+    /// instantiation (which runs guest code too, and traps without it), and the memory-cap flag
+    /// cleared so a failure is only put down to the cap when this call hit it.
+    pub(crate) fn arm(&self, store: &mut Store<StoreState>) {
+        store.set_epoch_deadline(self.inner.deadline_ticks);
+        store.data_mut().memory.hit = false;
     }
 }
 
@@ -205,10 +222,10 @@ fn build_engine(memory_cap: usize) -> Result<Engine, PolicyError> {
     let mut pooling = PoolingAllocationConfig::default();
     // A Rust wasip2 component is a handful of core instances with one memory; leave room.
     pooling
-        .total_component_instances(MAX_CONCURRENT_CALLS)
-        .total_core_instances(MAX_CONCURRENT_CALLS * 8)
-        .total_memories(MAX_CONCURRENT_CALLS * 2)
-        .total_tables(MAX_CONCURRENT_CALLS * 8)
+        .total_component_instances(POOL_INSTANCES)
+        .total_core_instances(POOL_INSTANCES * 8)
+        .total_memories(POOL_INSTANCES * 2)
+        .total_tables(POOL_INSTANCES * 8)
         .max_memory_size(memory_cap)
         // Every decision gets a fresh instance, and the slot it used is reset to the module's
         // initial image when the store drops. By default that reset is an madvise, and the next
@@ -218,7 +235,11 @@ fn build_engine(memory_cap: usize) -> Result<Engine, PolicyError> {
         // pristine memory for the next decision, without the faults.
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(TABLE_KEEP_RESIDENT)
-        .pagemap_scan(Enabled::Auto);
+        .pagemap_scan(Enabled::Auto)
+        // Stacks are for async fibers, which the engine never runs. The default of 1000 is
+        // 2 GiB mapped and 1000 guard pages protected one by one at every engine start: about
+        // 3 ms of a 3.4 ms start.
+        .total_stacks(0);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     match Engine::new(&config) {
         Ok(engine) => Ok(engine),

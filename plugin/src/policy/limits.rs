@@ -8,35 +8,40 @@ use wasmtime_wasi::{HostWallClock, ResourceTable, WasiCtx, WasiCtxView, WasiView
 
 /// The data of a policy's `Store`: WASI with nothing granted, and the limiter.
 pub(crate) struct StoreState {
-    wasi: WasiCtx,
+    /// Built on a guest's first WASI call rather than with every store: a decision whose guests
+    /// make none skips building it (clocks, random streams, stdio).
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(crate) memory: MemoryCap,
 }
 
 impl StoreState {
     pub(crate) fn new(memory_cap: usize) -> Self {
-        // No preopens, environment, arguments or sockets (the builder's defaults), stdio
-        // discarded. The wall clock is frozen and randomness is a fixed stream, so a policy is
-        // a pure function of its inputs: the same request always gets the same answer. The
-        // monotonic clock stays: it reveals nothing about the node.
-        let wasi = WasiCtx::builder()
-            .wall_clock(FrozenClock)
-            .secure_random(Deterministic::new(vec![0]))
-            .insecure_random(Deterministic::new(vec![0]))
-            .insecure_random_seed(0)
-            .build();
         Self {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             memory: MemoryCap::new(memory_cap),
         }
     }
 }
 
+/// No preopens, environment, arguments or sockets (the builder's defaults), stdio discarded. The
+/// wall clock is frozen and randomness is a fixed stream, so a policy is a pure function of its
+/// inputs: the same request always gets the same answer. The monotonic clock stays: it reveals
+/// nothing about the node.
+fn empty_wasi() -> WasiCtx {
+    WasiCtx::builder()
+        .wall_clock(FrozenClock)
+        .secure_random(Deterministic::new(vec![0]))
+        .insecure_random(Deterministic::new(vec![0]))
+        .insecure_random_seed(0)
+        .build()
+}
+
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(empty_wasi),
             table: &mut self.table,
         }
     }

@@ -1,5 +1,5 @@
-//! One policy, compiled and linked once, called in a fresh store per decision. Every way a call
-//! can go wrong comes back as a [`PolicyFailure`] naming the policy.
+//! One policy, compiled and linked once, instantiated afresh for every call in the store of the
+//! decision. Every way a call can go wrong comes back as a [`PolicyFailure`] naming the policy.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +15,7 @@ use super::cache::hex_sha256;
 use super::engine::PolicyEngine;
 use super::error::{FailureKind, PolicyError, PolicyFailure};
 use super::limits::StoreState;
+use super::store::DecisionStore;
 
 /// A policy ready to run.
 pub struct LoadedPolicy {
@@ -67,13 +68,16 @@ impl LoadedPolicy {
         settings: Option<&serde_json::Value>,
         failure_policy: FailurePolicy,
     ) -> Result<Self, PolicyError> {
-        let component = engine
-            .compile(bytes)
-            .map_err(|reason| PolicyError::Compile {
-                policy: name.to_owned(),
-                file: file.to_owned(),
-                reason,
-            })?;
+        // Hashed once: the cache key and the digest we report.
+        let sha256_hex = hex_sha256(bytes);
+        let component =
+            engine
+                .compile(bytes, &sha256_hex)
+                .map_err(|reason| PolicyError::Compile {
+                    policy: name.to_owned(),
+                    file: file.to_owned(),
+                    reason,
+                })?;
         let pre = engine
             .instantiate_pre(&component)
             .map_err(|reason| PolicyError::WrongWorld {
@@ -84,7 +88,7 @@ impl LoadedPolicy {
         let policy = Self {
             name: name.to_owned(),
             file: file.to_owned(),
-            digest: format!("sha256:{}", hex_sha256(bytes)),
+            digest: format!("sha256:{sha256_hex}"),
             settings: settings.map_or_else(|| "{}".to_owned(), serde_json::Value::to_string),
             failure_policy,
             engine: engine.clone(),
@@ -94,7 +98,10 @@ impl LoadedPolicy {
             policy: name.to_owned(),
             reason,
         };
-        match policy.call(|p, store| p.call_validate_settings(store, &policy.settings)) {
+        let validated = policy.call(&mut DecisionStore::new(), |p, store| {
+            p.call_validate_settings(store, &policy.settings)
+        });
+        match validated {
             Ok(Ok(())) => Ok(policy),
             Ok(Err(reason)) => Err(settings_error(bounded(reason))),
             Err(failure) => Err(settings_error(failure.to_string())),
@@ -119,43 +126,61 @@ impl LoadedPolicy {
 
     pub(crate) fn select_source(
         &self,
+        store: &mut DecisionStore,
         request: &wit::Request,
         node: &Node,
         current: &[Source],
     ) -> Result<SourceDecision, PolicyFailure> {
-        self.call(|p, store| p.call_select_source(store, &self.settings, request, node, current))
+        self.call(store, |p, store| {
+            p.call_select_source(store, &self.settings, request, node, current)
+        })
     }
 
     pub(crate) fn mutate_runtime(
         &self,
+        store: &mut DecisionStore,
         request: &wit::Request,
         node: &Node,
         current: &RuntimeSettings,
     ) -> Result<RuntimeDecision, PolicyFailure> {
-        self.call(|p, store| p.call_mutate_runtime(store, &self.settings, request, node, current))
+        self.call(store, |p, store| {
+            p.call_mutate_runtime(store, &self.settings, request, node, current)
+        })
     }
 
     pub(crate) fn admit(
         &self,
+        store: &mut DecisionStore,
         request: &wit::Request,
         node: &Node,
         pod: &Pod,
     ) -> Result<Admission, PolicyFailure> {
-        self.call(|p, store| p.call_admit(store, &self.settings, request, node, pod))
+        self.call(store, |p, store| {
+            p.call_admit(store, &self.settings, request, node, pod)
+        })
     }
 
-    /// Instantiates in a fresh store and makes one call; the store (and with it all the
-    /// guest's memory) is dropped afterwards, so nothing carries over to the next decision.
+    /// Instantiates afresh in the decision's store and makes one call. The instance and its
+    /// memory are this call's alone; the store drops them at the end of the decision and the
+    /// pool resets the slots, so nothing carries over to the next call or decision.
     fn call<R>(
         &self,
+        decision: &mut DecisionStore,
         f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyFailure> {
-        let mut store = self.engine.new_store();
+        let store = decision.for_call(&self.engine);
         let result = self
             .pre
-            .instantiate(&mut store)
-            .and_then(|policy| f(&policy, &mut store));
-        result.map_err(|error| self.failure(&store, &error))
+            .instantiate(&mut *store)
+            .and_then(|policy| f(&policy, &mut *store));
+        match result {
+            Ok(answer) => Ok(answer),
+            Err(error) => {
+                let failure = self.failure(store, &error);
+                decision.discard();
+                Err(failure)
+            }
+        }
     }
 
     fn failure(&self, store: &Store<StoreState>, error: &wasmtime::Error) -> PolicyFailure {

@@ -19,6 +19,7 @@ mod guard;
 mod limits;
 mod loaded;
 mod node;
+mod store;
 mod types;
 mod watch;
 

@@ -199,3 +199,102 @@ fn failure_policy_ignore_skips_the_broken_policy() {
     assert_eq!(decision.ignored.len(), 1);
     assert_eq!(decision.ignored[0].kind, FailureKind::Trap);
 }
+
+/// `misbehave` counting its calls, under `name`; `pass` answers the sources unchanged when the
+/// instance is fresh, so the next policy of the chain runs.
+fn counter(name: &str, pass: bool, failure_policy: FailurePolicy) -> LoadedPolicy {
+    // The guest looks for the key, not its value.
+    let settings = if pass {
+        json!({"mode": "count", "pass": true})
+    } else {
+        json!({"mode": "count"})
+    };
+    LoadedPolicy::load(
+        &engine(),
+        name,
+        &component("misbehave"),
+        Some(&settings),
+        failure_policy,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The denial a decision of `chain` ends in.
+fn denial_of(chain: &Chain) -> (String, String, Option<FailureKind>) {
+    let decision = chain.select_source(&request("kata", "nvcr.io/k:1"), &node(&[]));
+    match decision.outcome {
+        SourceOutcome::Deny(denial) => (denial.policy, denial.reason, denial.failure),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn no_guest_state_carries_over_between_decisions_or_policies() {
+    // Six policies: more than one decision's store holds, so the chain crosses into a second
+    // store too. Each passing policy passes only if its static and heap counters start afresh;
+    // a policy that saw state left over would deny with its counts, naming itself.
+    let mut policies: Vec<LoadedPolicy> = (1..=5)
+        .map(|i| counter(&format!("pass-{i}"), true, FailurePolicy::Deny))
+        .collect();
+    policies.push(counter("last", false, FailurePolicy::Deny));
+    let chain = Chain::new(policies, guard());
+    let alone = Chain::new(vec![counter("alone", false, FailurePolicy::Deny)], guard());
+    for decision in 0..20 {
+        // Pool slots are reset in place and reused at once: the same slots every round.
+        assert_eq!(
+            denial_of(&chain),
+            ("last".into(), "call 1, heap 1".into(), None),
+            "decision {decision}"
+        );
+        assert_eq!(
+            denial_of(&alone),
+            ("alone".into(), "call 1, heap 1".into(), None),
+            "decision {decision}"
+        );
+    }
+}
+
+#[test]
+fn a_failure_is_put_down_to_its_policy_and_not_to_the_next() {
+    // Each failing policy is ignored; the counter after it must still run fresh and with
+    // nothing of the failure (cap flag, spent deadline) held against it.
+    for mode in ["alloc", "loop", "trap"] {
+        let hostile = LoadedPolicy::load(
+            &engine(),
+            "misbehave",
+            &component("misbehave"),
+            Some(&json!({ "mode": mode })),
+            FailurePolicy::Ignore,
+        )
+        .expect("loads");
+        let chain = Chain::new(
+            vec![
+                counter("before", true, FailurePolicy::Deny),
+                hostile,
+                counter("after", false, FailurePolicy::Deny),
+            ],
+            guard(),
+        );
+        let decision = chain.select_source(&request("kata", "nvcr.io/k:1"), &node(&[]));
+        let expected_kind = match mode {
+            "alloc" => FailureKind::MemoryCap,
+            "loop" => FailureKind::Deadline,
+            _ => FailureKind::Trap,
+        };
+        assert_eq!(decision.ignored.len(), 1, "{mode}: {decision:?}");
+        assert_eq!(decision.ignored[0].policy, "misbehave", "{mode}");
+        assert_eq!(decision.ignored[0].kind, expected_kind, "{mode}");
+        match decision.outcome {
+            SourceOutcome::Deny(denial) => assert_eq!(
+                (
+                    denial.policy.as_str(),
+                    denial.reason.as_str(),
+                    denial.failure
+                ),
+                ("after", "call 1, heap 1", None),
+                "{mode}"
+            ),
+            other => panic!("{mode}: expected the counter's denial, got {other:?}"),
+        }
+    }
+}

@@ -1,9 +1,14 @@
 //! A hostile policy for the host's tests: its settings choose how it misbehaves in every call
 //! but `validate-settings` (so it loads): `{"mode": "loop" | "alloc" | "trap" | "recurse" |
 //! "huge-string"}`; `"annotations"` makes `mutate-runtime` answer a pod annotation pattern that
-//! reaches `io.katacontainers.config_path`. Never deploy it.
+//! reaches `io.katacontainers.config_path`. `"count"` makes `select-source` count its calls in a
+//! static and on the heap and deny with both counts (`"call 1, heap 1"` when the instance is
+//! fresh), or, with `"pass": true`, answer the sources unchanged when both are 1: the host's
+//! isolation test. Never deploy it.
 
 use std::hint::black_box;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use kata_policy_sdk::{
     Admission, Guest, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source, SourceDecision,
@@ -45,6 +50,25 @@ fn deep(n: u64) -> u64 {
     deep(black_box(frame[3] + 1)) + frame[7]
 }
 
+/// Calls this instance has served: starts at 0 only in a fresh instance.
+static CALLS: AtomicU32 = AtomicU32::new(0);
+/// The same count kept on the heap, so a heap carried over would show too.
+static HEAP: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// `count` mode: `None` when this is the instance's first call and `pass` is set.
+fn count(settings: &str) -> Option<String> {
+    let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    let heap = match HEAP.lock() {
+        Ok(mut heap) => {
+            heap.push(calls);
+            heap.len()
+        }
+        Err(_) => 0,
+    };
+    let fresh = calls == 1 && heap == 1;
+    (!fresh || !settings.contains("\"pass\"")).then(|| format!("call {calls}, heap {heap}"))
+}
+
 struct Misbehave;
 
 impl Guest for Misbehave {
@@ -56,8 +80,14 @@ impl Guest for Misbehave {
         settings: String,
         _request: Request,
         _node: Node,
-        _current: Vec<Source>,
+        current: Vec<Source>,
     ) -> SourceDecision {
+        if settings.contains("\"count\"") {
+            return match count(&settings) {
+                Some(counts) => SourceDecision::Deny(counts),
+                None => SourceDecision::Pull(current),
+            };
+        }
         SourceDecision::Deny(misbehave(&settings))
     }
 
