@@ -44,6 +44,9 @@ struct Inner {
     engine_hash: String,
     deadline: Duration,
     deadline_ticks: u64,
+    /// The deadline of `validate-settings` at load (see [`MIN_LOAD_DEADLINE`]).
+    load_deadline: Duration,
+    load_deadline_ticks: u64,
     memory_cap: usize,
     stop_ticker: Arc<AtomicBool>,
 }
@@ -57,6 +60,11 @@ impl Drop for Inner {
 /// Epoch ticks per deadline: finer ticks cost wakeups, coarser ones make the deadline loose.
 const TICKS_PER_DEADLINE: u32 = 10;
 const MIN_TICK: Duration = Duration::from_millis(1);
+/// `validate-settings` at load runs on an instance whose compiled code is not paged in yet, once
+/// per load and on no pod's path: a busy node must not turn that first, slow call into a policy
+/// that fails to load. It gets the call deadline, but at least this; a guest that loops there
+/// is still stopped.
+pub(crate) const MIN_LOAD_DEADLINE: Duration = Duration::from_secs(1);
 /// Decisions that run at once (the daemon's semaphore).
 pub(crate) const MAX_CONCURRENT_CALLS: u32 = 16;
 /// Component instances the pooling allocator keeps slots for: each running decision holds up to
@@ -92,11 +100,7 @@ impl PolicyEngine {
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let tick = (deadline / TICKS_PER_DEADLINE).max(MIN_TICK);
-        let deadline_ticks = u64::try_from(deadline.as_nanos().div_ceil(tick.as_nanos()))
-            .unwrap_or(u64::MAX)
-            // The tick under way when a call starts may end at once: one more keeps the full
-            // deadline.
-            .saturating_add(1);
+        let load_deadline = deadline.max(MIN_LOAD_DEADLINE);
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), tick, stop_ticker.clone())?;
         Ok(Self {
@@ -106,7 +110,9 @@ impl PolicyEngine {
                 cache,
                 engine_hash: format!("{:016x}", hasher.finish()),
                 deadline,
-                deadline_ticks,
+                deadline_ticks: ticks(deadline, tick),
+                load_deadline,
+                load_deadline_ticks: ticks(load_deadline, tick),
                 memory_cap,
                 stop_ticker,
             }),
@@ -116,6 +122,15 @@ impl PolicyEngine {
     /// The deadline of one call.
     pub fn deadline(&self) -> Duration {
         self.inner.deadline
+    }
+
+    /// The deadline of one call, or of `validate-settings` at load.
+    pub(crate) fn deadline_of(&self, at_load: bool) -> Duration {
+        if at_load {
+            self.inner.load_deadline
+        } else {
+            self.inner.deadline
+        }
     }
 
     /// The memory cap of one call, in bytes.
@@ -195,8 +210,12 @@ impl PolicyEngine {
     /// Readies `store` for one policy call: the full deadline from now, armed before
     /// instantiation (which runs guest code too, and traps without it), and the memory-cap flag
     /// cleared so a failure is only put down to the cap when this call hit it.
-    pub(crate) fn arm(&self, store: &mut Store<StoreState>) {
-        store.set_epoch_deadline(self.inner.deadline_ticks);
+    pub(crate) fn arm(&self, store: &mut Store<StoreState>, at_load: bool) {
+        store.set_epoch_deadline(if at_load {
+            self.inner.load_deadline_ticks
+        } else {
+            self.inner.deadline_ticks
+        });
         store.data_mut().memory.hit = false;
     }
 }
@@ -209,6 +228,15 @@ impl std::fmt::Debug for PolicyEngine {
             .field("cache", &self.inner.cache)
             .finish_non_exhaustive()
     }
+}
+
+/// Epoch ticks that make `deadline`.
+fn ticks(deadline: Duration, tick: Duration) -> u64 {
+    u64::try_from(deadline.as_nanos().div_ceil(tick.as_nanos()))
+        .unwrap_or(u64::MAX)
+        // The tick under way when a call starts may end at once: one more keeps the full
+        // deadline.
+        .saturating_add(1)
 }
 
 fn engine_error(e: wasmtime::Error) -> PolicyError {

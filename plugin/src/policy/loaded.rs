@@ -98,7 +98,7 @@ impl LoadedPolicy {
             policy: name.to_owned(),
             reason,
         };
-        let validated = policy.call(&mut DecisionStore::new(), |p, store| {
+        let validated = policy.call(&mut DecisionStore::for_load(), |p, store| {
             p.call_validate_settings(store, &policy.settings)
         });
         match validated {
@@ -168,6 +168,7 @@ impl LoadedPolicy {
         decision: &mut DecisionStore,
         f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyFailure> {
+        let deadline = self.engine.deadline_of(decision.at_load());
         let store = decision.for_call(&self.engine);
         let result = self
             .pre
@@ -176,21 +177,25 @@ impl LoadedPolicy {
         match result {
             Ok(answer) => Ok(answer),
             Err(error) => {
-                let failure = self.failure(store, &error);
+                let failure = self.failure(store, &error, deadline);
                 decision.discard();
                 Err(failure)
             }
         }
     }
 
-    fn failure(&self, store: &Store<StoreState>, error: &wasmtime::Error) -> PolicyFailure {
+    fn failure(
+        &self,
+        store: &Store<StoreState>,
+        error: &wasmtime::Error,
+        deadline: std::time::Duration,
+    ) -> PolicyFailure {
         let (kind, message) = if store.data().memory.hit {
             // The guest's allocator turns a refused grow into an abort (a trap) or an error:
             // either way the cause is the cap.
             let cap = crate::config::ByteSize::from_bytes(self.engine.memory_cap() as u64);
             (FailureKind::MemoryCap, cap.to_string())
         } else if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-            let deadline = self.engine.deadline();
             (FailureKind::Deadline, format!("{deadline:?}"))
         } else if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
             // The trap alone: the guest's backtrace would bury it.

@@ -17,11 +17,26 @@ pub(crate) const INSTANCES_PER_STORE: u32 = 4;
 pub(crate) struct DecisionStore {
     store: Option<Store<StoreState>>,
     instances: u32,
+    /// Loading a policy (`validate-settings`), with the load deadline.
+    at_load: bool,
 }
 
 impl DecisionStore {
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// The store of a policy's `validate-settings` call at load, which gets the load deadline
+    /// ([`super::engine::MIN_LOAD_DEADLINE`]).
+    pub(crate) fn for_load() -> Self {
+        Self {
+            at_load: true,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn at_load(&self) -> bool {
+        self.at_load
     }
 
     /// The store for one more policy call of `engine`, with the full deadline armed and the
@@ -37,7 +52,7 @@ impl DecisionStore {
         }
         self.instances += 1;
         let store = self.store.get_or_insert_with(|| engine.new_store());
-        engine.arm(store);
+        engine.arm(store, self.at_load);
         store
     }
 

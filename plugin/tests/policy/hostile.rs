@@ -70,6 +70,29 @@ fn an_infinite_loop_is_stopped_at_the_deadline() {
     assert!(started.elapsed() >= deadline, "stopped before its deadline");
 }
 
+/// `validate-settings` at load runs cold (code not paged in yet) and on no pod's path, so it
+/// gets at least a second, not the call deadline; a loop there is still stopped.
+#[test]
+fn a_loop_at_load_is_stopped_at_the_load_deadline() {
+    let engine = engine();
+    let started = Instant::now();
+    let error = LoadedPolicy::load(
+        &engine,
+        "misbehave",
+        &component("misbehave"),
+        Some(&json!({"mode": "loop-at-load"})),
+        FailurePolicy::Deny,
+    )
+    .expect_err("a policy that loops at load does not load");
+    let took = started.elapsed();
+    assert_eq!(
+        error.to_string(),
+        "policy misbehave: settings refused: policy misbehave ran past its deadline of 1s (policies.settings.misbehave in the config)"
+    );
+    assert!(took >= std::time::Duration::from_secs(1), "{took:?}");
+    assert!(took < HANG, "{took:?}");
+}
+
 #[test]
 fn a_4gib_allocation_hits_the_memory_cap() {
     let (kind, reason) = misbehaving("alloc");

@@ -72,7 +72,13 @@ fn count(settings: &str) -> Option<String> {
 struct Misbehave;
 
 impl Guest for Misbehave {
-    fn validate_settings(_settings: String) -> Result<(), String> {
+    fn validate_settings(settings: String) -> Result<(), String> {
+        if settings.contains("\"loop-at-load\"") {
+            let mut n: u64 = 0;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
         Ok(())
     }
 
