@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -107,6 +108,7 @@ impl TokenService {
         }));
         let signer = Signer {
             key,
+            issued: AtomicU64::new(0),
             x5c: STANDARD.encode(certificate),
         };
         let state = shared.clone();
@@ -219,6 +221,8 @@ fn run(command: &mut Command) -> Result<()> {
 
 struct Signer {
     key: EcdsaKeyPair,
+    /// Tokens signed so far: makes each `jti` unique.
+    issued: AtomicU64,
     x5c: String,
 }
 
@@ -240,7 +244,7 @@ impl Signer {
             "exp": now + 300,
             "nbf": now - 10,
             "iat": now,
-            "jti": format!("{now}-{}", rand_suffix()),
+            "jti": format!("{now}-{}", self.issued.fetch_add(1, Ordering::Relaxed)),
             "access": access,
         });
         let signing_input = format!(
@@ -257,11 +261,6 @@ impl Signer {
             URL_SAFE_NO_PAD.encode(signature.as_ref())
         ))
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0u8)
 }
 
 /// The answer to one token request.
