@@ -501,7 +501,11 @@ impl Inner {
         }
     }
 
-    async fn ensure(&self, class: &RuntimeClass, freshness: Freshness) -> Result<Installed> {
+    async fn ensure(
+        self: &Arc<Self>,
+        class: &RuntimeClass,
+        freshness: Freshness,
+    ) -> Result<Installed> {
         let started = Instant::now();
         let settings = &self.settings;
         let source = &class.artifacts.url;
@@ -639,12 +643,7 @@ impl Inner {
     async fn skew(&self, class: &RuntimeClass, required: &str) -> Result<Option<Skew>> {
         let shim = crate::containerd::real_shim(&class.runtime);
         let text = required.to_owned();
-        let checked = tokio::task::spawn_blocking(move || skew::check(&text, shim.as_deref()))
-            .await
-            .map_err(|e| ArtifactError::Task {
-                class: class.name.clone(),
-                why: e.to_string(),
-            })?;
+        let checked = blocking(&class.name, move || skew::check(&text, shim.as_deref())).await?;
         checked.map_err(|why| ArtifactError::BadManifest {
             class: class.name.clone(),
             reference: class.artifacts.url.as_str().to_owned(),
@@ -796,7 +795,7 @@ impl Inner {
 
     #[allow(clippy::too_many_arguments)]
     async fn install(
-        &self,
+        self: &Arc<Self>,
         class: &RuntimeClass,
         registry: &Registry,
         reference: &oci_client::Reference,
@@ -887,17 +886,23 @@ impl Inner {
             versions: BTreeMap::new(),
             rejected: Vec::new(),
         };
-        // Under the class's lock and from a fresh read: a `rollback` run meanwhile is history
-        // this install must keep.
-        let _lock = self.lock_class(name)?;
-        let prior = state::read(dir, name);
-        let keep = self.settings.limits.keep_versions as usize;
-        let state = versions::advance(prior, next, keep, unix_now_ms());
-        // Record first, as `rollback` does: whoever sees the new link finds its record, and a
-        // crash in between leaves a record whose link the next ensure points (`usable`).
-        self.record(&state)?;
-        self.switch_link(name, digest)?;
-        Ok(state)
+        let inner = Arc::clone(self);
+        let digest = digest.to_owned();
+        blocking(name, move || {
+            let name = next.class.clone();
+            // Under the class's lock and from a fresh read: a `rollback` run meanwhile is
+            // history this install must keep.
+            let _lock = inner.lock_class(&name)?;
+            let prior = state::read(&inner.settings.artifacts_dir, &name);
+            let keep = inner.settings.limits.keep_versions as usize;
+            let state = versions::advance(prior, next, keep, unix_now_ms());
+            // Record first, as `rollback` does: whoever sees the new link finds its record, and
+            // a crash in between leaves a record whose link the next ensure points (`usable`).
+            inner.record(&state)?;
+            inner.switch_link(&name, &digest)?;
+            Ok(state)
+        })
+        .await?
     }
 
     fn record(&self, state: &ClassState) -> Result<()> {
@@ -1014,14 +1019,10 @@ impl Inner {
         budget: u64,
     ) -> Result<unpack::Unpacked> {
         let (blob, root, into_path) = (blob.to_owned(), root.to_owned(), PathBuf::from(into));
-        let result = tokio::task::spawn_blocking(move || {
+        let result = blocking(&class.name, move || {
             unpack::unpack(&blob, compression, &root, &into_path, budget)
         })
-        .await
-        .map_err(|e| ArtifactError::Task {
-            class: class.name.clone(),
-            why: e.to_string(),
-        })?;
+        .await?;
         let reference = class.artifacts.url.as_str().to_owned();
         result.map_err(|e| match e {
             unpack::UnpackError::Unsafe { entry, why } => ArtifactError::UnsafeEntry {
@@ -1064,7 +1065,7 @@ impl Inner {
         let name = class.name.clone();
         let allowed = self.settings.allowed_host_paths.clone();
         let kata_settings = kata_settings.to_vec();
-        let (rewritten, rendered) = tokio::task::spawn_blocking(move || {
+        let (rewritten, rendered) = blocking(&name.clone(), move || {
             let files = kataconf::rewrite_all(&root, &final_dir, config_file.as_deref())?;
             // After the rewrite, so the paths checked are the ones kata will read; before the
             // commit, so a refused version never becomes current.
@@ -1079,11 +1080,7 @@ impl Inner {
             };
             Ok::<_, kataconf::KataConfigError>((hash_all(&root, &files), rendered))
         })
-        .await
-        .map_err(|e| ArtifactError::Task {
-            class: name.clone(),
-            why: e.to_string(),
-        })?
+        .await?
         .map_err(|e| kata_config_error(&name, e))?;
         let mut names = Vec::new();
         for (rel, record) in rewritten {
@@ -1124,57 +1121,47 @@ impl Inner {
     /// a changed one), checked like the rest of its configuration, then recorded. Unchanged
     /// when it already has that rendering.
     async fn settle(
-        &self,
+        self: &Arc<Self>,
         class: &RuntimeClass,
         state: &ClassState,
         wanted: &[KataSetting],
     ) -> Result<ClassState> {
-        let rendered_there = |state: &ClassState| {
-            class.runtime.config_file.as_ref().is_none_or(|config| {
-                wanted.is_empty()
-                    || state.files.contains_key(
-                        &kataconf::settings_path(config, wanted)
-                            .display()
-                            .to_string(),
-                    )
-            })
-        };
-        if state.kata_settings == wanted && rendered_there(state) {
+        if state.kata_settings == wanted && rendered_there(class, wanted, state) {
             return Ok(state.clone());
         }
-        let _lock = self.lock_class(&class.name)?;
-        // A fresh read under the lock: a rollback meanwhile is what this must build on.
-        let mut fresh = state::read(&self.settings.artifacts_dir, &class.name)
-            .filter(|fresh| fresh.manifest_digest == state.manifest_digest)
-            .unwrap_or_else(|| state.clone());
-        if !rendered_there(&fresh)
-            && let Some(config_file) = class.runtime.config_file.clone()
-        {
-            let (version_dir, allowed) =
-                (fresh.path.clone(), self.settings.allowed_host_paths.clone());
-            let settings = wanted.to_vec();
-            let rendered = tokio::task::spawn_blocking(move || {
+        let (inner, class, state, wanted) = (
+            Arc::clone(self),
+            class.clone(),
+            state.clone(),
+            wanted.to_vec(),
+        );
+        blocking(&class.name.clone(), move || {
+            let name = class.name.as_str();
+            let _lock = inner.lock_class(name)?;
+            // A fresh read under the lock: a rollback meanwhile is what this must build on.
+            let mut fresh = state::read(&inner.settings.artifacts_dir, name)
+                .filter(|fresh| fresh.manifest_digest == state.manifest_digest)
+                .unwrap_or(state);
+            if !rendered_there(&class, &wanted, &fresh)
+                && let Some(config_file) = &class.runtime.config_file
+            {
                 let rule = hostpaths::HostPathRule {
-                    version_dir: &version_dir,
-                    allowed: &allowed,
+                    version_dir: &fresh.path,
+                    allowed: &inner.settings.allowed_host_paths,
                 };
-                render_checked(&rule, &version_dir, &config_file, &settings)
-            })
-            .await
-            .map_err(|e| ArtifactError::Task {
-                class: class.name.clone(),
-                why: e.to_string(),
-            })?
-            .map_err(|e| kata_config_error(&class.name, e))?;
-            if let Some((rel, record)) = rendered {
-                let record = record.map_err(self.io(&class.name, "hashing", Path::new(&rel)))?;
-                tracing::info!(file = %rel, "policy kata settings rendered into the installed version");
-                fresh.files.insert(rel, record);
+                let rendered = render_checked(&rule, &fresh.path, config_file, &wanted)
+                    .map_err(|e| kata_config_error(name, e))?;
+                if let Some((rel, record)) = rendered {
+                    let record = record.map_err(inner.io(name, "hashing", Path::new(&rel)))?;
+                    tracing::info!(file = %rel, "policy kata settings rendered into the installed version");
+                    fresh.files.insert(rel, record);
+                }
             }
-        }
-        fresh.kata_settings = wanted.to_vec();
-        self.record(&fresh)?;
-        Ok(fresh)
+            fresh.kata_settings = wanted;
+            inner.record(&fresh)?;
+            Ok(fresh)
+        })
+        .await?
     }
 
     /// Makes the staged tree durable and renames it to `.store/<digest>`. An existing
@@ -1201,12 +1188,8 @@ impl Inner {
         let sync_root = root.to_owned();
         // One syncfs instead of an fsync per file: the version must be on disk before a link
         // makes it current, or a power cut could leave the class pointing at empty files.
-        tokio::task::spawn_blocking(move || sync_filesystem(&sync_root))
-            .await
-            .map_err(|e| ArtifactError::Task {
-                class: class.to_owned(),
-                why: e.to_string(),
-            })?
+        blocking(class, move || sync_filesystem(&sync_root))
+            .await?
             .map_err(self.io(class, "syncing", staging))?;
         match fs::rename(root, final_dir) {
             Ok(()) => Ok(()),
@@ -1251,6 +1234,32 @@ fn unix_now_ms() -> u64 {
 
 /// Renders `settings` into the version at `root` (see [`kataconf::render_settings`]), checks
 /// the rendering's paths like the version's own configurations, and hashes it.
+/// Whether `state`'s version has `wanted` rendered into it (or needs no rendering).
+fn rendered_there(class: &RuntimeClass, wanted: &[KataSetting], state: &ClassState) -> bool {
+    class.runtime.config_file.as_ref().is_none_or(|config| {
+        wanted.is_empty()
+            || state.files.contains_key(
+                &kataconf::settings_path(config, wanted)
+                    .display()
+                    .to_string(),
+            )
+    })
+}
+
+/// Runs `work` on a blocking thread: a file lock another process holds, an fsync or a hash must
+/// not stall an async worker (the NRI hooks and the gate share them).
+async fn blocking<T: Send + 'static>(
+    class: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ArtifactError::Task {
+            class: class.to_owned(),
+            why: e.to_string(),
+        })
+}
+
 fn render_checked(
     rule: &hostpaths::HostPathRule<'_>,
     root: &Path,
