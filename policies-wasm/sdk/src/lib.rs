@@ -1,12 +1,17 @@
 //! Guest SDK for kata-nri-manager policies.
 //!
-//! A policy is a `cdylib` crate that implements [`Guest`] and calls [`export!`]:
+//! A policy is a `cdylib` crate that implements [`Policy`] (its settings, and the decisions it
+//! makes) and calls [`export!`]:
 //!
 //! ```ignore
 //! use kata_policy_sdk::*;
 //!
 //! struct MyPolicy;
-//! impl Guest for MyPolicy { /* validate_settings, select_source, mutate_runtime, admit */ }
+//! impl Policy for MyPolicy {
+//!     type Settings = MySettings;
+//!     fn parse_settings(text: &str) -> Result<MySettings, String> { settings::parse(text) }
+//!     // select_source, mutate_runtime, admit: only those the policy decides
+//! }
 //! kata_policy_sdk::export!(MyPolicy);
 //! ```
 //!
@@ -17,8 +22,11 @@
 // The bindings name this crate by its path, as the policy crates see it.
 extern crate self as kata_policy_sdk;
 
+mod policy;
 pub mod reference;
 pub mod settings;
+
+pub use policy::Policy;
 
 /// The generated bindings of `wit/policy.wit`.
 #[allow(missing_docs, clippy::all)]

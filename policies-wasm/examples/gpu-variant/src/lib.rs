@@ -17,8 +17,8 @@
 use std::collections::BTreeMap;
 
 use kata_policy_sdk::{
-    Admission, Gpu, Guest, KataSetting, Node, Pod, Request, RuntimeDecision, RuntimeSettings,
-    Source, SourceDecision, VfioPort, reference, settings,
+    Gpu, KataSetting, Node, Policy, Request, RuntimeDecision, RuntimeSettings, Source,
+    SourceDecision, VfioPort, reference, settings,
 };
 use serde::Deserialize;
 
@@ -126,22 +126,20 @@ pub fn with_vfio(
 
 struct GpuVariant;
 
-impl Guest for GpuVariant {
-    fn validate_settings(settings: String) -> Result<(), String> {
-        Settings::parse(&settings).map(|_| ())
+impl Policy for GpuVariant {
+    type Settings = Settings;
+
+    fn parse_settings(text: &str) -> Result<Settings, String> {
+        Settings::parse(text)
     }
 
     fn select_source(
-        settings: String,
+        settings: &Settings,
         request: Request,
         node: Node,
         current: Vec<Source>,
     ) -> SourceDecision {
-        let settings = match Settings::parse(&settings) {
-            Ok(settings) => settings,
-            Err(e) => return SourceDecision::Deny(e),
-        };
-        match choose_variant(&settings, &request.class_name, &node) {
+        match choose_variant(settings, &request.class_name, &node) {
             Ok(Some(variant)) => SourceDecision::Pull(apply_variant(variant, current)),
             Ok(None) => SourceDecision::Pull(current),
             Err(reason) => SourceDecision::Skip(reason),
@@ -149,21 +147,12 @@ impl Guest for GpuVariant {
     }
 
     fn mutate_runtime(
-        settings: String,
+        settings: &Settings,
         request: Request,
         node: Node,
         current: RuntimeSettings,
     ) -> RuntimeDecision {
-        match Settings::parse(&settings) {
-            Ok(settings) => {
-                RuntimeDecision::Settings(with_vfio(&settings, &request.class_name, &node, current))
-            }
-            Err(e) => RuntimeDecision::Deny(e),
-        }
-    }
-
-    fn admit(_settings: String, _request: Request, _node: Node, _pod: Pod) -> Admission {
-        Admission::Allow
+        RuntimeDecision::Settings(with_vfio(settings, &request.class_name, &node, current))
     }
 }
 

@@ -11,8 +11,7 @@
 use std::collections::BTreeMap;
 
 use kata_policy_sdk::{
-    Admission, Guest, KataSetting, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source,
-    SourceDecision, keep_sources, settings,
+    KataSetting, Node, Policy, Request, RuntimeDecision, RuntimeSettings, settings,
 };
 use serde::Deserialize;
 
@@ -94,36 +93,20 @@ pub fn with_settings(
 
 struct KataSettings;
 
-impl Guest for KataSettings {
-    fn validate_settings(settings: String) -> Result<(), String> {
-        Settings::parse(&settings).map(|_| ())
-    }
+impl Policy for KataSettings {
+    type Settings = Settings;
 
-    fn select_source(
-        _settings: String,
-        _request: Request,
-        _node: Node,
-        current: Vec<Source>,
-    ) -> SourceDecision {
-        keep_sources(current)
+    fn parse_settings(text: &str) -> Result<Settings, String> {
+        Settings::parse(text)
     }
 
     fn mutate_runtime(
-        settings: String,
+        settings: &Settings,
         request: Request,
         _node: Node,
         current: RuntimeSettings,
     ) -> RuntimeDecision {
-        match Settings::parse(&settings) {
-            Ok(settings) => {
-                RuntimeDecision::Settings(with_settings(&settings, &request.class_name, current))
-            }
-            Err(e) => RuntimeDecision::Deny(e),
-        }
-    }
-
-    fn admit(_settings: String, _request: Request, _node: Node, _pod: Pod) -> Admission {
-        Admission::Allow
+        RuntimeDecision::Settings(with_settings(settings, &request.class_name, current))
     }
 }
 

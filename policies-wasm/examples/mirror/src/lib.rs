@@ -5,10 +5,7 @@
 //! rest of the reference and its digest. With `fallback: true` the upstream source stays in the
 //! list after the mirror, so a pull falls back to it when the mirror fails.
 
-use kata_policy_sdk::{
-    Admission, Guest, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source, SourceDecision,
-    keep_runtime, reference, settings,
-};
+use kata_policy_sdk::{Node, Policy, Request, Source, SourceDecision, reference, settings};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -56,34 +53,20 @@ pub fn mirror(settings: &Settings, current: Vec<Source>) -> Vec<Source> {
 
 struct Mirror;
 
-impl Guest for Mirror {
-    fn validate_settings(settings: String) -> Result<(), String> {
-        Settings::parse(&settings).map(|_| ())
+impl Policy for Mirror {
+    type Settings = Settings;
+
+    fn parse_settings(text: &str) -> Result<Settings, String> {
+        Settings::parse(text)
     }
 
     fn select_source(
-        settings: String,
+        settings: &Settings,
         _request: Request,
         _node: Node,
         current: Vec<Source>,
     ) -> SourceDecision {
-        match Settings::parse(&settings) {
-            Ok(settings) => SourceDecision::Pull(mirror(&settings, current)),
-            Err(e) => SourceDecision::Deny(e),
-        }
-    }
-
-    fn mutate_runtime(
-        _settings: String,
-        _request: Request,
-        _node: Node,
-        current: RuntimeSettings,
-    ) -> RuntimeDecision {
-        keep_runtime(current)
-    }
-
-    fn admit(_settings: String, _request: Request, _node: Node, _pod: Pod) -> Admission {
-        Admission::Allow
+        SourceDecision::Pull(mirror(settings, current))
     }
 }
 

@@ -4,10 +4,7 @@
 //! namespace entry ending in `*` is a prefix. `classes` limits the gate to those classes (all
 //! classes when absent). Sources and runtime settings pass through unchanged.
 
-use kata_policy_sdk::{
-    Admission, Guest, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source, SourceDecision,
-    keep_runtime, keep_sources, settings,
-};
+use kata_policy_sdk::{Admission, Node, Pod, Policy, Request, settings};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -61,34 +58,15 @@ pub fn admit(settings: &Settings, class: &str, pod: &Pod) -> Admission {
 
 struct NamespaceGate;
 
-impl Guest for NamespaceGate {
-    fn validate_settings(settings: String) -> Result<(), String> {
-        Settings::parse(&settings).map(|_| ())
+impl Policy for NamespaceGate {
+    type Settings = Settings;
+
+    fn parse_settings(text: &str) -> Result<Settings, String> {
+        Settings::parse(text)
     }
 
-    fn select_source(
-        _settings: String,
-        _request: Request,
-        _node: Node,
-        current: Vec<Source>,
-    ) -> SourceDecision {
-        keep_sources(current)
-    }
-
-    fn mutate_runtime(
-        _settings: String,
-        _request: Request,
-        _node: Node,
-        current: RuntimeSettings,
-    ) -> RuntimeDecision {
-        keep_runtime(current)
-    }
-
-    fn admit(settings: String, request: Request, _node: Node, pod: Pod) -> Admission {
-        match Settings::parse(&settings) {
-            Ok(settings) => admit(&settings, &request.class_name, &pod),
-            Err(e) => Admission::Deny(e),
-        }
+    fn admit(settings: &Settings, request: Request, _node: Node, pod: Pod) -> Admission {
+        admit(settings, &request.class_name, &pod)
     }
 }
 

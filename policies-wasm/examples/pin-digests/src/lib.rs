@@ -6,10 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use kata_policy_sdk::{
-    Admission, Guest, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source, SourceDecision,
-    keep_runtime, reference, settings,
-};
+use kata_policy_sdk::{Node, Policy, Request, Source, SourceDecision, reference, settings};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -65,34 +62,23 @@ pub fn pin(settings: &Settings, current: Vec<Source>) -> Result<Vec<Source>, Str
 
 struct PinDigests;
 
-impl Guest for PinDigests {
-    fn validate_settings(settings: String) -> Result<(), String> {
-        Settings::parse(&settings).map(|_| ())
+impl Policy for PinDigests {
+    type Settings = Settings;
+
+    fn parse_settings(text: &str) -> Result<Settings, String> {
+        Settings::parse(text)
     }
 
     fn select_source(
-        settings: String,
+        settings: &Settings,
         _request: Request,
         _node: Node,
         current: Vec<Source>,
     ) -> SourceDecision {
-        match Settings::parse(&settings).and_then(|settings| pin(&settings, current)) {
+        match pin(settings, current) {
             Ok(sources) => SourceDecision::Pull(sources),
             Err(e) => SourceDecision::Deny(e),
         }
-    }
-
-    fn mutate_runtime(
-        _settings: String,
-        _request: Request,
-        _node: Node,
-        current: RuntimeSettings,
-    ) -> RuntimeDecision {
-        keep_runtime(current)
-    }
-
-    fn admit(_settings: String, _request: Request, _node: Node, _pod: Pod) -> Admission {
-        Admission::Allow
     }
 }
 
