@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use wasmtime::Store;
+use wasmtime::component::{ComponentExportIndex, ComponentNamedList, Lift, Lower, TypedFunc};
 
 use crate::config::FailurePolicy;
 
 use super::bindings::{
-    Admission, Node, Pod, Policy, PolicyPre, RuntimeDecision, RuntimeSettings, Source,
-    SourceDecision, wit,
+    Admission, Node, Pod, PolicyPre, RuntimeDecision, RuntimeSettings, Source, SourceDecision, wit,
 };
 use super::cache::hex_sha256;
 use super::engine::PolicyEngine;
@@ -28,6 +28,35 @@ pub struct LoadedPolicy {
     failure_policy: FailurePolicy,
     engine: PolicyEngine,
     pre: PolicyPre<StoreState>,
+    exports: Exports,
+}
+
+/// The world's exports, found once at load. The generated `PolicyPre::instantiate` looks up
+/// and type-checks all four on every instantiation, a tenth of a decision's cost; a call needs
+/// one, and its type was checked when `PolicyPre::new` accepted the component.
+#[derive(Debug)]
+struct Exports {
+    validate_settings: ComponentExportIndex,
+    select_source: ComponentExportIndex,
+    mutate_runtime: ComponentExportIndex,
+    admit: ComponentExportIndex,
+}
+
+impl Exports {
+    fn find(pre: &PolicyPre<StoreState>) -> Result<Self, String> {
+        let component = pre.instance_pre().component();
+        let find = |name: &str| {
+            component
+                .get_export_index(None, name)
+                .ok_or_else(|| format!("no export named {name}"))
+        };
+        Ok(Self {
+            validate_settings: find("validate-settings")?,
+            select_source: find("select-source")?,
+            mutate_runtime: find("mutate-runtime")?,
+            admit: find("admit")?,
+        })
+    }
 }
 
 impl std::fmt::Debug for LoadedPolicy {
@@ -85,7 +114,13 @@ impl LoadedPolicy {
                 file: file.to_owned(),
                 reason,
             })?;
+        let exports = Exports::find(&pre).map_err(|reason| PolicyError::WrongWorld {
+            policy: name.to_owned(),
+            file: file.to_owned(),
+            reason,
+        })?;
         let policy = Self {
+            exports,
             name: name.to_owned(),
             file: file.to_owned(),
             digest: format!("sha256:{sha256_hex}"),
@@ -98,12 +133,14 @@ impl LoadedPolicy {
             policy: name.to_owned(),
             reason,
         };
-        let validated = policy.call(&mut DecisionStore::for_load(), |p, store| {
-            p.call_validate_settings(store, &policy.settings)
-        });
+        let validated = policy.call::<(&str,), (Result<(), String>,)>(
+            &mut DecisionStore::for_load(),
+            &policy.exports.validate_settings,
+            (&policy.settings,),
+        );
         match validated {
-            Ok(Ok(())) => Ok(policy),
-            Ok(Err(reason)) => Err(settings_error(bounded(reason))),
+            Ok((Ok(()),)) => Ok(policy),
+            Ok((Err(reason),)) => Err(settings_error(bounded(reason))),
             Err(failure) => Err(settings_error(failure.to_string())),
         }
     }
@@ -131,9 +168,12 @@ impl LoadedPolicy {
         node: &Node,
         current: &[Source],
     ) -> Result<SourceDecision, PolicyFailure> {
-        self.call(store, |p, store| {
-            p.call_select_source(store, &self.settings, request, node, current)
-        })
+        self.call::<(&str, &wit::Request, &Node, &[Source]), (SourceDecision,)>(
+            store,
+            &self.exports.select_source,
+            (&self.settings, request, node, current),
+        )
+        .map(|(answer,)| answer)
     }
 
     pub(crate) fn mutate_runtime(
@@ -143,9 +183,12 @@ impl LoadedPolicy {
         node: &Node,
         current: &RuntimeSettings,
     ) -> Result<RuntimeDecision, PolicyFailure> {
-        self.call(store, |p, store| {
-            p.call_mutate_runtime(store, &self.settings, request, node, current)
-        })
+        self.call::<(&str, &wit::Request, &Node, &RuntimeSettings), (RuntimeDecision,)>(
+            store,
+            &self.exports.mutate_runtime,
+            (&self.settings, request, node, current),
+        )
+        .map(|(answer,)| answer)
     }
 
     pub(crate) fn admit(
@@ -155,25 +198,42 @@ impl LoadedPolicy {
         node: &Node,
         pod: &Pod,
     ) -> Result<Admission, PolicyFailure> {
-        self.call(store, |p, store| {
-            p.call_admit(store, &self.settings, request, node, pod)
-        })
+        self.call::<(&str, &wit::Request, &Node, &Pod), (Admission,)>(
+            store,
+            &self.exports.admit,
+            (&self.settings, request, node, pod),
+        )
+        .map(|(answer,)| answer)
     }
 
     /// Instantiates afresh in the decision's store and makes one call. The instance and its
     /// memory are this call's alone; the store drops them at the end of the decision and the
     /// pool resets the slots, so nothing carries over to the next call or decision.
-    fn call<R>(
+    fn call<P, R>(
         &self,
         decision: &mut DecisionStore,
-        f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
-    ) -> Result<R, PolicyFailure> {
+        export: &ComponentExportIndex,
+        params: P,
+    ) -> Result<R, PolicyFailure>
+    where
+        P: ComponentNamedList + Lower,
+        R: ComponentNamedList + Lift,
+    {
         let deadline = self.engine.deadline_of(decision.at_load());
         let store = decision.for_call(&self.engine);
         let result = self
             .pre
+            .instance_pre()
             .instantiate(&mut *store)
-            .and_then(|policy| f(&policy, &mut *store));
+            .and_then(|instance| {
+                let func = instance
+                    .get_func(&mut *store, export)
+                    .ok_or_else(|| wasmtime::format_err!("the policy lost an export"))?;
+                // SAFETY: `PolicyPre::new` checked at load that each export of the world has
+                // exactly the type the caller names here (the bindings' own signatures).
+                let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
+                typed.call(&mut *store, params)
+            });
         match result {
             Ok(answer) => Ok(answer),
             Err(error) => {
