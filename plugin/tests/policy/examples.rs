@@ -295,3 +295,64 @@ fn the_guard_denies_sources_outside_the_allowed_registries() {
         other => panic!("expected deny, got {other:?}"),
     }
 }
+
+/// Settings of `pin_digests` with `count` pins, `nvcr.io/kata:<i>` each.
+fn many_pins(count: usize) -> serde_json::Value {
+    let pins: serde_json::Map<String, serde_json::Value> = (0..count)
+        .map(|i| (format!("nvcr.io/kata:{i}"), json!(DIGEST)))
+        .collect();
+    json!({ "pins": pins })
+}
+
+// The examples are no_std components with the SDK's bump allocator: these take it past the
+// heap room of the initial memory, through `memory.grow`, and into the memory cap.
+#[test]
+fn a_no_std_policy_grows_its_heap_past_the_initial_memory() {
+    let engine = engine();
+    // About 350 KB of settings: the settings string alone is more than the initial heap room.
+    let pin = load(&engine, "pin_digests", many_pins(3000));
+    let chain = Chain::new(vec![pin], guard());
+    for _ in 0..2 {
+        let decision = chain.select_source(&request("kata", "nvcr.io/kata:2999"), &node(&[]));
+        assert_eq!(
+            pulled(&decision.outcome),
+            [("nvcr.io/kata:2999".to_owned(), Some(DIGEST.to_owned()))]
+        );
+    }
+}
+
+#[test]
+fn a_no_std_policy_that_outgrows_the_memory_cap_is_refused_cleanly() {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let small =
+        kata_nri_manager::policy::PolicyEngine::new(kata_nri_manager::policy::EngineOptions {
+            limits: kata_nri_manager::config::PolicyLimits {
+                memory: kata_nri_manager::config::ByteSize::mebibytes(2),
+                ..crate::support::limits()
+            },
+            cache_dir: Some(cache.path().to_owned()),
+        })
+        .expect("engine");
+    // About 3.5 MB of settings in a memory capped at 2 MiB.
+    let err = kata_nri_manager::policy::LoadedPolicy::load(
+        &small,
+        "pin_digests",
+        &crate::support::component("pin_digests"),
+        Some(&many_pins(30_000)),
+        Default::default(),
+    )
+    .expect_err("over the cap");
+    assert_eq!(
+        err.to_string(),
+        "policy pin_digests: settings refused: policy pin_digests hit its memory cap of 2Mi \
+         (policies.settings.pin_digests in the config)"
+    );
+    // The same engine still serves a policy that fits.
+    let fits = load(&small, "pin_digests", many_pins(10));
+    let chain = Chain::new(vec![fits], guard());
+    let decision = chain.select_source(&request("kata", "nvcr.io/kata:3"), &node(&[]));
+    assert_eq!(
+        pulled(&decision.outcome),
+        [("nvcr.io/kata:3".to_owned(), Some(DIGEST.to_owned()))]
+    );
+}

@@ -19,11 +19,22 @@
 //! already a component of the `policy` world (`../wit/policy.wit`, the contract). Keep the
 //! decision logic in plain functions over these types so it can be unit-tested on the host.
 
+#![no_std]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
 // The bindings name this crate by its path, as the policy crates see it.
 extern crate self as kata_policy_sdk;
 
 mod policy;
 pub mod reference;
+#[doc(hidden)]
+pub mod runtime;
 pub mod settings;
 
 pub use policy::Policy;

@@ -4,6 +4,9 @@
 //! Implementing [`Policy`] implements the generated [`Guest`] trait, so [`export!`](crate::export)
 //! takes the type as it is. A policy that needs the raw calls implements [`Guest`] itself instead.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::{
     Admission, Guest, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source, SourceDecision,
     keep_runtime, keep_sources,
@@ -86,6 +89,8 @@ impl<P: Policy> Guest for P {
 mod tests {
     use super::*;
     use crate::{Label, Trigger};
+    use std::prelude::rust_2024::*;
+    use std::{format, vec};
 
     /// Overrides `admit` only; its settings are a namespace.
     struct OnlyIn;

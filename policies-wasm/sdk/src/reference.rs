@@ -1,6 +1,10 @@
 //! Small, allocation-light views of OCI references (`host[:port]/path[:tag][@digest]`). The host
 //! parses every returned reference strictly; these helpers only need to find the parts.
 
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+
 /// The registry host a reference names, by docker's rule: the first component is a host only
 /// if it has a `.` or a `:`, or is `localhost`; otherwise the reference is on `docker.io`.
 pub fn registry(reference: &str) -> &str {
@@ -59,6 +63,7 @@ pub fn with_tag(reference: &str, tag: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::prelude::rust_2024::*;
 
     #[test]
     fn finds_the_registry_like_docker() {

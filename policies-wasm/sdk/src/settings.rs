@@ -1,5 +1,8 @@
 //! Reading a policy's settings: the JSON text of its `policies.settings` entry.
 
+use alloc::format;
+use alloc::string::String;
+
 use serde::de::DeserializeOwned;
 
 /// Parses `settings` into `T`, with a message an operator can act on. Use
@@ -11,6 +14,7 @@ pub fn parse<T: DeserializeOwned>(settings: &str) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::prelude::rust_2024::*;
 
     #[derive(Debug, serde::Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]

@@ -14,7 +14,15 @@
 //! no variant skips the class too. With `coldPlugVfio`, `mutate-runtime` asks kata to cold-plug
 //! the GPUs on root ports (one per GPU). Classes not in `gpuClasses` pass through unchanged.
 
-use std::collections::BTreeMap;
+#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use alloc::collections::BTreeMap;
 
 use kata_policy_sdk::{
     Gpu, KataSetting, Node, Policy, Request, RuntimeDecision, RuntimeSettings, Source,
@@ -156,6 +164,7 @@ impl Policy for GpuVariant {
     }
 }
 
+kata_policy_sdk::no_std_runtime!();
 kata_policy_sdk::export!(GpuVariant);
 
 #[cfg(test)]

@@ -8,7 +8,14 @@
 //! `agentDialTimeoutSecs`: the host's allowlist, whose bounds it checks again. An unknown key is
 //! an error when the settings are validated, so a typo never passes silently.
 
-use std::collections::BTreeMap;
+#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use alloc::collections::BTreeMap;
 
 use kata_policy_sdk::{
     KataSetting, Node, Policy, Request, RuntimeDecision, RuntimeSettings, settings,
@@ -82,10 +89,10 @@ pub fn with_settings(
         return current;
     };
     for setting in values.kata_settings() {
-        let key = std::mem::discriminant(&setting);
+        let key = core::mem::discriminant(&setting);
         current
             .kata_config
-            .retain(|existing| std::mem::discriminant(existing) != key);
+            .retain(|existing| core::mem::discriminant(existing) != key);
         current.kata_config.push(setting);
     }
     current
@@ -110,6 +117,7 @@ impl Policy for KataSettings {
     }
 }
 
+kata_policy_sdk::no_std_runtime!();
 kata_policy_sdk::export!(KataSettings);
 
 #[cfg(test)]

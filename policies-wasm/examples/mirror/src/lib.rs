@@ -5,6 +5,14 @@
 //! rest of the reference and its digest. With `fallback: true` the upstream source stays in the
 //! list after the mirror, so a pull falls back to it when the mirror fails.
 
+#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use kata_policy_sdk::{Node, Policy, Request, Source, SourceDecision, reference, settings};
 use serde::Deserialize;
 
@@ -70,6 +78,7 @@ impl Policy for Mirror {
     }
 }
 
+kata_policy_sdk::no_std_runtime!();
 kata_policy_sdk::export!(Mirror);
 
 #[cfg(test)]

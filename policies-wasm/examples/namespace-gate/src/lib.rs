@@ -4,6 +4,14 @@
 //! namespace entry ending in `*` is a prefix. `classes` limits the gate to those classes (all
 //! classes when absent). Sources and runtime settings pass through unchanged.
 
+#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use kata_policy_sdk::{Admission, Node, Pod, Policy, Request, settings};
 use serde::Deserialize;
 
@@ -70,6 +78,7 @@ impl Policy for NamespaceGate {
     }
 }
 
+kata_policy_sdk::no_std_runtime!();
 kata_policy_sdk::export!(NamespaceGate);
 
 #[cfg(test)]

@@ -4,7 +4,15 @@
 //! source whose reference is a key of `pins` gets that digest; a source that already carries a
 //! digest is kept as it is. With `denyUnpinned`, a source left without a digest is a denial.
 
-use std::collections::BTreeMap;
+#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use alloc::collections::BTreeMap;
 
 use kata_policy_sdk::{Node, Policy, Request, Source, SourceDecision, reference, settings};
 use serde::Deserialize;
@@ -82,6 +90,7 @@ impl Policy for PinDigests {
     }
 }
 
+kata_policy_sdk::no_std_runtime!();
 kata_policy_sdk::export!(PinDigests);
 
 #[cfg(test)]
