@@ -35,7 +35,7 @@ impl From<&NodeFacts> for Node {
         Node {
             arch: node.arch.clone(),
             kernel: node.kernel.clone(),
-            cpu_flags: node.cpu_flags.clone(),
+            cpu_flags: node.cpu_flags.join(" "),
             has_kvm: node.has_kvm,
             gpus: node
                 .gpus

@@ -32,7 +32,7 @@ pub enum PolicyError {
         reason: String,
     },
     /// A component, but not of the `kata-nri-manager:policy` world (or it imports more than WASI).
-    #[error("policy {policy}: {} does not implement the kata-nri-manager:policy@0.1.0 world: {reason}", file.display())]
+    #[error("policy {policy}: {} does not implement the kata-nri-manager:policy@0.2.0 world: {reason}", file.display())]
     WrongWorld {
         policy: String,
         file: PathBuf,

@@ -145,7 +145,7 @@ fn a_component_of_another_world_is_refused() {
     assert!(matches!(err, PolicyError::WrongWorld { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("does not implement the kata-nri-manager:policy@0.1.0 world"),
+            .contains("does not implement the kata-nri-manager:policy@0.2.0 world"),
         "{err}"
     );
 }

@@ -78,6 +78,16 @@ impl Node {
         self.gpus.iter().any(|gpu| gpu.vendor_id == vendor_id)
     }
 
+    /// The node's CPU feature flags (`vmx`, `avx2`, …).
+    pub fn cpu_flags(&self) -> impl Iterator<Item = &str> {
+        self.cpu_flags.split_ascii_whitespace()
+    }
+
+    /// Whether the node's CPU has feature `flag` (`vmx`, `svm`, `avx512f`, …).
+    pub fn has_cpu_flag(&self, flag: &str) -> bool {
+        self.cpu_flags().any(|f| f == flag)
+    }
+
     /// The value of a node label, when labels are known and it is set.
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels
@@ -116,4 +126,28 @@ pub fn keep_sources(current: Vec<Source>) -> SourceDecision {
 /// The answer of a policy that keeps the runtime settings it was given.
 pub fn keep_runtime(current: RuntimeSettings) -> RuntimeDecision {
     RuntimeDecision::Settings(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::prelude::rust_2024::*;
+    use std::vec;
+
+    #[test]
+    fn cpu_flags_are_looked_up_whole() {
+        let node = Node {
+            arch: "x86_64".into(),
+            kernel: "6.1".into(),
+            cpu_flags: "fpu vmx avx512f".into(),
+            has_kvm: true,
+            gpus: vec![],
+            labels: None,
+        };
+        assert!(node.has_cpu_flag("vmx"));
+        assert!(node.has_cpu_flag("avx512f"));
+        assert!(!node.has_cpu_flag("avx512"), "a prefix is not a flag");
+        assert!(!node.has_cpu_flag("svm"));
+        assert_eq!(node.cpu_flags().count(), 3);
+    }
 }

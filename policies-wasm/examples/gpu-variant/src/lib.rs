@@ -175,7 +175,7 @@ mod tests {
         Node {
             arch: "x86_64".into(),
             kernel: "6.1.0".into(),
-            cpu_flags: vec![],
+            cpu_flags: String::new(),
             has_kvm: true,
             gpus: gpus
                 .iter()
