@@ -179,7 +179,11 @@ fn table(dir: &Path) {
             })
             .collect()
     };
-    row("warm decision, chain of 3 (select-source)", warm(&node), "< 50 µs");
+    row(
+        "warm decision, chain of 3 (select-source)",
+        warm(&node),
+        "< 50 µs",
+    );
     // The same with this machine's CPU flags (a hundred or more on x86): every call lowers each
     // flag into the guest as a string of its own.
     let probed = NodeFacts::probe();
