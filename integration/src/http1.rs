@@ -112,11 +112,7 @@ fn serve(stream: TcpStream, handler: &impl Fn(&Request) -> Response) -> Result<(
     let request = Request {
         method,
         path: path.to_owned(),
-        query: query
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (percent_decode(k), percent_decode(v)))
-            .collect(),
+        query: self::query(query),
         authorization,
     };
     let response = handler(&request);
@@ -157,28 +153,11 @@ fn serve(stream: TcpStream, handler: &impl Fn(&Request) -> Response) -> Result<(
     Ok(())
 }
 
-/// `%3A` → `:`; `+` → space, as a form-encoded query has it.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len()
-                && bytes[i + 1].is_ascii_hexdigit()
-                && bytes[i + 2].is_ascii_hexdigit() =>
-            {
-                let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
-                out.push(hex(bytes[i + 1]) * 16 + hex(bytes[i + 2]));
-                i += 3;
-                continue;
-            }
-            b'+' => out.push(b' '),
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// A query's `key=value` pairs, percent- and `+`-decoded as a form-encoded query has them.
+fn query(text: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(text.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -188,10 +167,15 @@ mod tests {
     #[test]
     fn decodes_query_values() {
         assert_eq!(
-            percent_decode("repository%3Akata%2Fartifacts%3Apull"),
-            "repository:kata/artifacts:pull"
+            query("service=registry&scope=repository%3Akata%2Fartifacts%3Apull&a+b=%41%4a"),
+            [
+                ("service".to_owned(), "registry".to_owned()),
+                (
+                    "scope".to_owned(),
+                    "repository:kata/artifacts:pull".to_owned()
+                ),
+                ("a b".to_owned(), "AJ".to_owned()),
+            ]
         );
-        assert_eq!(percent_decode("a+b%2"), "a b%2");
-        assert_eq!(percent_decode("%41%4a"), "AJ");
     }
 }
