@@ -1065,7 +1065,7 @@ impl Inner {
         let name = class.name.clone();
         let allowed = self.settings.allowed_host_paths.clone();
         let kata_settings = kata_settings.to_vec();
-        let (rewritten, rendered) = blocking(&name.clone(), move || {
+        let (rewritten, rendered) = blocking(&name, move || {
             let files = kataconf::rewrite_all(&root, &final_dir, config_file.as_deref())?;
             // After the rewrite, so the paths checked are the ones kata will read; before the
             // commit, so a refused version never becomes current.
@@ -1246,13 +1246,15 @@ fn rendered_there(class: &RuntimeClass, wanted: &[KataSetting], state: &ClassSta
     })
 }
 
-/// Runs `work` on a blocking thread: a file lock another process holds, an fsync or a hash must
-/// not stall an async worker (the NRI hooks and the gate share them).
+/// Runs `work` on a blocking thread, in the caller's span: a file lock another process holds,
+/// an fsync or a hash must not stall an async worker (the NRI hooks and the gate share them).
 async fn blocking<T: Send + 'static>(
     class: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
+    // The caller's span (the class being ensured) stays on what the work logs.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|e| ArtifactError::Task {
             class: class.to_owned(),

@@ -228,7 +228,7 @@ impl LoadedPolicy {
             .and_then(|instance| {
                 let func = instance
                     .get_func(&mut *store, export)
-                    .ok_or_else(|| wasmtime::format_err!("the policy lost an export"))?;
+                    .ok_or_else(|| wasmtime::format_err!("the instance lacks an export found at load: rebuild the policy against this release's SDK"))?;
                 // SAFETY: `PolicyPre::new` checked at load that each export of the world has
                 // exactly the type the caller names here (the bindings' own signatures).
                 let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
