@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
@@ -42,7 +42,12 @@ pub struct Account {
     pub refused: bool,
     /// Granted whatever it asks for (the account tests push with).
     pub admin: bool,
+    /// How long its tokens are valid (`exp`, `expires_in`).
+    pub lifetime: Duration,
 }
+
+/// The lifetime of a token unless an account says otherwise: distribution's default.
+const LIFETIME: Duration = Duration::from_secs(300);
 
 impl Account {
     pub fn pulls(password: &str, repositories: &[&str]) -> Self {
@@ -51,6 +56,7 @@ impl Account {
             pull: repositories.iter().map(|r| (*r).to_owned()).collect(),
             refused: false,
             admin: false,
+            lifetime: LIFETIME,
         }
     }
 
@@ -60,6 +66,7 @@ impl Account {
             pull: vec![],
             refused: true,
             admin: false,
+            lifetime: LIFETIME,
         }
     }
 
@@ -69,7 +76,13 @@ impl Account {
             pull: vec![],
             refused: false,
             admin: true,
+            lifetime: LIFETIME,
         }
+    }
+
+    /// Its tokens expire `lifetime` after they are issued (a pull that outlasts one).
+    pub fn expiring_after(self, lifetime: Duration) -> Self {
+        Self { lifetime, ..self }
     }
 }
 
@@ -228,7 +241,12 @@ struct Signer {
 
 impl Signer {
     /// A JWT as distribution's `token.Token` reads it.
-    fn token(&self, user: &str, access: &[(String, Vec<&str>)]) -> Result<String> {
+    fn token(
+        &self,
+        user: &str,
+        access: &[(String, Vec<&str>)],
+        lifetime: Duration,
+    ) -> Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [self.x5c]});
         let access: Vec<_> = access
@@ -241,7 +259,7 @@ impl Signer {
             "iss": ISSUER,
             "sub": user,
             "aud": SERVICE,
-            "exp": now + 300,
+            "exp": now + lifetime.as_secs(),
             "nbf": now - 10,
             "iat": now,
             "jti": format!("{now}-{}", self.issued.fetch_add(1, Ordering::Relaxed)),
@@ -290,9 +308,9 @@ fn answer(request: &Request, shared: &Mutex<Shared>, signer: &Signer) -> Result<
         ("/token", None) => {
             // Anonymous: a token, but one that grants nothing (as Docker Hub does for a
             // private repository).
-            let token = signer.token("", &[])?;
+            let token = signer.token("", &[], LIFETIME)?;
             shared.issued.push(token.clone());
-            (200, token_body(&token))
+            (200, token_body(&token, LIFETIME))
         }
         ("/token", Some((user, password, Some(account)))) if *password == account.password => {
             if account.refused {
@@ -316,9 +334,9 @@ fn answer(request: &Request, shared: &Mutex<Shared>, signer: &Signer) -> Result<
                         (name.to_owned(), granted)
                     })
                     .collect();
-                let token = signer.token(user, &access)?;
+                let token = signer.token(user, &access, account.lifetime)?;
                 shared.issued.push(token.clone());
-                (200, token_body(&token))
+                (200, token_body(&token, account.lifetime))
             }
         }
         ("/token", Some(_)) => (
@@ -338,8 +356,8 @@ fn answer(request: &Request, shared: &Mutex<Shared>, signer: &Signer) -> Result<
     Ok(Response::json(status, &body))
 }
 
-fn token_body(token: &str) -> serde_json::Value {
-    serde_json::json!({"token": token, "access_token": token, "expires_in": 300})
+fn token_body(token: &str, lifetime: Duration) -> serde_json::Value {
+    serde_json::json!({"token": token, "access_token": token, "expires_in": lifetime.as_secs()})
 }
 
 fn error_body(code: &str, message: &str) -> serde_json::Value {

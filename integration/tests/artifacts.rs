@@ -1343,11 +1343,15 @@ async fn pulls_with_a_token_and_says_who_refused_what() {
     assert_eq!(installed.digest, digest);
     assert_installed(&node, "kata-qemu", &digest, &files);
     let asked = service.requests();
+    let exchanges: Vec<_> = asked
+        .iter()
+        .filter(|r| r.user.as_deref() == Some("puller"))
+        .collect();
+    // Once per pull: the blobs go through oci-client, which is handed the same token.
     assert!(
-        asked.iter().any(|r| r.user.as_deref() == Some("puller")
-            && r.scopes == ["repository:kata/artifacts:pull"]
+        matches!(exchanges.as_slice(), [r] if r.scopes == ["repository:kata/artifacts:pull"]
             && r.status == 200),
-        "the token was asked for with the pull secret and the pull scope only: {asked:?}"
+        "one token request, with the pull secret and the pull scope only: {asked:?}"
     );
     fs::remove_dir_all(node.artifacts()).expect("clean artifactsDir");
 
@@ -1419,6 +1423,66 @@ async fn pulls_with_a_token_and_says_who_refused_what() {
         service.requests().len(),
         before,
         "nothing sent to the realm"
+    );
+}
+
+/// The token we were issued for the manifest is handed to oci-client for the blobs; when it
+/// expires in the middle of a pull, oci-client exchanges the pull secret again rather than
+/// presenting the stale token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_during_a_pull_is_exchanged_again() {
+    let deps = e2e_guard!();
+    let lifetime = Duration::from_secs(2);
+    let service = TokenService::start(BTreeMap::from([
+        ("pusher".to_owned(), Account::admin(PUSHER_PASSWORD)),
+        (
+            "brief".to_owned(),
+            Account::pulls(TOKEN_PASSWORD, &["kata/artifacts"]).expiring_after(lifetime),
+        ),
+    ]))
+    .expect("token service");
+    let registry = token_registry(&deps, &service);
+    let files = three_files(110, 1 << 20);
+    let digest = push_three(&registry, "kata/artifacts:1", &files);
+    let proxy = CutProxy::start(([127, 0, 0, 1], registry.port()).into())
+        .await
+        .expect("proxy");
+    let node = Node::new();
+    node.secret("brief", &proxy.host(), "brief", TOKEN_PASSWORD);
+    // One layer at a time, so the layers after the stalled one are asked for after the token
+    // has expired.
+    let store = ArtifactStore::new(StoreSettings {
+        parallel_layers: 1,
+        ..node.settings(&[proxy.host()], None)
+    });
+    proxy.hold_after(256 << 10);
+    let class = with_secret(
+        class("kata-qemu", &format!("{}/kata/artifacts:1", proxy.host())),
+        "brief",
+    );
+    let pull = tokio::spawn({
+        let store = store.clone();
+        async move { store.ensure(&class).await }
+    });
+    eventually("a layer held mid-transfer", || proxy.held() > 0).await;
+    // `exp` is in whole seconds: one more makes sure the token has expired.
+    tokio::time::sleep(lifetime + Duration::from_secs(1)).await;
+    proxy.release();
+    let installed = pull
+        .await
+        .expect("task")
+        .expect("pull after the token expired");
+    assert_eq!(installed.digest, digest);
+    assert_installed(&node, "kata-qemu", &digest, &files);
+    let exchanges = service
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some("brief") && r.status == 200)
+        .count();
+    assert!(
+        exchanges >= 2,
+        "the pull secret was exchanged again after the first token expired: {:?}",
+        service.requests()
     );
 }
 

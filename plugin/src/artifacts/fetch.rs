@@ -10,12 +10,15 @@
 //! and password to the token service (the realm) and presents the token it issues; `Basic`
 //! sends them to the registry. Doing the exchange here lets errors say who refused and how
 //! (oci-client drops a failed token request and reports the registry's plain 401 instead).
-//! Blobs are still fetched by oci-client, which authenticates on its own with the same
-//! credentials.
+//! Blobs are still fetched by oci-client. It is handed the token we were issued, so a pull asks
+//! the token service once; it keeps the pull secret as well and exchanges it again only when
+//! that token expires (a long pull).
 
 use base64::Engine;
 use oci_client::Reference;
+use oci_client::RegistryOperation;
 use oci_client::errors::{OciDistributionError, OciEnvelope};
+use oci_client::secrets::RegistryAuth;
 use reqwest::StatusCode;
 use sha2::Digest as _;
 
@@ -146,6 +149,18 @@ async fn authorize(
             )
             .await?;
             registry.set_authorization(Secret::new(format!("Bearer {}", token.expose())));
+            // With a bearer token oci-client makes no request: it caches the token for this
+            // repository until the token's `exp`. The registry's stored credentials (the pull
+            // secret, set before the manifest request) are what it falls back on after that.
+            registry
+                .client
+                .auth(
+                    reference,
+                    &RegistryAuth::Bearer(token.expose().to_owned()),
+                    RegistryOperation::Pull,
+                )
+                .await
+                .map_err(|e| registry.context.failure(e))?;
             Ok(())
         }
         ("basic", Credentials::Basic { username, password }) => {
