@@ -339,11 +339,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// The operations endpoint's address, from the daemon's log.
+    /// The operations endpoint's address, from the daemon's log (its latest run's, after a
+    /// restart in place).
     pub fn address(&self) -> Result<String> {
         self.process
             .events_with_message("operations endpoint listening (/metrics, /healthz, /readyz)")
-            .first()
+            .last()
             .and_then(|e| e["address"].as_str().map(str::to_owned))
             .context("the daemon did not log its operations address")
     }

@@ -131,6 +131,11 @@ impl PluginProcess {
         })
     }
 
+    /// The operator config file the daemon was started with (rewrite it to change the config).
+    pub fn config_file(&self) -> PathBuf {
+        self._dir.path().join("config.yaml")
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }

@@ -445,3 +445,89 @@ async fn an_interval_update_policy_takes_a_moved_tag_without_a_restart() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     cri.remove_all_pods().await.unwrap();
 }
+
+/// A changed config file is applied while the daemon runs: it replaces itself (same PID, as
+/// kubelet and systemd see it) and the new run syncs containerd with the changed stanza and
+/// sweeps what interrupted pulls left. A broken file before that changes nothing and is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing() {
+    let Some(deps) = require_e2e() else {
+        return;
+    };
+    let mut node = KataNode::start(deps, Version::V2_1).await.unwrap();
+    let operator = node.operator_config(&node.registry.host(), "onDemand", "");
+    let node_config = node.node_config(None);
+    let d = daemon(&mut node, &operator, &node_config).await;
+    let pid = d.process.pid();
+    let write = |text: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let file = d.process.config_file();
+        std::fs::write(&file, text).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let stanza_privileged = |node: &KataNode| {
+        std::fs::read_to_string(&node.cd.layout().config)
+            .unwrap()
+            .contains("privileged_without_host_devices = true")
+    };
+    assert!(!stanza_privileged(&node));
+
+    write("runtimeClasses: [{name: kata-test, artifacts: {url: ]\n");
+    d.process
+        .wait_for_events(1, node::WAIT, |e| {
+            e["message"]
+                == "config change rejected: still running the config the daemon started with"
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        d.metric("kata_nri_manager_config_rejected").await.unwrap(),
+        1.0
+    );
+    assert_eq!(
+        d.process.events_with_message("daemon started").len(),
+        1,
+        "a broken config restarted the daemon\n{}",
+        d.process.log()
+    );
+
+    // What a pull cut short by a kill leaves behind; the new run removes it.
+    let leftover = node.artifacts().join(".staging").join("kata-test-leftover");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("blob"), b"partial").unwrap();
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2 minutes ago"])
+        .arg(&leftover)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+
+    let requested = node.restarts_requested();
+    write(&operator.replace(
+        "privilegedWithoutHostDevices: false",
+        "privilegedWithoutHostDevices: true",
+    ));
+    // The new run writes the stanza and asks for a containerd restart, which this node's
+    // restart command leaves to the test.
+    d.wait_until("the new run asked for a containerd restart", async || {
+        node.restarts_requested() > requested
+    })
+    .await
+    .unwrap();
+    node.cd.restart().await.unwrap();
+    d.wait_until("the new run started", async || {
+        d.process.events_with_message("daemon started").len() == 2
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.process.pid(), pid, "restarted in place, not respawned");
+    assert!(!leftover.exists(), "{}", d.process.log());
+    assert!(stanza_privileged(&node), "{}", d.process.log());
+    let changed = d.process.events_with_message("config changed");
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0]["changed"], "[\"runtimeClasses\"]");
+    assert_eq!(
+        d.metric("kata_nri_manager_config_rejected").await.unwrap(),
+        0.0
+    );
+}

@@ -27,6 +27,7 @@ mod progress;
 mod registry;
 mod secret;
 mod skew;
+mod staging;
 mod state;
 mod store;
 mod unpack;

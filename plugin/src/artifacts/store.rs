@@ -26,6 +26,7 @@ use super::paths;
 use super::progress::{NoProgress, PullObserver};
 use super::registry::{Registry, RetryPolicy};
 use super::skew::{self, KATA_VERSION_ANNOTATION, Skew};
+use super::staging::{self, Staging};
 use super::state::{self, ClassState, FileRecord};
 use super::unpack;
 use super::versions::{self, RollbackRefused, SandboxAge};
@@ -158,9 +159,19 @@ impl std::fmt::Debug for ArtifactStore {
     }
 }
 
+/// A staging directory younger than this may belong to a pull that has not locked it yet.
+const STAGING_MIN_AGE: Duration = Duration::from_secs(60);
+
 impl ArtifactStore {
     pub fn new(settings: StoreSettings) -> Self {
         Self::with_observer(settings, Arc::new(NoProgress))
+    }
+
+    /// Removes the staging directories that interrupted pulls left behind (a killed process, a
+    /// daemon that restarted itself in place); a pull in progress, in this process or another,
+    /// keeps its own. Returns what was removed.
+    pub fn sweep_staging(&self) -> io::Result<Vec<PathBuf>> {
+        staging::sweep(&self.inner.settings.artifacts_dir, STAGING_MIN_AGE)
     }
 
     /// A store that reports layer progress to `observer` (the CLI's progress bars).
@@ -440,7 +451,7 @@ impl ArtifactStore {
             async move {
                 let result = inner.ensure(&class, freshness).await.map_err(Arc::new);
                 // Leave no empty `.staging` behind (it fails harmlessly while another pull uses it).
-                let _ = fs::remove_dir(inner.settings.artifacts_dir.join(".staging"));
+                let _ = fs::remove_dir(staging::parent(&inner.settings.artifacts_dir));
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "artifacts not installed");
                 }
@@ -938,28 +949,14 @@ impl Inner {
     }
 
     /// `<artifactsDir>/.staging/<class>-<random>`, on the same filesystem as the store so the
-    /// install is a rename. Removed when dropped, whatever happened.
-    fn staging_dir(&self, class: &str) -> Result<tempfile::TempDir> {
+    /// install is a rename. Removed when dropped, whatever happened (see `staging.rs` for a
+    /// process that does not live to drop it).
+    fn staging_dir(&self, class: &str) -> Result<Staging> {
         let dir = &self.settings.artifacts_dir;
-        let parent = dir.join(".staging");
-        let make = || -> io::Result<tempfile::TempDir> {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)?;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&parent)?;
-            tempfile::Builder::new()
-                .prefix(&format!("{class}-"))
-                .tempdir_in(&parent)
-        };
-        // Another pull may remove the (empty) parent between our create and tempdir: once more.
-        make().or_else(|_| make()).map_err(self.io(
+        Staging::create(dir, class).map_err(self.io(
             class,
             "creating a staging directory in",
-            &parent,
+            &staging::parent(dir),
         ))
     }
 

@@ -3,11 +3,12 @@
 //! Start-up order matters: the policies decide what this node serves, the gate and its state
 //! files are put in place, containerd's config gets every stanza in one edit and one restart
 //! (before the gate socket listens, so no gate can be waiting while containerd restarts),
-//! then the gate socket, the operations endpoint, the eager classes, GC, and NRI.
+//! then the gate socket, the operations endpoint, the eager classes, GC, and NRI. A changed
+//! config restarts the daemon in place (`reload.rs`).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,6 +18,7 @@ use tracing::{error, info, warn};
 use super::RunArgs;
 use super::configure::{self, Applied, NodeArgs};
 use super::logging::{self, LogFormat};
+use super::reload::{self, ConfigFiles};
 use crate::artifacts::{ArtifactStore, StoreSettings};
 use crate::config::{Config, Provision};
 use crate::containerd::RuntimeStanza;
@@ -47,6 +49,12 @@ const SYNC_RETRY: Duration = Duration::from_secs(30);
 pub async fn external(args: RunArgs) -> Result<()> {
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
+    let files = ConfigFiles {
+        operator: args.config.clone(),
+        node: args.node_config.clone(),
+    };
+    // What a changed file is compared with: the config as loaded, before the overrides below.
+    let as_loaded = loaded.config.clone();
     let mut config = loaded.config;
     let format = args.log_format.unwrap_or(match config.log.format {
         crate::config::LogFormat::Text => LogFormat::Text,
@@ -78,6 +86,19 @@ pub async fn external(args: RunArgs) -> Result<()> {
         signal = shutdown_signal() => {
             // SIGTERM never uninstalls: rolling updates send it.
             info!(signal, "stopping");
+        }
+        _ = reload::changed(&files, &as_loaded, &daemon.metrics, WATCH_INTERVAL) => {
+            let reconciler = daemon.reconciler.clone();
+            let error = reload::restart_in_place(
+                daemon.containerd_sync.clone(),
+                move || reconciler.waiting_gates(),
+                daemon.gate_timeout,
+            )
+            .await;
+            // Exiting instead: the supervisor (kubelet, systemd) starts us with the new config.
+            return Err(anyhow::Error::new(error).context(
+                "cannot restart in place to apply the new config; exiting",
+            ));
         }
     }
     Ok(())
@@ -182,6 +203,12 @@ fn launched_config(plugin: &str, conf: &str) -> Result<Option<Config>> {
 /// The running daemon's parts that outlive start-up.
 struct Daemon {
     triggers: Arc<NriTriggers>,
+    metrics: Arc<Metrics>,
+    /// Held while containerd is configured and restarted.
+    containerd_sync: Arc<Mutex<()>>,
+    reconciler: Arc<Reconciler>,
+    /// `gate.timeout`: how long a gate may be waiting on us.
+    gate_timeout: Duration,
 }
 
 impl Daemon {
@@ -231,6 +258,17 @@ impl Daemon {
         let node_facts = Arc::new(tokio::task::spawn_blocking(NodeFacts::probe).await?);
 
         let store = ArtifactStore::new(StoreSettings::from_config(&config));
+        let sweeping = store.clone();
+        match tokio::task::spawn_blocking(move || sweeping.sweep_staging()).await? {
+            Ok(removed) => {
+                for dir in removed {
+                    info!(dir = %dir.display(), "removed what an interrupted pull left behind");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, dir = %config.artifacts_dir.display(), "cannot sweep interrupted pulls' staging directories")
+            }
+        }
         let reconciler = Reconciler::new(
             config.clone(),
             store.clone(),
@@ -260,7 +298,9 @@ impl Daemon {
         } else {
             None
         };
+        let containerd_sync = Arc::new(Mutex::new(()));
         let sync: Arc<dyn ContainerdSync> = Arc::new(CliSync {
+            busy: containerd_sync.clone(),
             config: config.clone(),
             node,
             may_restart,
@@ -318,11 +358,12 @@ impl Daemon {
             store.clone(),
             state_dir.join(STATUS_FILE),
         ));
+        let keep_reconciler = reconciler.clone();
         tokio::spawn(collect_garbage(
             reconciler,
             store,
             inventory,
-            metrics,
+            metrics.clone(),
             config.containerd.address.clone(),
             gc_grace.unwrap_or(crate::reconcile::gc::DEFAULT_GRACE),
         ));
@@ -344,12 +385,20 @@ impl Daemon {
             classes = config.runtime_classes.len(),
             on_demand, "daemon started"
         );
-        Ok(Self { triggers })
+        Ok(Self {
+            triggers,
+            metrics,
+            containerd_sync,
+            reconciler: keep_reconciler,
+            gate_timeout: config.gate.timeout.get(),
+        })
     }
 }
 
 /// containerd configured through the same code as `configure`.
 struct CliSync {
+    /// Held for each sync, so a restart in place never cuts one short.
+    busy: Arc<Mutex<()>>,
     config: Arc<Config>,
     node: NodeArgs,
     may_restart: bool,
@@ -379,6 +428,10 @@ impl CliSync {
 
 impl ContainerdSync for CliSync {
     fn sync(&self, desired: &[RuntimeStanza]) -> Result<SyncOutcome, String> {
+        let _busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let permit = || self.restart_permit();
         match configure::sync(&self.config, desired, &self.node, !self.may_restart, permit) {
             Ok(Applied::Unchanged) => Ok(SyncOutcome::Unchanged),

@@ -67,6 +67,9 @@ pub struct Metrics {
     pub gate_requests: Family<GateLabels, Counter>,
     pub class_ready: Family<ClassLabels, Gauge>,
     pub gc_removed: Family<ClassLabels, Counter>,
+    /// 1 while the config files on disk are rejected and the daemon runs the config it started
+    /// with.
+    pub config_rejected: Gauge,
 }
 
 impl Default for Metrics {
@@ -140,6 +143,12 @@ impl Metrics {
             "Artifacts of classes no longer configured, removed by garbage collection",
             gc_removed.clone(),
         );
+        let config_rejected = Gauge::default();
+        registry.register(
+            "config_rejected",
+            "1 while the config files on disk are rejected and the daemon runs the config it started with",
+            config_rejected.clone(),
+        );
         Self {
             registry,
             pulls,
@@ -153,6 +162,7 @@ impl Metrics {
             gate_requests,
             class_ready,
             gc_removed,
+            config_rejected,
         }
     }
 
