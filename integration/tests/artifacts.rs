@@ -1465,6 +1465,19 @@ async fn a_token_that_expires_during_a_pull_is_exchanged_again() {
         async move { store.ensure(&class).await }
     });
     eventually("a layer held mid-transfer", || proxy.held() > 0).await;
+    let exchanges = || {
+        service
+            .requests()
+            .into_iter()
+            .filter(|r| r.user.as_deref() == Some("brief") && r.status == 200)
+            .count()
+    };
+    assert_eq!(
+        exchanges(),
+        1,
+        "the first layer was asked for with the manifest's token: {:?}",
+        service.requests()
+    );
     // `exp` is in whole seconds: one more makes sure the token has expired.
     tokio::time::sleep(lifetime + Duration::from_secs(1)).await;
     proxy.release();
@@ -1474,13 +1487,8 @@ async fn a_token_that_expires_during_a_pull_is_exchanged_again() {
         .expect("pull after the token expired");
     assert_eq!(installed.digest, digest);
     assert_installed(&node, "kata-qemu", &digest, &files);
-    let exchanges = service
-        .requests()
-        .into_iter()
-        .filter(|r| r.user.as_deref() == Some("brief") && r.status == 200)
-        .count();
     assert!(
-        exchanges >= 2,
+        exchanges() >= 2,
         "the pull secret was exchanged again after the first token expired: {:?}",
         service.requests()
     );

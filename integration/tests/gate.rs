@@ -84,7 +84,7 @@ async fn gated_node(
     let server = tokio::spawn({
         let daemon = daemon.clone();
         async move {
-            gate::serve(&socket, Arc::new(ScriptedDaemon(daemon)))
+            gate::serve(&socket, Arc::new(ScriptedDaemon(daemon)), Arc::default())
                 .await
                 .unwrap();
         }

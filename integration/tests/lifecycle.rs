@@ -459,11 +459,14 @@ async fn a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing()
     let node_config = node.node_config(None);
     let d = daemon(&mut node, &operator, &node_config).await;
     let pid = d.process.pid();
+    // Written beside and renamed over, as kubelet swaps a ConfigMap's files.
     let write = |text: &str| {
         use std::os::unix::fs::PermissionsExt;
         let file = d.process.config_file();
-        std::fs::write(&file, text).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let next = file.with_extension("next");
+        std::fs::write(&next, text).unwrap();
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&next, &file).unwrap();
     };
     let stanza_privileged = |node: &KataNode| {
         std::fs::read_to_string(&node.cd.layout().config)
@@ -495,12 +498,6 @@ async fn a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing()
     let leftover = node.artifacts().join(".staging").join("kata-test-leftover");
     std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("blob"), b"partial").unwrap();
-    let touched = std::process::Command::new("touch")
-        .args(["-d", "2 minutes ago"])
-        .arg(&leftover)
-        .status()
-        .unwrap();
-    assert!(touched.success());
 
     let requested = node.restarts_requested();
     write(&operator.replace(

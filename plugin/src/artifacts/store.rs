@@ -159,9 +159,6 @@ impl std::fmt::Debug for ArtifactStore {
     }
 }
 
-/// A staging directory younger than this may belong to a pull that has not locked it yet.
-const STAGING_MIN_AGE: Duration = Duration::from_secs(60);
-
 impl ArtifactStore {
     pub fn new(settings: StoreSettings) -> Self {
         Self::with_observer(settings, Arc::new(NoProgress))
@@ -171,7 +168,7 @@ impl ArtifactStore {
     /// daemon that restarted itself in place); a pull in progress, in this process or another,
     /// keeps its own. Returns what was removed.
     pub fn sweep_staging(&self) -> io::Result<Vec<PathBuf>> {
-        staging::sweep(&self.inner.settings.artifacts_dir, STAGING_MIN_AGE)
+        staging::sweep(&self.inner.settings.artifacts_dir)
     }
 
     /// A store that reports layer progress to `observer` (the CLI's progress bars).

@@ -2,21 +2,29 @@
 //! reaches every node within a minute; kubelet updates a mounted ConfigMap in place).
 //!
 //! Every part of the daemon holds the config it started with, so a change is applied the way a
-//! start applies it: once the new files load and validate, the daemon lets the gates waiting on
-//! it finish (bounded by `gate.timeout`: a gate whose connection closes fails its sandbox start),
-//! waits for any containerd sync under way, then replaces itself with a fresh run of the same binary and arguments
-//! (`execve`: same PID, so kubelet and systemd see no restart). The new run reads the new files,
-//! re-plans, and syncs containerd through the restart slots like any start. Waiting for the
-//! sync matters: a configure-and-restart cut short after the file was written would look done
-//! to the next run, which would then never restart containerd.
+//! start applies it: the daemon replaces itself with a fresh run of the same binary and
+//! arguments (`execve`: same PID, so kubelet and systemd see no restart), which reads the files,
+//! re-plans, and syncs containerd through the restart slots like any start. Before that:
+//!
+//! - The files must read the same at two ticks in a row and load and validate: a file caught
+//!   half-written (an empty file is a valid config with no classes) is never acted on.
+//! - Any containerd sync under way ends first, and none begins after: a configure-and-restart cut
+//!   short after the write would look done to the next run, which would never restart containerd.
+//! - The gate connections open then are answered first (at most `gate.timeout`): a gate whose
+//!   connection closes fails its sandbox start.
+//! - The files are read once more: if they changed meanwhile, the daemon goes back to watching
+//!   rather than exec into something it has not checked.
 //!
 //! Files that fail to load change nothing: the daemon keeps running what it has, logs why, and
-//! sets `kata_nri_manager_config_rejected` until the files load again.
+//! sets `kata_nri_manager_config_rejected` until the files load again (a `chmod` or `chown`
+//! counts as a change, as the checks look at owners and modes).
 
 use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,40 +33,99 @@ use tracing::{error, info};
 use crate::config::{self, Config};
 use crate::reconcile::Metrics;
 
-/// The files `run` was started with.
+/// How often the files are read.
+pub(crate) const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the open gate connections are counted again.
+const GATE_POLL: Duration = Duration::from_millis(200);
+
+/// The files `run` was started with, and the binary to run again.
 #[derive(Debug, Clone)]
 pub(crate) struct ConfigFiles {
     pub operator: PathBuf,
     pub node: Option<PathBuf>,
+    /// Resolved at the first start: after an upgrade replaced the binary, `/proc/self/exe`
+    /// would be the deleted old one.
+    pub binary: PathBuf,
 }
 
+/// What the files held when read: contents, and what the ownership checks look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot(Vec<(Vec<u8>, u64, u32, u32, u32)>);
+
 impl ConfigFiles {
-    fn read(&self) -> std::io::Result<(Vec<u8>, Option<Vec<u8>>)> {
-        let node = match &self.node {
-            Some(path) => Some(std::fs::read(path)?),
-            None => None,
+    fn snapshot(&self) -> std::io::Result<Snapshot> {
+        let read = |path: &Path| -> std::io::Result<(Vec<u8>, u64, u32, u32, u32)> {
+            let metadata = std::fs::metadata(path)?;
+            Ok((
+                std::fs::read(path)?,
+                metadata.ino(),
+                metadata.mode(),
+                metadata.uid(),
+                metadata.gid(),
+            ))
         };
-        Ok((std::fs::read(&self.operator)?, node))
+        let mut files = vec![read(&self.operator)?];
+        if let Some(node) = &self.node {
+            files.push(read(node)?);
+        }
+        Ok(Snapshot(files))
     }
 }
 
-/// Resolves with the new config once the files hold a valid config other than `running` (as
-/// loaded at start, before any command-line override).
-pub(crate) async fn changed(
+/// What a restart in place waits for.
+pub(crate) struct Quiesce {
+    /// Held while containerd is configured and restarted.
+    pub containerd_sync: Arc<Mutex<()>>,
+    /// Gate connections not yet answered.
+    pub gate_connections: Arc<AtomicUsize>,
+    /// `gate.timeout`: how long a gate may be waiting on us.
+    pub patience: Duration,
+}
+
+/// Watches the files and applies a change by restarting in place. Returns only if the exec
+/// failed.
+pub(crate) async fn apply_changes(
+    files: &ConfigFiles,
+    running: &Config,
+    metrics: &Metrics,
+    quiesce: &Quiesce,
+) -> std::io::Error {
+    loop {
+        let checked = changed(files, running, metrics, WATCH_INTERVAL).await;
+        if let Some(error) = restart_in_place(files, &checked, quiesce).await {
+            return error;
+        }
+        info!("the config files changed again while the restart waited; checking them again");
+    }
+}
+
+/// Resolves with the files' snapshot once they hold a valid config other than `running` (as
+/// loaded at start, before any command-line override) and read the same twice in a row.
+async fn changed(
     files: &ConfigFiles,
     running: &Config,
     metrics: &Metrics,
     interval: Duration,
-) -> Config {
-    let mut seen = None;
+) -> Snapshot {
+    let mut seen: Option<Snapshot> = None;
+    let mut settled = false;
     loop {
         tokio::time::sleep(interval).await;
         // A file missing or half-swapped now is read again at the next tick.
-        let Ok(bytes) = files.read() else { continue };
-        if seen.as_ref() == Some(&bytes) {
+        let Ok(snapshot) = files.snapshot() else {
+            continue;
+        };
+        if seen.as_ref() == Some(&snapshot) {
+            if settled {
+                continue;
+            }
+        } else {
+            // Changed since the last tick: wait for it to hold still.
+            seen = Some(snapshot);
+            settled = false;
             continue;
         }
-        seen = Some(bytes);
+        settled = true;
         match config::load(&files.operator, files.node.as_deref()) {
             Err(e) => {
                 metrics.config_rejected.set(1);
@@ -77,7 +144,7 @@ pub(crate) async fn changed(
                     changed = ?changed_keys(running, &loaded.config),
                     "config changed"
                 );
-                return loaded.config;
+                return snapshot;
             }
         }
     }
@@ -101,45 +168,64 @@ pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     keys
 }
 
-/// How often the gates still waiting are counted again.
-const GATE_POLL: Duration = Duration::from_millis(200);
+/// What the blocking part of a restart in place came to.
+enum Exec {
+    /// A gate connected while the containerd sync lock was awaited: wait for it first.
+    GatesOpen,
+    /// The files no longer hold what was checked.
+    FilesChanged,
+    /// `execve` returned: it failed.
+    Failed(std::io::Error),
+}
 
-/// Waits until no gate waits (at most `patience`) and no containerd sync is under way, then
-/// replaces this process with a fresh run of the same binary and arguments. Returns only if that
-/// could not be done.
-pub(crate) async fn restart_in_place(
-    containerd_sync: Arc<Mutex<()>>,
-    waiting_gates: impl Fn() -> usize,
-    patience: Duration,
-) -> std::io::Error {
-    let deadline = Instant::now() + patience;
+/// Quiesces (see the module doc), then replaces this process with a fresh run of the same binary
+/// and arguments. `None`: the files no longer hold `checked`, nothing was done. `Some`: the
+/// exec failed.
+async fn restart_in_place(
+    files: &ConfigFiles,
+    checked: &Snapshot,
+    quiesce: &Quiesce,
+) -> Option<std::io::Error> {
+    let deadline = Instant::now() + quiesce.patience;
+    let open = || quiesce.gate_connections.load(Ordering::SeqCst);
     let mut said = false;
-    while waiting_gates() > 0 && Instant::now() < deadline {
-        if !said {
-            info!(
-                gates = waiting_gates(),
-                "restart to apply the new config waits for the gates waiting on pulls"
-            );
-            said = true;
+    loop {
+        // Waiting here, not on a blocking thread, so SIGTERM still ends the daemon meanwhile.
+        while open() > 0 && Instant::now() < deadline {
+            if !said {
+                info!(
+                    gates = open(),
+                    "the restart to apply the new config waits for the gates being answered"
+                );
+                said = true;
+            }
+            tokio::time::sleep(GATE_POLL).await;
         }
-        tokio::time::sleep(GATE_POLL).await;
-    }
-    let exec = tokio::task::spawn_blocking(move || {
-        // Held through the exec: no configure-and-restart begins once we have it.
-        let _idle = containerd_sync
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        info!("restarting in place to apply the new config");
-        let mut args = std::env::args_os();
-        let arg0 = args
-            .next()
-            .unwrap_or_else(|| OsString::from("kata-nri-manager"));
-        // /proc/self/exe: the binary this process runs, even if its path was replaced since.
-        Command::new("/proc/self/exe").arg0(arg0).args(args).exec()
-    });
-    match exec.await {
-        Ok(error) => error,
-        Err(join) => std::io::Error::other(join.to_string()),
+        let (files, checked) = (files.clone(), checked.clone());
+        let sync = Arc::clone(&quiesce.containerd_sync);
+        let gates = Arc::clone(&quiesce.gate_connections);
+        let exec = tokio::task::spawn_blocking(move || {
+            // Held through the exec: a sync under way ends first, and none begins after.
+            let _idle = sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if gates.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                return Exec::GatesOpen;
+            }
+            if files.snapshot().ok().as_ref() != Some(&checked) {
+                return Exec::FilesChanged;
+            }
+            info!("restarting in place to apply the new config");
+            let mut args = std::env::args_os();
+            let arg0 = args
+                .next()
+                .unwrap_or_else(|| OsString::from("kata-nri-manager"));
+            Exec::Failed(Command::new(&files.binary).arg0(arg0).args(args).exec())
+        });
+        match exec.await {
+            Ok(Exec::GatesOpen) => continue,
+            Ok(Exec::FilesChanged) => return None,
+            Ok(Exec::Failed(error)) => return Some(error),
+            Err(join) => return Some(std::io::Error::other(join.to_string())),
+        }
     }
 }
 
@@ -161,19 +247,27 @@ mod tests {
         assert!(changed_keys(&old, &old).is_empty());
     }
 
-    fn write_private(path: &std::path::Path, text: &str) {
+    fn write_private(path: &Path, text: &str) {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::write(path, text).expect("write");
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // Written beside and renamed over, as kubelet swaps a ConfigMap's files.
+        let next = path.with_extension("next");
+        std::fs::write(&next, text).expect("write");
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::rename(&next, path).expect("rename");
+    }
+
+    fn files(dir: &Path) -> ConfigFiles {
+        ConfigFiles {
+            operator: dir.join("config.yaml"),
+            node: None,
+            binary: PathBuf::from("/nonexistent"),
+        }
     }
 
     #[tokio::test]
     async fn a_rejected_change_is_reported_and_a_valid_one_is_returned() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let files = ConfigFiles {
-            operator: dir.path().join("config.yaml"),
-            node: None,
-        };
+        let files = files(dir.path());
         write_private(&files.operator, "listen: 127.0.0.1:9464\n");
         let running = config::load(&files.operator, None).expect("load").config;
         let metrics = Metrics::new();
@@ -197,9 +291,79 @@ mod tests {
         assert_eq!(metrics.config_rejected.get(), 1);
         // Fixed, with a real change: returned.
         write_private(&files.operator, "listen: 127.0.0.1:9465\n");
-        let new = tokio::time::timeout(Duration::from_secs(10), &mut watching)
+        tokio::time::timeout(Duration::from_secs(10), &mut watching)
             .await
             .expect("the change is seen");
-        assert_eq!(new.listen.port(), 9465);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_does_not_hold_still_is_not_acted_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = files(dir.path());
+        write_private(&files.operator, "listen: 127.0.0.1:9464\n");
+        let running = config::load(&files.operator, None).expect("load").config;
+        let metrics = Metrics::new();
+        let tick = Duration::from_millis(50);
+        let watching = changed(&files, &running, &metrics, tick);
+        tokio::pin!(watching);
+        // A different, valid config at every tick: never the same twice in a row.
+        for port in 9500..9520 {
+            write_private(&files.operator, &format!("listen: 127.0.0.1:{port}\n"));
+            tokio::select! {
+                _ = &mut watching => panic!("acted on a file that was still changing"),
+                _ = tokio::time::sleep(tick / 2) => {}
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut watching)
+            .await
+            .expect("once it holds still, the change is seen");
+    }
+
+    #[tokio::test]
+    async fn a_chmod_alone_gets_a_rejected_file_checked_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = files(dir.path());
+        write_private(&files.operator, "listen: 127.0.0.1:9464\n");
+        let running = config::load(&files.operator, None).expect("load").config;
+        let metrics = Metrics::new();
+        let tick = Duration::from_millis(20);
+        let watching = changed(&files, &running, &metrics, tick);
+        tokio::pin!(watching);
+        // Writable by others: refused for its mode, whatever it says.
+        write_private(&files.operator, "listen: 127.0.0.1:9465\n");
+        std::fs::set_permissions(&files.operator, std::fs::Permissions::from_mode(0o666))
+            .expect("chmod");
+        tokio::select! {
+            _ = &mut watching => panic!("a file others may write was accepted"),
+            _ = tokio::time::sleep(tick * 10) => {}
+        }
+        assert_eq!(metrics.config_rejected.get(), 1);
+        std::fs::set_permissions(&files.operator, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        tokio::time::timeout(Duration::from_secs(10), &mut watching)
+            .await
+            .expect("the fixed mode is seen");
+    }
+
+    #[tokio::test]
+    async fn files_changed_during_the_wait_send_it_back_to_watching() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = files(dir.path());
+        write_private(&files.operator, "listen: 127.0.0.1:9465\n");
+        let checked = files.snapshot().expect("snapshot");
+        write_private(&files.operator, "listen: 127.0.0.1:9466\n");
+        let quiesce = Quiesce {
+            containerd_sync: Arc::default(),
+            gate_connections: Arc::default(),
+            patience: Duration::from_secs(1),
+        };
+        // With the files as checked it would exec /nonexistent and fail; changed, it does not try.
+        assert!(restart_in_place(&files, &checked, &quiesce).await.is_none());
+        let checked = files.snapshot().expect("snapshot");
+        let failed = restart_in_place(&files, &checked, &quiesce)
+            .await
+            .expect("an exec that fails is reported");
+        assert_eq!(failed.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use tracing::{error, info, warn};
 use super::RunArgs;
 use super::configure::{self, Applied, NodeArgs};
 use super::logging::{self, LogFormat};
-use super::reload::{self, ConfigFiles};
+use super::reload::{self, ConfigFiles, Quiesce};
 use crate::artifacts::{ArtifactStore, StoreSettings};
 use crate::config::{Config, Provision};
 use crate::containerd::RuntimeStanza;
@@ -52,6 +53,7 @@ pub async fn external(args: RunArgs) -> Result<()> {
     let files = ConfigFiles {
         operator: args.config.clone(),
         node: args.node_config.clone(),
+        binary: std::env::current_exe().context("locating our own binary")?,
     };
     // What a changed file is compared with: the config as loaded, before the overrides below.
     let as_loaded = loaded.config.clone();
@@ -87,14 +89,7 @@ pub async fn external(args: RunArgs) -> Result<()> {
             // SIGTERM never uninstalls: rolling updates send it.
             info!(signal, "stopping");
         }
-        _ = reload::changed(&files, &as_loaded, &daemon.metrics, WATCH_INTERVAL) => {
-            let reconciler = daemon.reconciler.clone();
-            let error = reload::restart_in_place(
-                daemon.containerd_sync.clone(),
-                move || reconciler.waiting_gates(),
-                daemon.gate_timeout,
-            )
-            .await;
+        error = reload::apply_changes(&files, &as_loaded, &daemon.metrics, &daemon.quiesce) => {
             // Exiting instead: the supervisor (kubelet, systemd) starts us with the new config.
             return Err(anyhow::Error::new(error).context(
                 "cannot restart in place to apply the new config; exiting",
@@ -204,11 +199,8 @@ fn launched_config(plugin: &str, conf: &str) -> Result<Option<Config>> {
 struct Daemon {
     triggers: Arc<NriTriggers>,
     metrics: Arc<Metrics>,
-    /// Held while containerd is configured and restarted.
-    containerd_sync: Arc<Mutex<()>>,
-    reconciler: Arc<Reconciler>,
-    /// `gate.timeout`: how long a gate may be waiting on us.
-    gate_timeout: Duration,
+    /// What a restart in place to apply a changed config waits for.
+    quiesce: Quiesce,
 }
 
 impl Daemon {
@@ -318,11 +310,13 @@ impl Daemon {
             ));
         }
 
+        let gate_connections = Arc::new(AtomicUsize::new(0));
         tokio::spawn({
             let socket = config.gate.socket.clone();
             let ensurer = Arc::new(GateEnsurer(reconciler.clone()));
+            let connections = gate_connections.clone();
             async move {
-                if let Err(e) = gate::serve(&socket, ensurer).await {
+                if let Err(e) = gate::serve(&socket, ensurer, connections).await {
                     error!(error = %e, "gate socket stopped: onDemand starts fail until the daemon restarts");
                 }
             }
@@ -358,7 +352,6 @@ impl Daemon {
             store.clone(),
             state_dir.join(STATUS_FILE),
         ));
-        let keep_reconciler = reconciler.clone();
         tokio::spawn(collect_garbage(
             reconciler,
             store,
@@ -388,9 +381,11 @@ impl Daemon {
         Ok(Self {
             triggers,
             metrics,
-            containerd_sync,
-            reconciler: keep_reconciler,
-            gate_timeout: config.gate.timeout.get(),
+            quiesce: Quiesce {
+                containerd_sync,
+                gate_connections,
+                patience: config.gate.timeout.get(),
+            },
         })
     }
 }

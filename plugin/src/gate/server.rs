@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -21,7 +22,11 @@ pub trait Ensurer: Send + Sync + 'static {
 }
 
 /// Binds the gate socket (root-only) and answers gates until the future is dropped.
-pub async fn serve(socket: &Path, ensurer: Arc<dyn Ensurer>) -> Result<()> {
+pub async fn serve(
+    socket: &Path,
+    ensurer: Arc<dyn Ensurer>,
+    connections: Arc<AtomicUsize>,
+) -> Result<()> {
     let listener = bind(socket)?;
     info!(socket = %socket.display(), "gate socket listening");
     loop {
@@ -30,11 +35,30 @@ pub async fn serve(socket: &Path, ensurer: Arc<dyn Ensurer>) -> Result<()> {
             source,
         })?;
         let ensurer = ensurer.clone();
+        let open = Open::count(&connections);
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = answer(stream, ensurer).await {
                 debug!(error = %e, "gate connection ended early");
             }
         });
+    }
+}
+
+/// One gate connection, counted from accept until its answer is written (or it ends early):
+/// what a restart in place waits for.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn count(connections: &Arc<AtomicUsize>) -> Self {
+        connections.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(connections))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -126,9 +150,10 @@ mod tests {
     async fn gates_get_ready_denied_or_timed_out() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("run/gate.sock");
+        let connections = Arc::new(AtomicUsize::new(0));
         let server = tokio::spawn({
-            let socket = socket.clone();
-            async move { serve(&socket, Arc::new(Scripted)).await }
+            let (socket, connections) = (socket.clone(), connections.clone());
+            async move { serve(&socket, Arc::new(Scripted), connections).await }
         });
         while !socket.exists() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -146,6 +171,10 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(denied.to_string().contains("namespace-gate"), "{denied}");
+        // Answered: no longer counted (the count drops just after the answer is written).
+        while connections.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let timed_out = ask("slow", Duration::from_millis(200))
             .await
             .unwrap()
@@ -153,6 +182,11 @@ mod tests {
         assert!(
             matches!(timed_out, GateError::Timeout { .. }),
             "{timed_out}"
+        );
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "a gate still being worked on counts until it is answered"
         );
         server.abort();
     }
