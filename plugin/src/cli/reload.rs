@@ -264,86 +264,100 @@ mod tests {
         }
     }
 
+    /// A daemon's files in a temporary directory, and the config it runs.
+    struct Watched {
+        _dir: tempfile::TempDir,
+        files: ConfigFiles,
+        running: Config,
+        metrics: Metrics,
+    }
+
+    impl Watched {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let files = files(dir.path());
+            write_private(&files.operator, "listen: 127.0.0.1:9464\n");
+            let running = config::load(&files.operator, None).expect("load").config;
+            Self {
+                _dir: dir,
+                files,
+                running,
+                metrics: Metrics::new(),
+            }
+        }
+
+        fn write(&self, text: &str) {
+            write_private(&self.files.operator, text);
+        }
+
+        fn chmod(&self, mode: u32) {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.files.operator, std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        }
+    }
+
+    async fn not_within(watching: &mut (impl Future + Unpin), wait: Duration, why: &str) {
+        tokio::select! {
+            _ = watching => panic!("{why}"),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    async fn within(watching: &mut (impl Future + Unpin), why: &str) {
+        tokio::time::timeout(Duration::from_secs(10), watching)
+            .await
+            .expect(why);
+    }
+
     #[tokio::test]
     async fn a_rejected_change_is_reported_and_a_valid_one_is_returned() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = files(dir.path());
-        write_private(&files.operator, "listen: 127.0.0.1:9464\n");
-        let running = config::load(&files.operator, None).expect("load").config;
-        let metrics = Metrics::new();
+        let w = Watched::new();
         let tick = Duration::from_millis(20);
-
-        let watching = changed(&files, &running, &metrics, tick);
+        let watching = changed(&w.files, &w.running, &w.metrics, tick);
         tokio::pin!(watching);
-        // The same config, said differently: nothing to apply.
-        write_private(&files.operator, "# a comment\nlisten: 127.0.0.1:9464\n");
-        tokio::select! {
-            _ = &mut watching => panic!("an equal config is not a change"),
-            _ = tokio::time::sleep(tick * 10) => {}
-        }
-        assert_eq!(metrics.config_rejected.get(), 0);
-        // Broken: reported, and still not a change.
-        write_private(&files.operator, "listen: [not an address\n");
-        tokio::select! {
-            _ = &mut watching => panic!("a broken config is not a change"),
-            _ = tokio::time::sleep(tick * 10) => {}
-        }
-        assert_eq!(metrics.config_rejected.get(), 1);
-        // Fixed, with a real change: returned.
-        write_private(&files.operator, "listen: 127.0.0.1:9465\n");
-        tokio::time::timeout(Duration::from_secs(10), &mut watching)
-            .await
-            .expect("the change is seen");
+        w.write("# a comment\nlisten: 127.0.0.1:9464\n");
+        not_within(&mut watching, tick * 10, "an equal config is not a change").await;
+        assert_eq!(w.metrics.config_rejected.get(), 0);
+        w.write("listen: [not an address\n");
+        not_within(&mut watching, tick * 10, "a broken config is not a change").await;
+        assert_eq!(w.metrics.config_rejected.get(), 1);
+        w.write("listen: 127.0.0.1:9465\n");
+        within(&mut watching, "the fixed, changed config is seen").await;
     }
 
     #[tokio::test]
     async fn a_file_that_does_not_hold_still_is_not_acted_on() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = files(dir.path());
-        write_private(&files.operator, "listen: 127.0.0.1:9464\n");
-        let running = config::load(&files.operator, None).expect("load").config;
-        let metrics = Metrics::new();
+        let w = Watched::new();
         let tick = Duration::from_millis(50);
-        let watching = changed(&files, &running, &metrics, tick);
+        let watching = changed(&w.files, &w.running, &w.metrics, tick);
         tokio::pin!(watching);
         // A different, valid config at every tick: never the same twice in a row.
         for port in 9500..9520 {
-            write_private(&files.operator, &format!("listen: 127.0.0.1:{port}\n"));
-            tokio::select! {
-                _ = &mut watching => panic!("acted on a file that was still changing"),
-                _ = tokio::time::sleep(tick / 2) => {}
-            }
+            w.write(&format!("listen: 127.0.0.1:{port}\n"));
+            not_within(&mut watching, tick / 2, "acted on a file still changing").await;
         }
-        tokio::time::timeout(Duration::from_secs(10), &mut watching)
-            .await
-            .expect("once it holds still, the change is seen");
+        within(&mut watching, "once it holds still, the change is seen").await;
     }
 
     #[tokio::test]
     async fn a_chmod_alone_gets_a_rejected_file_checked_again() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = files(dir.path());
-        write_private(&files.operator, "listen: 127.0.0.1:9464\n");
-        let running = config::load(&files.operator, None).expect("load").config;
-        let metrics = Metrics::new();
+        let w = Watched::new();
         let tick = Duration::from_millis(20);
-        let watching = changed(&files, &running, &metrics, tick);
+        let watching = changed(&w.files, &w.running, &w.metrics, tick);
         tokio::pin!(watching);
         // Writable by others: refused for its mode, whatever it says.
-        write_private(&files.operator, "listen: 127.0.0.1:9465\n");
-        std::fs::set_permissions(&files.operator, std::fs::Permissions::from_mode(0o666))
-            .expect("chmod");
-        tokio::select! {
-            _ = &mut watching => panic!("a file others may write was accepted"),
-            _ = tokio::time::sleep(tick * 10) => {}
-        }
-        assert_eq!(metrics.config_rejected.get(), 1);
-        std::fs::set_permissions(&files.operator, std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
-        tokio::time::timeout(Duration::from_secs(10), &mut watching)
-            .await
-            .expect("the fixed mode is seen");
+        w.write("listen: 127.0.0.1:9465\n");
+        w.chmod(0o666);
+        not_within(
+            &mut watching,
+            tick * 10,
+            "a file others may write was accepted",
+        )
+        .await;
+        assert_eq!(w.metrics.config_rejected.get(), 1);
+        w.chmod(0o600);
+        within(&mut watching, "the fixed mode is seen").await;
     }
 
     #[tokio::test]
