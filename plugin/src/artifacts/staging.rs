@@ -6,16 +6,15 @@
 //! the kernel drops the lock with the process (and at `execve`: the descriptor is close-on-exec).
 //! A directory nobody holds a lock on is a leftover, which [`sweep`] removes. The daemon and the
 //! CLI may pull at the same time, so a directory in use is never touched: a pull creates its
-//! directory under a shared lock on `.state/.staging.lock` and locks the directory before letting
-//! that go, and the sweep holds the same lock exclusively, so it never sees a directory between
-//! its creation and its lock.
+//! directory under a shared lock on `.staging` itself and locks the directory before letting that
+//! go, and the sweep holds the same lock exclusively, so it never sees a directory between its
+//! creation and its lock. `.staging` is removed when empty (a refused pull leaves nothing), under
+//! the exclusive lock too, so a pull never creates its directory in one that is going away.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-
-use super::state;
 
 /// The parent of every staging directory.
 pub(crate) fn parent(artifacts_dir: &Path) -> PathBuf {
@@ -32,24 +31,11 @@ pub(crate) struct Staging {
 impl Staging {
     /// A new staging directory for `class`, on the store's filesystem (the install is a rename).
     pub(crate) fn create(artifacts_dir: &Path, class: &str) -> io::Result<Self> {
-        let creating = creation_lock(artifacts_dir)?;
-        creating.lock_shared()?;
         let parent = parent(artifacts_dir);
-        let make = || -> io::Result<tempfile::TempDir> {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(artifacts_dir)?;
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&parent)?;
-            tempfile::Builder::new()
-                .prefix(&format!("{class}-"))
-                .tempdir_in(&parent)
-        };
-        // Another pull may remove the (empty) parent between our create and tempdir: once more.
-        let dir = make().or_else(|_| make())?;
+        let _creating = lock_parent(artifacts_dir, Lock::Shared)?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{class}-"))
+            .tempdir_in(&parent)?;
         let lock = fs::File::open(dir.path())?;
         lock.lock()?;
         Ok(Self { dir, _lock: lock })
@@ -60,32 +46,71 @@ impl Staging {
     }
 }
 
-/// `.state/.staging.lock`: shared while a pull creates and locks its directory, exclusive while
-/// the sweep looks.
-fn creation_lock(artifacts_dir: &Path) -> io::Result<fs::File> {
-    let dir = state::dir(artifacts_dir);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(dir.join(".staging.lock"))
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// A pull creating its directory (made if missing).
+    Shared,
+    /// The sweep, or removing `.staging` when empty (`None` if there is none).
+    Exclusive,
+}
+
+/// `.staging`, open and locked. The lock is on the directory itself: one removed and made again
+/// between our open and our lock is not the one at the path any more, so it is opened again.
+fn lock_parent(artifacts_dir: &Path, how: Lock) -> io::Result<fs::File> {
+    let parent = parent(artifacts_dir);
+    loop {
+        if how == Lock::Shared {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(artifacts_dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&parent)?;
+        }
+        let dir = match fs::File::open(&parent) {
+            Ok(dir) => dir,
+            // Removed by another pull between our create and our open.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && how == Lock::Shared => continue,
+            Err(e) => return Err(e),
+        };
+        match how {
+            Lock::Shared => dir.lock_shared()?,
+            Lock::Exclusive => dir.lock()?,
+        }
+        let held = dir.metadata()?;
+        match fs::metadata(&parent) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(dir),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && how == Lock::Shared => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes `.staging` if it is empty and no pull is creating a directory in it; a pull's
+/// leftovers stay for the sweep. Best effort: nothing depends on it.
+pub(crate) fn remove_parent_if_empty(artifacts_dir: &Path) {
+    let parent = parent(artifacts_dir);
+    let Ok(dir) = fs::File::open(&parent) else {
+        return;
+    };
+    if dir.try_lock().is_ok() {
+        // Fails, harmlessly, when it is not empty.
+        let _ = fs::remove_dir(&parent);
+    }
 }
 
 /// Removes the staging directories no pull holds; returns what was removed. A directory that
 /// cannot be removed is logged and left for the next sweep. Nothing to sweep is not an error.
 pub(crate) fn sweep(artifacts_dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(parent(artifacts_dir)) {
-        Ok(entries) => entries,
+    let _sweeping = match lock_parent(artifacts_dir, Lock::Exclusive) {
+        Ok(dir) => dir,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let creating = creation_lock(artifacts_dir)?;
-    creating.lock()?;
+    let entries = fs::read_dir(parent(artifacts_dir))?;
     let mut removed = Vec::new();
     for entry in entries {
         let path = entry?.path();
@@ -107,6 +132,8 @@ pub(crate) fn sweep(artifacts_dir: &Path) -> io::Result<Vec<PathBuf>> {
             }
         }
     }
+    // Empty now, most likely: a fresh start leaves no `.staging` behind.
+    let _ = fs::remove_dir(parent(artifacts_dir));
     Ok(removed)
 }
 
@@ -144,8 +171,7 @@ mod tests {
         let artifacts = tempfile::tempdir().expect("tempdir");
         let left = leftover(artifacts.path());
         // A pull that has created its directory but not locked it yet holds this, shared.
-        let creating = creation_lock(artifacts.path()).expect("lock file");
-        creating.lock_shared().expect("shared");
+        let creating = lock_parent(artifacts.path(), Lock::Shared).expect("shared");
         let sweeper = std::thread::spawn({
             let dir = artifacts.path().to_owned();
             move || sweep(&dir).expect("sweep")
@@ -173,5 +199,24 @@ mod tests {
         let path = staging.path().to_owned();
         drop(staging);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_empty_staging_parent_is_removed_unless_a_pull_is_creating_in_it() {
+        let artifacts = tempfile::tempdir().expect("tempdir");
+        let creating = lock_parent(artifacts.path(), Lock::Shared).expect("shared");
+        remove_parent_if_empty(artifacts.path());
+        assert!(parent(artifacts.path()).exists(), "removed under a pull");
+        drop(creating);
+        remove_parent_if_empty(artifacts.path());
+        assert!(!parent(artifacts.path()).exists());
+        // The sweep leaves none behind either.
+        drop(leftover(artifacts.path()));
+        sweep(artifacts.path()).expect("sweep");
+        assert_eq!(
+            fs::read_dir(artifacts.path()).expect("read").count(),
+            0,
+            "a fresh artifactsDir stays empty"
+        );
     }
 }

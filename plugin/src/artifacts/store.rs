@@ -448,7 +448,7 @@ impl ArtifactStore {
             async move {
                 let result = inner.ensure(&class, freshness).await.map_err(Arc::new);
                 // Leave no empty `.staging` behind (it fails harmlessly while another pull uses it).
-                let _ = fs::remove_dir(staging::parent(&inner.settings.artifacts_dir));
+                staging::remove_parent_if_empty(&inner.settings.artifacts_dir);
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "artifacts not installed");
                 }
@@ -815,7 +815,7 @@ impl Inner {
     ) -> Result<ClassState> {
         let name = class.name.as_str();
         let dir = &self.settings.artifacts_dir;
-        let staging = self.staging_dir(name)?;
+        let staging = self.staging_dir(name).await?;
         let root = staging.path().join("tree");
         let blobs = staging.path().join("blobs");
         for d in [&root, &blobs] {
@@ -948,13 +948,17 @@ impl Inner {
     /// `<artifactsDir>/.staging/<class>-<random>`, on the same filesystem as the store so the
     /// install is a rename. Removed when dropped, whatever happened (see `staging.rs` for a
     /// process that does not live to drop it).
-    fn staging_dir(&self, class: &str) -> Result<Staging> {
-        let dir = &self.settings.artifacts_dir;
-        Staging::create(dir, class).map_err(self.io(
-            class,
-            "creating a staging directory in",
-            &staging::parent(dir),
-        ))
+    /// Off the async workers: it waits for a sweep's lock.
+    async fn staging_dir(&self, class: &str) -> Result<Staging> {
+        let dir = self.settings.artifacts_dir.clone();
+        let name = class.to_owned();
+        blocking(class, move || Staging::create(&dir, &name))
+            .await?
+            .map_err(self.io(
+                class,
+                "creating a staging directory in",
+                &staging::parent(&self.settings.artifacts_dir),
+            ))
     }
 
     /// Where each layer goes: a titled file at its place in the tree, a tar blob beside it.

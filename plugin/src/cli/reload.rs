@@ -10,24 +10,27 @@
 //!   half-written (an empty file is a valid config with no classes) is never acted on.
 //! - Any containerd sync under way ends first, and none begins after: a configure-and-restart cut
 //!   short after the write would look done to the next run, which would never restart containerd.
-//! - The gate connections open then are answered first (at most `gate.timeout`): a gate whose
-//!   connection closes fails its sandbox start.
+//! - The gate connections open then are answered first (at most `gate.timeout`, counted from
+//!   when the sync lock is ours): a gate whose connection closes fails its sandbox start.
+//! - Every wait is cancellable: SIGTERM meanwhile stops the daemon, never execs it.
 //! - The files are read once more: if they changed meanwhile, the daemon goes back to watching
 //!   rather than exec into something it has not checked.
 //!
 //! Files that fail to load change nothing: the daemon keeps running what it has, logs why, and
-//! sets `kata_nri_manager_config_rejected` until the files load again (a `chmod` or `chown`
-//! counts as a change, as the checks look at owners and modes).
+//! sets `kata_nri_manager_config_rejected` until the files load again. While they are rejected
+//! they are loaded at every tick (logged only when the reason changes), since the fix may be to a
+//! directory on their path, which the snapshot does not see.
 
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{error, info};
 
 use crate::config::{self, Config};
@@ -75,7 +78,7 @@ impl ConfigFiles {
 /// What a restart in place waits for.
 pub(crate) struct Quiesce {
     /// Held while containerd is configured and restarted.
-    pub containerd_sync: Arc<Mutex<()>>,
+    pub containerd_sync: Arc<tokio::sync::Mutex<()>>,
     /// Gate connections not yet answered.
     pub gate_connections: Arc<AtomicUsize>,
     /// `gate.timeout`: how long a gate may be waiting on us.
@@ -109,6 +112,7 @@ async fn changed(
 ) -> Snapshot {
     let mut seen: Option<Snapshot> = None;
     let mut settled = false;
+    let mut rejected: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
         // A file missing or half-swapped now is read again at the next tick.
@@ -116,7 +120,7 @@ async fn changed(
             continue;
         };
         if seen.as_ref() == Some(&snapshot) {
-            if settled {
+            if settled && rejected.is_none() {
                 continue;
             }
         } else {
@@ -129,15 +133,20 @@ async fn changed(
         match config::load(&files.operator, files.node.as_deref()) {
             Err(e) => {
                 metrics.config_rejected.set(1);
-                error!(
-                    config = %files.operator.display(),
-                    error = %format!("{e:#}"),
-                    "config change rejected: still running the config the daemon started with"
-                );
+                let reason = format!("{e:#}");
+                if rejected.as_ref() != Some(&reason) {
+                    error!(
+                        config = %files.operator.display(),
+                        error = %reason,
+                        "config change rejected: still running the config the daemon started with"
+                    );
+                    rejected = Some(reason);
+                }
             }
             // Comments, order, spelling out a default: nothing to apply.
             Ok(loaded) if loaded.config == *running => {
                 metrics.config_rejected.set(0);
+                rejected = None;
             }
             Ok(loaded) => {
                 info!(
@@ -168,16 +177,6 @@ pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     keys
 }
 
-/// What the blocking part of a restart in place came to.
-enum Exec {
-    /// A gate connected while the containerd sync lock was awaited: wait for it first.
-    GatesOpen,
-    /// The files no longer hold what was checked.
-    FilesChanged,
-    /// `execve` returned: it failed.
-    Failed(std::io::Error),
-}
-
 /// Quiesces (see the module doc), then replaces this process with a fresh run of the same binary
 /// and arguments. `None`: the files no longer hold `checked`, nothing was done. `Some`: the
 /// exec failed.
@@ -186,47 +185,35 @@ async fn restart_in_place(
     checked: &Snapshot,
     quiesce: &Quiesce,
 ) -> Option<std::io::Error> {
+    // The sync lock first, held through the exec: a sync under way ends, and none begins after.
+    // Gates need no sync to be answered.
+    let idle = Arc::clone(&quiesce.containerd_sync).lock_owned().await;
     let deadline = Instant::now() + quiesce.patience;
     let open = || quiesce.gate_connections.load(Ordering::SeqCst);
-    let mut said = false;
-    loop {
-        // Waiting here, not on a blocking thread, so SIGTERM still ends the daemon meanwhile.
-        while open() > 0 && Instant::now() < deadline {
-            if !said {
-                info!(
-                    gates = open(),
-                    "the restart to apply the new config waits for the gates being answered"
-                );
-                said = true;
-            }
-            tokio::time::sleep(GATE_POLL).await;
-        }
-        let (files, checked) = (files.clone(), checked.clone());
-        let sync = Arc::clone(&quiesce.containerd_sync);
-        let gates = Arc::clone(&quiesce.gate_connections);
-        let exec = tokio::task::spawn_blocking(move || {
-            // Held through the exec: a sync under way ends first, and none begins after.
-            let _idle = sync.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if gates.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-                return Exec::GatesOpen;
-            }
-            if files.snapshot().ok().as_ref() != Some(&checked) {
-                return Exec::FilesChanged;
-            }
-            info!("restarting in place to apply the new config");
-            let mut args = std::env::args_os();
-            let arg0 = args
-                .next()
-                .unwrap_or_else(|| OsString::from("kata-nri-manager"));
-            Exec::Failed(Command::new(&files.binary).arg0(arg0).args(args).exec())
-        });
-        match exec.await {
-            Ok(Exec::GatesOpen) => continue,
-            Ok(Exec::FilesChanged) => return None,
-            Ok(Exec::Failed(error)) => return Some(error),
-            Err(join) => return Some(std::io::Error::other(join.to_string())),
-        }
+    if open() > 0 {
+        info!(
+            gates = open(),
+            "the restart to apply the new config waits for the gates being answered"
+        );
     }
+    while open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(GATE_POLL).await;
+    }
+    let (files, checked) = (files.clone(), checked.clone());
+    let exec = tokio::task::spawn_blocking(move || {
+        let _idle = idle;
+        if files.snapshot().ok().as_ref() != Some(&checked) {
+            return None;
+        }
+        info!("restarting in place to apply the new config");
+        let mut args = std::env::args_os();
+        let arg0 = args
+            .next()
+            .unwrap_or_else(|| OsString::from("kata-nri-manager"));
+        Some(Command::new(&files.binary).arg0(arg0).args(args).exec())
+    });
+    exec.await
+        .unwrap_or_else(|join| Some(std::io::Error::other(join.to_string())))
 }
 
 #[cfg(test)]
@@ -304,13 +291,13 @@ mod tests {
         }
     }
 
-    async fn within(watching: &mut (impl Future + Unpin), why: &str) {
+    async fn within<F: Future + Unpin>(watching: &mut F, why: &str) -> F::Output {
         tokio::time::timeout(Duration::from_secs(10), watching)
             .await
-            .expect(why);
+            .expect(why)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_rejected_change_is_reported_and_a_valid_one_is_returned() {
         let w = Watched::new();
         let tick = Duration::from_millis(20);
@@ -326,7 +313,7 @@ mod tests {
         within(&mut watching, "the fixed, changed config is seen").await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_file_that_does_not_hold_still_is_not_acted_on() {
         let w = Watched::new();
         let tick = Duration::from_millis(50);
@@ -340,7 +327,7 @@ mod tests {
         within(&mut watching, "once it holds still, the change is seen").await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_chmod_alone_gets_a_rejected_file_checked_again() {
         let w = Watched::new();
         let tick = Duration::from_millis(20);
@@ -362,22 +349,72 @@ mod tests {
 
     #[tokio::test]
     async fn files_changed_during_the_wait_send_it_back_to_watching() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = files(dir.path());
-        write_private(&files.operator, "listen: 127.0.0.1:9465\n");
-        let checked = files.snapshot().expect("snapshot");
-        write_private(&files.operator, "listen: 127.0.0.1:9466\n");
+        let w = Watched::new();
+        let checked = w.files.snapshot().expect("snapshot");
+        w.write("listen: 127.0.0.1:9466\n");
         let quiesce = Quiesce {
             containerd_sync: Arc::default(),
             gate_connections: Arc::default(),
             patience: Duration::from_secs(1),
         };
         // With the files as checked it would exec /nonexistent and fail; changed, it does not try.
-        assert!(restart_in_place(&files, &checked, &quiesce).await.is_none());
-        let checked = files.snapshot().expect("snapshot");
-        let failed = restart_in_place(&files, &checked, &quiesce)
+        assert!(
+            restart_in_place(&w.files, &checked, &quiesce)
+                .await
+                .is_none()
+        );
+        let checked = w.files.snapshot().expect("snapshot");
+        let failed = restart_in_place(&w.files, &checked, &quiesce)
             .await
             .expect("an exec that fails is reported");
         assert_eq!(failed.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_waits_for_a_containerd_sync_then_for_the_open_gates() {
+        let w = Watched::new();
+        let checked = w.files.snapshot().expect("snapshot");
+        let quiesce = Quiesce {
+            containerd_sync: Arc::default(),
+            gate_connections: Arc::new(AtomicUsize::new(1)),
+            patience: Duration::from_secs(100),
+        };
+        let syncing = Arc::clone(&quiesce.containerd_sync).lock_owned().await;
+        let restart = restart_in_place(&w.files, &checked, &quiesce);
+        tokio::pin!(restart);
+        let hour = Duration::from_secs(3600);
+        not_within(&mut restart, hour, "went ahead during a containerd sync").await;
+        drop(syncing);
+        not_within(
+            &mut restart,
+            Duration::from_secs(10),
+            "went ahead with a gate open",
+        )
+        .await;
+        quiesce.gate_connections.store(0, Ordering::SeqCst);
+        // It then execs `/nonexistent`, which fails.
+        let failed = within(&mut restart, "went ahead once the gate was answered").await;
+        assert_eq!(
+            failed.expect("an exec was tried").kind(),
+            std::io::ErrorKind::NotFound
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_that_outlasts_the_patience_does_not_hold_the_restart_forever() {
+        let w = Watched::new();
+        let checked = w.files.snapshot().expect("snapshot");
+        let quiesce = Quiesce {
+            containerd_sync: Arc::default(),
+            gate_connections: Arc::new(AtomicUsize::new(1)),
+            patience: Duration::from_secs(5),
+        };
+        let failed = tokio::time::timeout(
+            Duration::from_secs(60),
+            restart_in_place(&w.files, &checked, &quiesce),
+        )
+        .await
+        .expect("went ahead after the patience");
+        assert!(failed.is_some());
     }
 }

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -290,7 +290,7 @@ impl Daemon {
         } else {
             None
         };
-        let containerd_sync = Arc::new(Mutex::new(()));
+        let containerd_sync = Arc::new(tokio::sync::Mutex::new(()));
         let sync: Arc<dyn ContainerdSync> = Arc::new(CliSync {
             busy: containerd_sync.clone(),
             config: config.clone(),
@@ -393,7 +393,7 @@ impl Daemon {
 /// containerd configured through the same code as `configure`.
 struct CliSync {
     /// Held for each sync, so a restart in place never cuts one short.
-    busy: Arc<Mutex<()>>,
+    busy: Arc<tokio::sync::Mutex<()>>,
     config: Arc<Config>,
     node: NodeArgs,
     may_restart: bool,
@@ -423,10 +423,8 @@ impl CliSync {
 
 impl ContainerdSync for CliSync {
     fn sync(&self, desired: &[RuntimeStanza]) -> Result<SyncOutcome, String> {
-        let _busy = self
-            .busy
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // On a blocking thread (`configure_containerd`), where waiting is allowed.
+        let _busy = self.busy.blocking_lock();
         let permit = || self.restart_permit();
         match configure::sync(&self.config, desired, &self.node, !self.may_restart, permit) {
             Ok(Applied::Unchanged) => Ok(SyncOutcome::Unchanged),

@@ -172,9 +172,13 @@ mod tests {
             .unwrap_err();
         assert!(denied.to_string().contains("namespace-gate"), "{denied}");
         // Answered: no longer counted (the count drops just after the answer is written).
-        while connections.load(Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while connections.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("answered gates are no longer counted");
         let timed_out = ask("slow", Duration::from_millis(200))
             .await
             .unwrap()
