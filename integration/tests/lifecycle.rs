@@ -1,7 +1,8 @@
 //! Artifact lifecycle end to end (issue 9): a tag that moves, `updatePolicy: onStart`,
 //! `rollback`, `keepVersions` and the collection of retired versions, against real containerd
 //! 2.1, a real registry and the daemon as a process. The stand-in kata shim notes which version
-//! the class's link pointed at when each sandbox started.
+//! the class's link pointed at when each sandbox started. Also a changed config file, applied by
+//! the daemon restarting itself in place (containerd 2.1 and 1.7).
 
 use std::path::Path;
 use std::time::Duration;
@@ -450,11 +451,20 @@ async fn an_interval_update_policy_takes_a_moved_tag_without_a_restart() {
 /// kubelet and systemd see it) and the new run syncs containerd with the changed stanza and
 /// sweeps what interrupted pulls left. A broken file before that changes nothing and is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing() {
+async fn a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing_2_1() {
+    a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing(Version::V2_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing_1_7() {
+    a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing(Version::V1_7).await;
+}
+
+async fn a_changed_config_is_applied_in_place_and_a_broken_one_changes_nothing(version: Version) {
     let Some(deps) = require_e2e() else {
         return;
     };
-    let mut node = KataNode::start(deps, Version::V2_1).await.unwrap();
+    let mut node = KataNode::start(deps, version).await.unwrap();
     let operator = node.operator_config(&node.registry.host(), "onDemand", "");
     let node_config = node.node_config(None);
     let d = daemon(&mut node, &operator, &node_config).await;
