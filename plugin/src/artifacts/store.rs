@@ -947,8 +947,8 @@ impl Inner {
 
     /// `<artifactsDir>/.staging/<class>-<random>`, on the same filesystem as the store so the
     /// install is a rename. Removed when dropped, whatever happened (see `staging.rs` for a
-    /// process that does not live to drop it).
-    /// Off the async workers: it waits for a sweep's lock.
+    /// process that does not live to drop it). Made on a blocking thread: it may wait for a
+    /// sweep's lock.
     async fn staging_dir(&self, class: &str) -> Result<Staging> {
         let dir = self.settings.artifacts_dir.clone();
         let name = class.to_owned();

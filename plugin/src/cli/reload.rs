@@ -51,21 +51,31 @@ pub(crate) struct ConfigFiles {
     pub binary: PathBuf,
 }
 
-/// What the files held when read: contents, and what the ownership checks look at.
+/// One file as read: its contents, and what the ownership checks look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot(Vec<(Vec<u8>, u64, u32, u32, u32)>);
+struct FileState {
+    contents: Vec<u8>,
+    inode: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// What the files held when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot(Vec<FileState>);
 
 impl ConfigFiles {
     fn snapshot(&self) -> std::io::Result<Snapshot> {
-        let read = |path: &Path| -> std::io::Result<(Vec<u8>, u64, u32, u32, u32)> {
+        let read = |path: &Path| -> std::io::Result<FileState> {
             let metadata = std::fs::metadata(path)?;
-            Ok((
-                std::fs::read(path)?,
-                metadata.ino(),
-                metadata.mode(),
-                metadata.uid(),
-                metadata.gid(),
-            ))
+            Ok(FileState {
+                contents: std::fs::read(path)?,
+                inode: metadata.ino(),
+                mode: metadata.mode(),
+                uid: metadata.uid(),
+                gid: metadata.gid(),
+            })
         };
         let mut files = vec![read(&self.operator)?];
         if let Some(node) = &self.node {
@@ -110,8 +120,9 @@ async fn changed(
     metrics: &Metrics,
     interval: Duration,
 ) -> Snapshot {
-    let mut seen: Option<Snapshot> = None;
-    let mut settled = false;
+    // The last tick's read; the snapshot last found to hold `running`; the last rejection.
+    let mut previous: Option<Snapshot> = None;
+    let mut accepted: Option<Snapshot> = None;
     let mut rejected: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
@@ -119,17 +130,16 @@ async fn changed(
         let Ok(snapshot) = files.snapshot() else {
             continue;
         };
-        if seen.as_ref() == Some(&snapshot) {
-            if settled && rejected.is_none() {
-                continue;
-            }
-        } else {
+        if previous.as_ref() != Some(&snapshot) {
             // Changed since the last tick: wait for it to hold still.
-            seen = Some(snapshot);
-            settled = false;
+            previous = Some(snapshot);
             continue;
         }
-        settled = true;
+        // A rejected snapshot is loaded again at every tick: the fix may be to a directory on
+        // the files' path, which the snapshot does not see.
+        if accepted.as_ref() == Some(&snapshot) {
+            continue;
+        }
         match config::load(&files.operator, files.node.as_deref()) {
             Err(e) => {
                 metrics.config_rejected.set(1);
@@ -147,6 +157,7 @@ async fn changed(
             Ok(loaded) if loaded.config == *running => {
                 metrics.config_rejected.set(0);
                 rejected = None;
+                accepted = Some(snapshot);
             }
             Ok(loaded) => {
                 info!(
