@@ -15,7 +15,7 @@ use super::engine::PolicyEngine;
 use super::error::{FailureKind, PolicyError, PolicyFailure};
 use super::guard::Guard;
 use super::loaded::LoadedPolicy;
-use super::store::DecisionStore;
+use super::store::{DecisionStore, INSTANCES_PER_STORE, MakeAheadError, Reserve};
 use super::types::{
     AdmitOutcome, Decision, Denial, NodeFacts, PodInfo, Request, RuntimeOutcome, RuntimeOverrides,
     SourceOutcome,
@@ -28,7 +28,7 @@ const HOST: &str = "host";
 /// every decision, so its `failurePolicy` decides, as for a trap).
 #[derive(Debug)]
 enum Step {
-    Loaded(LoadedPolicy),
+    Loaded(Box<LoadedPolicy>),
     Broken {
         name: String,
         file: PathBuf,
@@ -71,6 +71,7 @@ pub struct PolicySummary {
 pub struct Chain {
     steps: Vec<Step>,
     guard: Guard,
+    reserve: Reserve,
 }
 
 /// A policy's name from its file: the stem without a leading `NN-` (`10-mirror.wasm` → `mirror`).
@@ -112,8 +113,12 @@ impl Chain {
     /// A chain of already loaded policies, in the order given.
     pub fn new(policies: Vec<LoadedPolicy>, guard: Guard) -> Self {
         Self {
-            steps: policies.into_iter().map(Step::Loaded).collect(),
+            steps: policies
+                .into_iter()
+                .map(|policy| Step::Loaded(Box::new(policy)))
+                .collect(),
             guard,
+            reserve: Reserve::default(),
         }
     }
 
@@ -152,7 +157,7 @@ impl Chain {
         let mut errors = Vec::new();
         for file in policy_files(&policies.dir)? {
             match load_one(engine, policies, &file) {
-                Ok(policy) => steps.push(Step::Loaded(policy)),
+                Ok(policy) => steps.push(Step::Loaded(Box::new(policy))),
                 Err(e) => {
                     let name = policy_name(&file);
                     steps.push(Step::Broken {
@@ -165,7 +170,14 @@ impl Chain {
                 }
             }
         }
-        Ok((Self { steps, guard }, errors))
+        Ok((
+            Self {
+                steps,
+                guard,
+                reserve: Reserve::default(),
+            },
+            errors,
+        ))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -202,14 +214,24 @@ impl Chain {
     /// Where the class's artifacts come from. The configured source passes the guard too, so
     /// an empty chain still never pulls from outside `registries.allowed`.
     pub fn select_source(&self, request: &Request, node: &NodeFacts) -> Decision<SourceOutcome> {
+        self.select_source_in(&mut self.decision_store(), request, node)
+    }
+
+    /// [`select_source`](Self::select_source) in a store from
+    /// [`decision_store`](Self::decision_store), to be handed to [`tidy`](Self::tidy) after.
+    pub fn select_source_in(
+        &self,
+        store: &mut DecisionStore,
+        request: &Request,
+        node: &NodeFacts,
+    ) -> Decision<SourceOutcome> {
         let wit_request = wit::Request::from(request);
         let wit_node = Node::from(node);
         let mut current = vec![Source::from(&request.configured)];
         let mut ignored = Vec::new();
-        let mut store = DecisionStore::new();
         for step in &self.steps {
             let answer = self.run(step, |p| {
-                p.select_source(&mut store, &wit_request, &wit_node, &current)
+                p.select_source(store, &wit_request, &wit_node, &current)
             });
             let answer = answer.and_then(|decision| self.check_source(step.name(), decision));
             match answer {
@@ -235,15 +257,26 @@ impl Chain {
         node: &NodeFacts,
         configured: &RuntimeOverrides,
     ) -> Decision<RuntimeOutcome> {
+        self.mutate_runtime_in(&mut self.decision_store(), request, node, configured)
+    }
+
+    /// [`mutate_runtime`](Self::mutate_runtime) in a store from
+    /// [`decision_store`](Self::decision_store), to be handed to [`tidy`](Self::tidy) after.
+    pub fn mutate_runtime_in(
+        &self,
+        store: &mut DecisionStore,
+        request: &Request,
+        node: &NodeFacts,
+        configured: &RuntimeOverrides,
+    ) -> Decision<RuntimeOutcome> {
         let wit_request = wit::Request::from(request);
         let wit_node = Node::from(node);
         let mut current = configured.clone();
         let mut ignored = Vec::new();
-        let mut store = DecisionStore::new();
         for step in &self.steps {
             let wit_current = RuntimeSettings::from(&current);
             let answer = self.run(step, |p| {
-                p.mutate_runtime(&mut store, &wit_request, &wit_node, &wit_current)
+                p.mutate_runtime(store, &wit_request, &wit_node, &wit_current)
             });
             let answer = answer.and_then(|decision| match decision {
                 RuntimeDecision::Settings(settings) => self
@@ -285,15 +318,24 @@ impl Chain {
         node: &NodeFacts,
         pod: &PodInfo,
     ) -> Decision<AdmitOutcome> {
+        self.admit_in(&mut self.decision_store(), request, node, pod)
+    }
+
+    /// [`admit`](Self::admit) in a store from [`decision_store`](Self::decision_store), to be
+    /// handed to [`tidy`](Self::tidy) after.
+    pub fn admit_in(
+        &self,
+        store: &mut DecisionStore,
+        request: &Request,
+        node: &NodeFacts,
+        pod: &PodInfo,
+    ) -> Decision<AdmitOutcome> {
         let wit_request = wit::Request::from(request);
         let wit_node = Node::from(node);
         let wit_pod = Pod::from(pod);
         let mut ignored = Vec::new();
-        let mut store = DecisionStore::new();
         for step in &self.steps {
-            let answer = self.run(step, |p| {
-                p.admit(&mut store, &wit_request, &wit_node, &wit_pod)
-            });
+            let answer = self.run(step, |p| p.admit(store, &wit_request, &wit_node, &wit_pod));
             let answer = answer.and_then(|admission| match admission {
                 Admission::Allow => Ok(None),
                 Admission::Deny(reason) => self
@@ -321,6 +363,44 @@ impl Chain {
             outcome: AdmitOutcome::Allow,
             ignored,
         }
+    }
+
+    /// The store for one decision: the one made ahead by the last [`tidy`](Self::tidy), or an
+    /// empty one whose policies are instantiated as the decision goes.
+    pub fn decision_store(&self) -> DecisionStore {
+        self.reserve.take()
+    }
+
+    /// Readies the next decision once one was answered: drops the decision's `spent` store,
+    /// which resets its pool slots, and makes a store with a fresh instance of each of the
+    /// chain's first policies (as many as a store holds), so neither is on the next decision's
+    /// path. Blocking; the daemon calls it on the decision's thread after sending the answer.
+    /// Without it, decisions are as right, only slower: each makes its own instances and drops
+    /// its store before it returns.
+    pub fn tidy(&self, spent: DecisionStore) {
+        self.reserve.tidy(spent, |store| {
+            let loaded = self.steps.iter().filter_map(|step| match step {
+                Step::Loaded(policy) => Some(policy),
+                Step::Broken { .. } => None,
+            });
+            for policy in loaded.take(INSTANCES_PER_STORE as usize) {
+                if !policy.make_ahead(store)? {
+                    break;
+                }
+            }
+            Ok::<(), MakeAheadError>(())
+        });
+    }
+
+    /// Whether the next decision finds its store made ahead by [`tidy`](Self::tidy).
+    pub fn has_spare(&self) -> bool {
+        self.reserve.has_spare()
+    }
+
+    /// This chain was replaced by another: its spare store is dropped now rather than with the
+    /// last decision that still holds the chain, and it makes no more.
+    pub(crate) fn retire(&self) {
+        self.reserve.retire();
     }
 
     fn run<R>(

@@ -67,10 +67,12 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 pub(crate) const MIN_LOAD_DEADLINE: Duration = Duration::from_secs(1);
 /// Decisions that run at once (the daemon's semaphore).
 pub(crate) const MAX_CONCURRENT_CALLS: u32 = 16;
-/// Component instances the pooling allocator keeps slots for: each running decision holds up to
-/// [`INSTANCES_PER_STORE`] until its store drops, and one more decision's worth is left for
-/// loading (each policy's `validate-settings` call) beside them.
-const POOL_INSTANCES: u32 = (MAX_CONCURRENT_CALLS + 1) * INSTANCES_PER_STORE;
+/// Component instances the pooling allocator keeps slots for, in stores of up to
+/// [`INSTANCES_PER_STORE`]: one store per running decision (the one it decides in, then, once
+/// its own thread dropped that, the spare it makes), the current chain's one waiting spare (a
+/// replaced chain drops its own before the swap), and one for loading (each policy's
+/// `validate-settings` call) beside them.
+const POOL_INSTANCES: u32 = (MAX_CONCURRENT_CALLS + 2) * INSTANCES_PER_STORE;
 /// Bytes of each linear memory kept resident between calls: a Rust guest's 1 MiB shadow stack
 /// and its first heap pages. Only pages a call touched are resident (a few hundred KiB per slot
 /// in use), bounded by `POOL_INSTANCES * 2` slots of 2 MiB.
@@ -207,9 +209,10 @@ impl PolicyEngine {
         store
     }
 
-    /// Readies `store` for one policy call: the full deadline from now, armed before
-    /// instantiation (which runs guest code too, and traps without it), and the memory-cap flag
-    /// cleared so a failure is only put down to the cap when this call hit it.
+    /// Readies `store` for one policy call, or for making an instance ahead of one: the full
+    /// deadline from now, armed before instantiation (which runs guest code too, and traps
+    /// without it), and the memory-cap flag cleared so a failure is only put down to the cap
+    /// when this call hit it.
     pub(crate) fn arm(&self, store: &mut Store<StoreState>, at_load: bool) {
         store.set_epoch_deadline(if at_load {
             self.inner.load_deadline_ticks

@@ -15,7 +15,7 @@ use super::cache::hex_sha256;
 use super::engine::PolicyEngine;
 use super::error::{FailureKind, PolicyError, PolicyFailure};
 use super::limits::StoreState;
-use super::store::DecisionStore;
+use super::store::{DecisionStore, MakeAheadError, PolicyId};
 
 /// A policy ready to run.
 pub struct LoadedPolicy {
@@ -29,6 +29,8 @@ pub struct LoadedPolicy {
     engine: PolicyEngine,
     pre: PolicyPre<StoreState>,
     exports: Exports,
+    /// Which of a decision store's instances made ahead is this policy's.
+    id: PolicyId,
 }
 
 /// The world's exports, found once at load. The generated `PolicyPre::instantiate` looks up
@@ -128,6 +130,7 @@ impl LoadedPolicy {
             failure_policy,
             engine: engine.clone(),
             pre,
+            id: PolicyId::next(),
         };
         let settings_error = |reason| PolicyError::Settings {
             policy: name.to_owned(),
@@ -206,9 +209,18 @@ impl LoadedPolicy {
         .map(|(answer,)| answer)
     }
 
-    /// Instantiates afresh in the decision's store and makes one call. The instance and its
-    /// memory are this call's alone; the store drops them at the end of the decision and the
-    /// pool resets the slots, so nothing carries over to the next call or decision.
+    /// Makes this policy's instance in `decision` ahead of its call. `Ok(false)`: the store
+    /// has no room for it (or belongs to another engine).
+    pub(crate) fn make_ahead(&self, decision: &mut DecisionStore) -> Result<bool, MakeAheadError> {
+        decision.make_ahead(&self.engine, self.id, |store| {
+            self.pre.instance_pre().instantiate(store)
+        })
+    }
+
+    /// Makes one call in a fresh instance: the one made ahead in the decision's store (which
+    /// ran no call), or one made now. The instance and its memory are this call's alone; when
+    /// the decision's store drops, the pool resets the slots, so nothing carries over to the
+    /// next call or decision.
     fn call<P, R>(
         &self,
         decision: &mut DecisionStore,
@@ -220,12 +232,12 @@ impl LoadedPolicy {
         R: ComponentNamedList + Lift,
     {
         let deadline = self.engine.deadline_of(decision.at_load());
-        let store = decision.for_call(&self.engine);
-        let result = self
-            .pre
-            .instance_pre()
-            .instantiate(&mut *store)
-            .and_then(|instance| {
+        let (store, made) = decision.for_call(&self.engine, self.id);
+        let instance = match made {
+            Some(instance) => Ok(instance),
+            None => self.pre.instance_pre().instantiate(&mut *store),
+        };
+        let result = instance.and_then(|instance| {
                 let func = instance
                     .get_func(&mut *store, export)
                     .ok_or_else(|| wasmtime::format_err!("the instance lacks an export found at load: rebuild the policy against this release's SDK"))?;

@@ -29,6 +29,7 @@ pub use engine::{EngineOptions, PolicyEngine};
 pub use error::{CacheError, FailureKind, PolicyError, PolicyFailure, Result};
 pub use guard::{Guard, validate_kata_settings};
 pub use loaded::LoadedPolicy;
+pub use store::DecisionStore;
 pub use types::{
     AdmitOutcome, ArtifactSource, Decision, Denial, IgnoredFailure, KataSection, KataSetting,
     NodeFacts, PciGpu, PodInfo, Request, RuntimeOutcome, RuntimeOverrides, SourceOutcome,

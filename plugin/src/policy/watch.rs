@@ -17,6 +17,7 @@ use super::chain::{Chain, PolicySummary, policy_files};
 use super::engine::{MAX_CONCURRENT_CALLS, PolicyEngine};
 use super::error::PolicyError;
 use super::guard::Guard;
+use super::store::DecisionStore;
 use super::types::{
     AdmitOutcome, Decision, Denial, NodeFacts, PodInfo, Request, RuntimeOutcome, RuntimeOverrides,
     SourceOutcome,
@@ -106,7 +107,7 @@ impl PolicyChain {
         node: Arc<NodeFacts>,
     ) -> Decision<SourceOutcome> {
         self.decide(
-            move |chain| chain.select_source(&request, &node),
+            move |chain, store| chain.select_source_in(store, &request, &node),
             SourceOutcome::Deny,
         )
         .await
@@ -119,7 +120,7 @@ impl PolicyChain {
         configured: RuntimeOverrides,
     ) -> Decision<RuntimeOutcome> {
         self.decide(
-            move |chain| chain.mutate_runtime(&request, &node, &configured),
+            move |chain, store| chain.mutate_runtime_in(store, &request, &node, &configured),
             RuntimeOutcome::Deny,
         )
         .await
@@ -132,7 +133,7 @@ impl PolicyChain {
         pod: PodInfo,
     ) -> Decision<AdmitOutcome> {
         self.decide(
-            move |chain| chain.admit(&request, &node, &pod),
+            move |chain, store| chain.admit_in(store, &request, &node, &pod),
             AdmitOutcome::Deny,
         )
         .await
@@ -142,7 +143,7 @@ impl PolicyChain {
     /// and at most [`MAX_CONCURRENT_CALLS`] decisions run at once.
     async fn decide<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Chain) -> Decision<T> + Send + 'static,
+        f: impl FnOnce(&Chain, &mut DecisionStore) -> Decision<T> + Send + 'static,
         deny: impl FnOnce(Denial) -> T,
     ) -> Decision<T> {
         let failed = |why: String| Decision {
@@ -154,12 +155,31 @@ impl PolicyChain {
         };
         // The chain as it is now: a reload swapping in another one does not touch this decision.
         let chain = self.current();
-        let result = tokio::task::spawn_blocking(move || {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        // The answer goes out first; the same thread then drops the decision's store and makes
+        // the next one's, still under the permit, so the pool's bound holds (`store.rs`).
+        let evaluation = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            f(&chain)
-        })
-        .await;
-        result.unwrap_or_else(|e| failed(format!("policy evaluation did not finish: {e}")))
+            let mut store = chain.decision_store();
+            // A caller that gave up no longer wants the answer; the store is readied anyway.
+            let _ = answer.send(f(&chain, &mut store));
+            let tidied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                chain.tidy(store);
+            }));
+            if tidied.is_err() {
+                tracing::error!("readying the next policy decision panicked; decisions go on");
+            }
+        });
+        match answered.await {
+            Ok(decision) => decision,
+            Err(_) => {
+                let why = match evaluation.await {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "it ended without an answer".to_owned(),
+                };
+                failed(format!("policy evaluation did not finish: {why}"))
+            }
+        }
     }
 
     /// Loads the directory again if its files changed. Blocking (it compiles): call it from
@@ -183,6 +203,9 @@ impl PolicyChain {
                 if summary == current.policies() {
                     return ReloadOutcome::Unchanged;
                 }
+                // Retired before the swap: the old chain's spare is gone before the new one
+                // can make its own, so the pool never holds both.
+                current.retire();
                 self.current.store(Arc::new(chain));
                 *self
                     .last_error

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use kata_nri_manager::config::{FailurePolicy, Policies};
-use kata_nri_manager::policy::{Chain, FailureKind, LoadedPolicy, PolicyError, SourceOutcome};
+use kata_nri_manager::policy::{
+    Chain, FailureKind, LoadedPolicy, PolicyEngine, PolicyError, SourceOutcome,
+};
 use serde_json::json;
 
 use crate::support::{HANG, component, engine, guard, limits, load, node, request};
@@ -224,8 +226,14 @@ fn failure_policy_ignore_skips_the_broken_policy() {
 }
 
 /// `misbehave` counting its calls, under `name`; `pass` answers the sources unchanged when the
-/// instance is fresh, so the next policy of the chain runs.
-fn counter(name: &str, pass: bool, failure_policy: FailurePolicy) -> LoadedPolicy {
+/// instance is fresh, so the next policy of the chain runs. A chain's policies share `engine`,
+/// as in the daemon, so its decisions share stores.
+fn counter(
+    engine: &PolicyEngine,
+    name: &str,
+    pass: bool,
+    failure_policy: FailurePolicy,
+) -> LoadedPolicy {
     // The guest looks for the key, not its value.
     let settings = if pass {
         json!({"mode": "count", "pass": true})
@@ -233,7 +241,7 @@ fn counter(name: &str, pass: bool, failure_policy: FailurePolicy) -> LoadedPolic
         json!({"mode": "count"})
     };
     LoadedPolicy::load(
-        &engine(),
+        engine,
         name,
         &component("misbehave"),
         Some(&settings),
@@ -242,9 +250,14 @@ fn counter(name: &str, pass: bool, failure_policy: FailurePolicy) -> LoadedPolic
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The denial a decision of `chain` ends in.
-fn denial_of(chain: &Chain) -> (String, String, Option<FailureKind>) {
-    let decision = chain.select_source(&request("kata", "nvcr.io/k:1"), &node(&[]));
+/// The denial a decision of `chain` ends in; with `tidy`, made as the daemon makes it, which
+/// leaves the next decision's store made ahead.
+fn denial_of(chain: &Chain, tidy: bool) -> (String, String, Option<FailureKind>) {
+    let mut store = chain.decision_store();
+    let decision = chain.select_source_in(&mut store, &request("kata", "nvcr.io/k:1"), &node(&[]));
+    if tidy {
+        chain.tidy(store);
+    }
     match decision.outcome {
         SourceOutcome::Deny(denial) => (denial.policy, denial.reason, denial.failure),
         other => panic!("expected a denial, got {other:?}"),
@@ -256,21 +269,30 @@ fn no_guest_state_carries_over_between_decisions_or_policies() {
     // Six policies: more than one decision's store holds, so the chain crosses into a second
     // store too. Each passing policy passes only if its static and heap counters start afresh;
     // a policy that saw state left over would deny with its counts, naming itself.
+    let engine = engine();
     let mut policies: Vec<LoadedPolicy> = (1..=5)
-        .map(|i| counter(&format!("pass-{i}"), true, FailurePolicy::Deny))
+        .map(|i| counter(&engine, &format!("pass-{i}"), true, FailurePolicy::Deny))
         .collect();
-    policies.push(counter("last", false, FailurePolicy::Deny));
+    policies.push(counter(&engine, "last", false, FailurePolicy::Deny));
     let chain = Chain::new(policies, guard());
-    let alone = Chain::new(vec![counter("alone", false, FailurePolicy::Deny)], guard());
+    let alone = Chain::new(
+        vec![counter(&engine, "alone", false, FailurePolicy::Deny)],
+        guard(),
+    );
     for decision in 0..20 {
-        // Pool slots are reset in place and reused at once: the same slots every round.
+        // Pool slots are reset in place and reused at once: the same slots every round. Every
+        // other round runs in the store the previous decision's tidy made ahead, as in the
+        // daemon, with the first four policies instantiated before the decision began.
+        let made_ahead = decision % 2 == 1;
+        assert_eq!(chain.has_spare(), made_ahead, "decision {decision}");
+        assert_eq!(alone.has_spare(), made_ahead, "decision {decision}");
         assert_eq!(
-            denial_of(&chain),
+            denial_of(&chain, !made_ahead),
             ("last".into(), "call 1, heap 1".into(), None),
             "decision {decision}"
         );
         assert_eq!(
-            denial_of(&alone),
+            denial_of(&alone, !made_ahead),
             ("alone".into(), "call 1, heap 1".into(), None),
             "decision {decision}"
         );
@@ -281,9 +303,10 @@ fn no_guest_state_carries_over_between_decisions_or_policies() {
 fn a_failure_is_put_down_to_its_policy_and_not_to_the_next() {
     // Each failing policy is ignored; the counter after it must still run fresh and with
     // nothing of the failure (cap flag, spent deadline) held against it.
+    let engine = engine();
     for mode in ["alloc", "loop", "trap"] {
         let hostile = LoadedPolicy::load(
-            &engine(),
+            &engine,
             "misbehave",
             &component("misbehave"),
             Some(&json!({ "mode": mode })),
@@ -292,32 +315,44 @@ fn a_failure_is_put_down_to_its_policy_and_not_to_the_next() {
         .expect("loads");
         let chain = Chain::new(
             vec![
-                counter("before", true, FailurePolicy::Deny),
+                counter(&engine, "before", true, FailurePolicy::Deny),
                 hostile,
-                counter("after", false, FailurePolicy::Deny),
+                counter(&engine, "after", false, FailurePolicy::Deny),
             ],
             guard(),
         );
-        let decision = chain.select_source(&request("kata", "nvcr.io/k:1"), &node(&[]));
-        let expected_kind = match mode {
-            "alloc" => FailureKind::MemoryCap,
-            "loop" => FailureKind::Deadline,
-            _ => FailureKind::Trap,
-        };
-        assert_eq!(decision.ignored.len(), 1, "{mode}: {decision:?}");
-        assert_eq!(decision.ignored[0].policy, "misbehave", "{mode}");
-        assert_eq!(decision.ignored[0].kind, expected_kind, "{mode}");
-        match decision.outcome {
-            SourceOutcome::Deny(denial) => assert_eq!(
-                (
-                    denial.policy.as_str(),
-                    denial.reason.as_str(),
-                    denial.failure
-                ),
-                ("after", "call 1, heap 1", None),
-                "{mode}"
-            ),
-            other => panic!("{mode}: expected the counter's denial, got {other:?}"),
+        // The second decision runs in instances made ahead: a failure there is put down the
+        // same way, and the instances after it are not used beside the failed one.
+        for made_ahead in [false, true] {
+            if made_ahead {
+                chain.tidy(chain.decision_store());
+                assert!(chain.has_spare(), "{mode}");
+            }
+            one_failure_is_ignored(&chain, mode);
         }
+    }
+}
+
+fn one_failure_is_ignored(chain: &Chain, mode: &str) {
+    let decision = chain.select_source(&request("kata", "nvcr.io/k:1"), &node(&[]));
+    let expected_kind = match mode {
+        "alloc" => FailureKind::MemoryCap,
+        "loop" => FailureKind::Deadline,
+        _ => FailureKind::Trap,
+    };
+    assert_eq!(decision.ignored.len(), 1, "{mode}: {decision:?}");
+    assert_eq!(decision.ignored[0].policy, "misbehave", "{mode}");
+    assert_eq!(decision.ignored[0].kind, expected_kind, "{mode}");
+    match decision.outcome {
+        SourceOutcome::Deny(denial) => assert_eq!(
+            (
+                denial.policy.as_str(),
+                denial.reason.as_str(),
+                denial.failure
+            ),
+            ("after", "call 1, heap 1", None),
+            "{mode}"
+        ),
+        other => panic!("{mode}: expected the counter's denial, got {other:?}"),
     }
 }

@@ -58,6 +58,17 @@ async fn replacing_a_policy_changes_decisions_and_a_broken_one_keeps_them() {
     let (chain, errors) = PolicyChain::start(engine(), policies(dir.path()), guard());
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(decision(&chain).await, "deny: unknown mode");
+    // Once a decision is answered, its thread makes the next one's store ahead.
+    let first = chain.current();
+    let started = Instant::now();
+    while !first.has_spare() {
+        assert!(
+            started.elapsed() < HANG,
+            "no store made ahead after a decision"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(decision(&chain).await, "deny: unknown mode");
     let watcher = chain.watch(Duration::from_millis(50));
 
     // The watcher picks the replacement up by itself.
@@ -68,6 +79,11 @@ async fn replacing_a_policy_changes_decisions_and_a_broken_one_keeps_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(chain.last_error(), None);
+    // The replaced chain gave its spare's pool slots back at the swap.
+    assert!(
+        !first.has_spare(),
+        "a replaced chain keeps no store made ahead"
+    );
 
     // A truncated replacement is refused: decisions stay, the error is reported.
     install(dir.path(), "10-mirror.wasm", &mirror[..mirror.len() / 3]);
