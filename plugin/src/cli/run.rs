@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -301,16 +301,26 @@ impl Daemon {
             runtime: tokio::runtime::Handle::current(),
         });
         configure_containerd(&reconciler, &sync, stanzas.clone(), &metrics).await;
+        // Gate connections open now, counted by the gate server from accept until the answer is
+        // written: containerd is neither retried nor restarted in place while one is open.
+        let gate_connections = Arc::new(AtomicUsize::new(0));
         if failed(&board.containerd()) {
+            let (reconciler, sync, metrics) = (reconciler.clone(), sync.clone(), metrics.clone());
             tokio::spawn(retry_containerd(
-                reconciler.clone(),
-                sync.clone(),
-                stanzas,
-                metrics.clone(),
+                board.clone(),
+                gate_connections.clone(),
+                move || {
+                    let (reconciler, sync, metrics, stanzas) = (
+                        reconciler.clone(),
+                        sync.clone(),
+                        metrics.clone(),
+                        stanzas.clone(),
+                    );
+                    async move { configure_containerd(&reconciler, &sync, stanzas, &metrics).await }
+                },
             ));
         }
 
-        let gate_connections = Arc::new(AtomicUsize::new(0));
         tokio::spawn({
             let socket = config.gate.socket.clone();
             let ensurer = Arc::new(GateEnsurer(reconciler.clone()));
@@ -495,23 +505,24 @@ async fn configure_containerd(
     }
 }
 
-/// Tries a failed containerd configuration again, never while a gate waits (a restart would
-/// kill the sandbox start it waits for).
-async fn retry_containerd(
-    reconciler: Arc<Reconciler>,
-    sync: Arc<dyn ContainerdSync>,
-    stanzas: Vec<RuntimeStanza>,
-    metrics: Arc<Metrics>,
-) {
+/// Tries a failed containerd configuration again (`configure`) until it is configured, never
+/// while a gate connection is open (a restart would kill the sandbox start the gate waits for).
+async fn retry_containerd<F>(
+    board: Arc<StatusBoard>,
+    gate_connections: Arc<AtomicUsize>,
+    mut configure: impl FnMut() -> F,
+) where
+    F: Future<Output = ()>,
+{
     loop {
         tokio::time::sleep(SYNC_RETRY).await;
-        if !failed(&reconciler.board().containerd()) {
+        if !failed(&board.containerd()) {
             return;
         }
-        if reconciler.waiting_gates() > 0 {
+        if gate_connections.load(Ordering::SeqCst) > 0 {
             continue;
         }
-        configure_containerd(&reconciler, &sync, stanzas.clone(), &metrics).await;
+        configure().await;
     }
 }
 
@@ -653,5 +664,46 @@ async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_containerd_config_is_retried_only_while_no_gate_is_open() {
+        let board = Arc::new(StatusBoard::new(Vec::new()));
+        let gates = Arc::new(AtomicUsize::new(1));
+        let tries = Arc::new(AtomicU32::new(0));
+        let retry = tokio::spawn(retry_containerd(board.clone(), gates.clone(), {
+            let (board, tries) = (board.clone(), tries.clone());
+            move || {
+                // The second try succeeds.
+                if tries.fetch_add(1, Ordering::SeqCst) == 1 {
+                    board.update_containerd(|c| c.configured = true);
+                }
+                std::future::ready(())
+            }
+        }));
+        tokio::time::sleep(SYNC_RETRY * 3 + Duration::from_secs(1)).await;
+        assert_eq!(
+            tries.load(Ordering::SeqCst),
+            0,
+            "retried while a gate was open"
+        );
+        gates.store(0, Ordering::SeqCst);
+        tokio::time::sleep(SYNC_RETRY).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(SYNC_RETRY).await;
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(SYNC_RETRY).await;
+        assert!(
+            retry.is_finished(),
+            "retries go on once containerd is configured"
+        );
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
     }
 }

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -85,7 +84,6 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     plans: Mutex<BTreeMap<String, Plan>>,
     inflight: Mutex<HashMap<String, SharedEnsure>>,
-    waiting_gates: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,17 +109,11 @@ impl Reconciler {
             metrics,
             plans: Mutex::new(BTreeMap::new()),
             inflight: Mutex::new(HashMap::new()),
-            waiting_gates: AtomicUsize::new(0),
         })
     }
 
     pub fn board(&self) -> &Arc<StatusBoard> {
         &self.board
-    }
-
-    /// Gates waiting for a class now: containerd is never restarted while one waits.
-    pub fn waiting_gates(&self) -> usize {
-        self.waiting_gates.load(Ordering::SeqCst)
     }
 
     /// Whether an ensure of `class` runs now (a gate may be waiting on it).
@@ -768,7 +760,6 @@ impl Ensurer for GateEnsurer {
     fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), String>> {
         let reconciler = Arc::clone(&self.0);
         Box::pin(async move {
-            reconciler.waiting_gates.fetch_add(1, Ordering::SeqCst);
             // An unknown identity is an empty one: a namespace rule then denies, never admits.
             let pod = PodInfo {
                 namespace: request.pod_namespace.unwrap_or_default(),
@@ -778,7 +769,6 @@ impl Ensurer for GateEnsurer {
             let result = reconciler
                 .ensure(&request.class, Trigger::Gate, Some(pod))
                 .await;
-            reconciler.waiting_gates.fetch_sub(1, Ordering::SeqCst);
             reconciler
                 .metrics
                 .gate_requests
