@@ -241,7 +241,7 @@ fn plan(config: &Config, desired: &[RuntimeStanza], node: &NodeArgs) -> Result<P
     })
 }
 
-/// What [`write_and_restart`] did.
+/// What `write_and_restart` did.
 pub enum Applied {
     Unchanged,
     Written { restart: Option<Outcome> },

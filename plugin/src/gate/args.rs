@@ -23,7 +23,7 @@ const VALUED_FLAGS: [&str; 6] = [
     "socket",
 ];
 
-/// Reads the action from the shim's arguments (without argv[0]).
+/// Reads the action from the shim's arguments (without `argv[0]`).
 pub fn classify<S: AsRef<str>>(args: &[S]) -> ShimCall {
     let mut id = None;
     let mut action = None;

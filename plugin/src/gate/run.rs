@@ -24,7 +24,7 @@ pub fn from_invocation(argv0: &Path) -> Option<(PathBuf, String)> {
     Some((dir.to_path_buf(), class.to_owned()))
 }
 
-/// Runs the gate for `class` with the shim arguments `args` (argv without argv[0]). Returns only
+/// Runs the gate for `class` with the shim arguments `args` (argv without `argv[0]`). Returns only
 /// on failure: on success the process has become the real shim.
 pub fn run(gate_dir: &Path, class: &str, args: Vec<OsString>) -> GateError {
     match prepare(gate_dir, class, &args) {

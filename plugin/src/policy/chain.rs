@@ -212,7 +212,9 @@ impl Chain {
     }
 
     /// Where the class's artifacts come from. The configured source passes the guard too, so
-    /// an empty chain still never pulls from outside `registries.allowed`.
+    /// an empty chain still never pulls from outside `registries.allowed`. One-off use (`policy
+    /// eval`): it takes a store made ahead if one waits but readies none; the daemon uses
+    /// [`select_source_in`](Self::select_source_in) and [`tidy`](Self::tidy).
     pub fn select_source(&self, request: &Request, node: &NodeFacts) -> Decision<SourceOutcome> {
         self.select_source_in(&mut self.decision_store(), request, node)
     }
@@ -250,7 +252,8 @@ impl Chain {
         Decision { outcome, ignored }
     }
 
-    /// The class's runtime settings on this node, starting from the operator's.
+    /// The class's runtime settings on this node, starting from the operator's. One-off use,
+    /// as [`select_source`](Self::select_source).
     pub fn mutate_runtime(
         &self,
         request: &Request,
@@ -311,7 +314,8 @@ impl Chain {
         }
     }
 
-    /// Whether `pod` may trigger or start the class: every policy must allow.
+    /// Whether `pod` may trigger or start the class: every policy must allow. One-off use, as
+    /// [`select_source`](Self::select_source).
     pub fn admit(
         &self,
         request: &Request,
@@ -373,10 +377,11 @@ impl Chain {
 
     /// Readies the next decision once one was answered: drops the decision's `spent` store,
     /// which resets its pool slots, and makes a store with a fresh instance of each of the
-    /// chain's first policies (as many as a store holds), so neither is on the next decision's
-    /// path. Blocking; the daemon calls it on the decision's thread after sending the answer.
-    /// Without it, decisions are as right, only slower: each makes its own instances and drops
-    /// its store before it returns.
+    /// chain's first loaded policies (as many as a store holds), so neither is on the next
+    /// decision's path. Blocking; the daemon calls it on the decision's thread after sending the
+    /// answer. Without it, decisions are as right, only slower: each makes its own instances
+    /// and drops its store before it returns. The engine's pool is sized for one chain making
+    /// stores ahead at a time, as the daemon has.
     pub fn tidy(&self, spent: DecisionStore) {
         self.reserve.tidy(spent, |store| {
             let loaded = self.steps.iter().filter_map(|step| match step {
@@ -392,7 +397,9 @@ impl Chain {
         });
     }
 
-    /// Whether the next decision finds its store made ahead by [`tidy`](Self::tidy).
+    /// Whether the next decision finds its store made ahead by [`tidy`](Self::tidy): for tests
+    /// and the benchmark.
+    #[doc(hidden)]
     pub fn has_spare(&self) -> bool {
         self.reserve.has_spare()
     }

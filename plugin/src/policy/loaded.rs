@@ -212,7 +212,7 @@ impl LoadedPolicy {
     /// Makes this policy's instance in `decision` ahead of its call. `Ok(false)`: the store
     /// has no room for it (or belongs to another engine).
     pub(crate) fn make_ahead(&self, decision: &mut DecisionStore) -> Result<bool, MakeAheadError> {
-        decision.make_ahead(&self.engine, self.id, |store| {
+        decision.make_ahead(&self.engine, (self.id, &self.name), |store| {
             self.pre.instance_pre().instantiate(store)
         })
     }
@@ -238,14 +238,14 @@ impl LoadedPolicy {
             None => self.pre.instance_pre().instantiate(&mut *store),
         };
         let result = instance.and_then(|instance| {
-                let func = instance
-                    .get_func(&mut *store, export)
-                    .ok_or_else(|| wasmtime::format_err!("the instance lacks an export found at load: rebuild the policy against this release's SDK"))?;
-                // SAFETY: `PolicyPre::new` checked at load that each export of the world has
-                // exactly the type the caller names here (the bindings' own signatures).
-                let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
-                typed.call(&mut *store, params)
-            });
+            let func = instance
+                .get_func(&mut *store, export)
+                .ok_or_else(|| wasmtime::format_err!("{MISSING_EXPORT}"))?;
+            // SAFETY: `PolicyPre::new` checked at load that each export of the world has exactly
+            // the type the caller names here (the bindings' own signatures).
+            let typed = unsafe { TypedFunc::<P, R>::new_unchecked(func) };
+            typed.call(&mut *store, params)
+        });
         match result {
             Ok(answer) => Ok(answer),
             Err(error) => {
@@ -282,6 +282,10 @@ impl LoadedPolicy {
         }
     }
 }
+
+/// An instance without an export its component had at load: a host and SDK out of step.
+const MISSING_EXPORT: &str =
+    "the instance lacks an export found at load: rebuild the policy against this release's SDK";
 
 /// Longest text of a policy's we repeat in a message.
 const MAX_MESSAGE: usize = 1024;

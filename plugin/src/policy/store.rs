@@ -16,6 +16,7 @@ use wasmtime::{Engine, Store};
 
 use super::engine::PolicyEngine;
 use super::limits::StoreState;
+use super::loaded::bounded;
 
 /// Instances one decision's store holds before it is dropped and a new one begun. A store frees
 /// its instances' pool slots only when it drops, so this bounds the slots one decision can hold;
@@ -33,9 +34,9 @@ impl PolicyId {
     }
 }
 
-/// The store the policy calls of one decision share: made ahead by the chain's [`Reserve`], or
-/// on the first call. Dropping it gives its instances' pool slots back, reset.
-#[derive(Default)]
+/// The store the policy calls of one decision share: made ahead after the chain's previous
+/// decision ([`Chain::tidy`](super::Chain::tidy)), or on the decision's first call. Dropping it
+/// gives its instances' pool slots back, reset.
 pub struct DecisionStore {
     store: Option<Store<StoreState>>,
     instances: u32,
@@ -55,17 +56,24 @@ impl std::fmt::Debug for DecisionStore {
 }
 
 /// Why an instance could not be made ahead.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum MakeAheadError {
     /// The policy's own start-up code trapped, ran past its deadline or hit the memory cap.
-    Policy(String),
+    #[error("policy {policy} fails when instantiated: {reason}")]
+    Policy { policy: String, reason: String },
     /// The host could not (a pool with no free slot, for one).
+    #[error("{0}")]
     Host(String),
 }
 
 impl DecisionStore {
     pub(crate) fn new() -> Self {
-        Self::default()
+        Self {
+            store: None,
+            instances: 0,
+            ready: Vec::new(),
+            at_load: false,
+        }
     }
 
     /// The store of a policy's `validate-settings` call at load, which gets the load deadline
@@ -73,7 +81,7 @@ impl DecisionStore {
     pub(crate) fn for_load() -> Self {
         Self {
             at_load: true,
-            ..Self::default()
+            ..Self::new()
         }
     }
 
@@ -112,12 +120,13 @@ impl DecisionStore {
         (store, made)
     }
 
-    /// Makes an instance of `policy` ahead of its call, under a deadline and memory cap of its
-    /// own. `Ok(false)`: the store is full, or belongs to another engine than the policy's.
+    /// Makes an instance of `policy` (named `name`) ahead of its call, under a deadline and
+    /// memory cap of its own. `Ok(false)`: the store is full, or belongs to another engine than
+    /// the policy's.
     pub(crate) fn make_ahead(
         &mut self,
         engine: &PolicyEngine,
-        policy: PolicyId,
+        (policy, name): (PolicyId, &str),
         instantiate: impl FnOnce(&mut Store<StoreState>) -> wasmtime::Result<Instance>,
     ) -> Result<bool, MakeAheadError> {
         let other_engine = self
@@ -133,17 +142,19 @@ impl DecisionStore {
         let made = instantiate(store);
         // A cap hit the start-up code survived would be forgotten when the call re-arms the
         // store; instantiated at call time instead, it is put down to the cap if the call fails.
+        let fault = |reason: String| MakeAheadError::Policy {
+            policy: name.to_owned(),
+            reason: bounded(reason),
+        };
         if store.data().memory.hit {
-            return Err(MakeAheadError::Policy("hit the memory cap".into()));
+            return Err(fault("it hit the memory cap".into()));
         }
         match made {
             Ok(instance) => {
                 self.ready.push((policy, instance));
                 Ok(true)
             }
-            Err(e) if e.downcast_ref::<wasmtime::Trap>().is_some() => {
-                Err(MakeAheadError::Policy(format!("{e:#}")))
-            }
+            Err(e) if e.downcast_ref::<wasmtime::Trap>().is_some() => Err(fault(format!("{e:#}"))),
             Err(e) => Err(MakeAheadError::Host(format!("{e:#}"))),
         }
     }
@@ -157,11 +168,17 @@ impl DecisionStore {
     }
 }
 
+/// Failures in a policy's own code, one after another, after which a chain makes no more
+/// spares: a start-up that loops would cost its deadline after every decision. One alone may be
+/// a busy node preempting a healthy start-up past a short deadline.
+const FAULTS_BEFORE_GIVING_UP: u32 = 3;
+
 /// A chain's decision store made ahead.
 ///
 /// Bounded so the pool cannot run dry (`engine.rs` sizes it): a decision's thread holds one
 /// store at a time (the one it decides in, then the spare it makes after dropping that), one
 /// thread at a time makes a spare, at most one spare waits, and a retired chain keeps none.
+/// That holds for one live chain per engine, as the daemon has.
 #[derive(Default)]
 pub(crate) struct Reserve {
     slot: Mutex<Slot>,
@@ -174,16 +191,35 @@ struct Slot {
     making: bool,
     /// The chain was replaced: it makes no more spares.
     retired: bool,
-    /// Making a spare failed in a policy's own code: making more would cost that after every
-    /// decision, so this chain makes no more. The decision that meets the policy instantiates
-    /// it itself and reports the failure through its failurePolicy.
-    given_up: bool,
+    /// Spares that failed in a policy's own code since the last one made. At
+    /// [`FAULTS_BEFORE_GIVING_UP`] this chain makes no more; the decisions that meet the
+    /// policy instantiate it themselves and report the failure through its failurePolicy.
+    faults: u32,
+}
+
+impl Slot {
+    fn gave_up(&self) -> bool {
+        self.faults >= FAULTS_BEFORE_GIVING_UP
+    }
+}
+
+/// Clears `making` however the making ends, a panic included: otherwise the chain would never
+/// make a spare again.
+struct Making<'a>(&'a Mutex<Slot>);
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        lock(self.0).making = false;
+    }
 }
 
 impl Reserve {
     /// The store for a decision: the spare when there is one.
     pub(crate) fn take(&self) -> DecisionStore {
-        lock(&self.slot).spare.take().unwrap_or_default()
+        lock(&self.slot)
+            .spare
+            .take()
+            .unwrap_or_else(DecisionStore::new)
     }
 
     /// After a decision was answered: drops its `spent` store (the pool resets the slots) and,
@@ -197,23 +233,32 @@ impl Reserve {
         drop(spent);
         {
             let mut slot = lock(&self.slot);
-            if slot.retired || slot.given_up || slot.making || slot.spare.is_some() {
+            if slot.retired || slot.gave_up() || slot.making || slot.spare.is_some() {
                 return;
             }
             slot.making = true;
         }
+        let making = Making(&self.slot);
         let mut store = DecisionStore::new();
         let made = make(&mut store);
+        drop(making);
         let mut slot = lock(&self.slot);
-        slot.making = false;
         match made {
-            Ok(()) if !slot.retired => slot.spare = Some(store),
-            Ok(()) => {}
-            Err(MakeAheadError::Policy(error)) => {
-                slot.given_up = true;
-                tracing::warn!(error = %error, "a policy fails when instantiated; its chain's decisions make their stores as they go");
+            Ok(()) => {
+                slot.faults = 0;
+                if !slot.retired {
+                    slot.spare = Some(store);
+                }
             }
-            Err(MakeAheadError::Host(error)) => {
+            Err(error @ MakeAheadError::Policy { .. }) => {
+                slot.faults += 1;
+                if slot.gave_up() {
+                    tracing::warn!(error = %error, "no more decision stores made ahead for this policy set: its decisions instantiate their policies as they go");
+                } else {
+                    tracing::debug!(error = %error, "no decision store made ahead");
+                }
+            }
+            Err(error @ MakeAheadError::Host(_)) => {
                 tracing::debug!(error = %error, "no decision store made ahead");
             }
         }
@@ -240,7 +285,7 @@ impl std::fmt::Debug for Reserve {
         f.debug_struct("Reserve")
             .field("spare", &slot.spare.is_some())
             .field("retired", &slot.retired)
-            .field("given_up", &slot.given_up)
+            .field("faults", &slot.faults)
             .finish_non_exhaustive()
     }
 }
@@ -281,7 +326,7 @@ mod tests {
 
     fn made_ahead(store: &mut DecisionStore, engine: &PolicyEngine, policy: PolicyId) -> bool {
         store
-            .make_ahead(engine, policy, instantiate(engine))
+            .make_ahead(engine, (policy, "empty"), instantiate(engine))
             .expect("made")
     }
 
@@ -361,13 +406,24 @@ mod tests {
         assert!(!reserve.has_spare());
     }
 
+    fn fault() -> Result<(), MakeAheadError> {
+        Err(MakeAheadError::Policy {
+            policy: "slow-start".into(),
+            reason: "wasm trap: interrupt".into(),
+        })
+    }
+
     #[test]
-    fn a_policy_that_fails_when_made_ahead_stops_the_spares() {
+    fn a_policy_that_keeps_failing_when_made_ahead_stops_the_spares() {
         let reserve = Reserve::default();
-        reserve.tidy(DecisionStore::new(), |_| {
-            Err(MakeAheadError::Policy("trapped".into()))
-        });
-        assert!(!reserve.has_spare());
+        // One fault may be a preempted start-up: the next try is made, and a success forgets it.
+        reserve.tidy(DecisionStore::new(), |_| fault());
+        spare(&reserve);
+        assert!(reserve.has_spare());
+        let _store = reserve.take();
+        for _ in 0..FAULTS_BEFORE_GIVING_UP {
+            reserve.tidy(DecisionStore::new(), |_| fault());
+        }
         let mut made = false;
         reserve.tidy(DecisionStore::new(), |_| {
             made = true;
@@ -375,8 +431,19 @@ mod tests {
         });
         assert!(
             !made,
-            "a chain whose policy fails at instantiation makes no more spares"
+            "a chain whose policy keeps failing makes no more spares"
         );
+    }
+
+    #[test]
+    fn a_panic_while_making_a_spare_does_not_stop_the_next_try() {
+        let reserve = Reserve::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reserve.tidy(DecisionStore::new(), |_| panic!("on purpose"));
+        }));
+        assert!(panicked.is_err());
+        spare(&reserve);
+        assert!(reserve.has_spare());
     }
 
     #[test]
@@ -404,11 +471,14 @@ mod tests {
     fn a_memory_cap_hit_at_instantiation_is_the_policy_s_failure() {
         let engine = engine();
         let mut store = DecisionStore::new();
-        let made = store.make_ahead(&engine, PolicyId::next(), |store| {
+        let made = store.make_ahead(&engine, (PolicyId::next(), "greedy"), |store| {
             let instance = instantiate(&engine)(store)?;
             store.data_mut().memory.hit = true;
             Ok(instance)
         });
-        assert!(matches!(made, Err(MakeAheadError::Policy(_))), "{made:?}");
+        assert!(
+            matches!(&made, Err(MakeAheadError::Policy { policy, .. }) if policy == "greedy"),
+            "{made:?}"
+        );
     }
 }

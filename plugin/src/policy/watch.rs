@@ -47,6 +47,7 @@ pub struct PolicyChain {
     fingerprint: Mutex<Fingerprint>,
     last_error: Mutex<Option<String>>,
     permits: Arc<Semaphore>,
+    reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for PolicyChain {
@@ -84,6 +85,7 @@ impl PolicyChain {
             fingerprint: Mutex::new(fingerprint),
             last_error: Mutex::new(last_error),
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS as usize)),
+            reloading: Mutex::new(()),
         });
         (this, errors)
     }
@@ -163,11 +165,18 @@ impl PolicyChain {
             let mut store = chain.decision_store();
             // A caller that gave up no longer wants the answer; the store is readied anyway.
             let _ = answer.send(f(&chain, &mut store));
+            // Caught so it is logged: the answer is out, nobody awaits this task. The store
+            // being made is dropped by the unwinding and the reserve stays usable.
             let tidied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 chain.tidy(store);
             }));
-            if tidied.is_err() {
-                tracing::error!("readying the next policy decision panicked; decisions go on");
+            if let Err(panic) = tidied {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "readying the next policy decision panicked; decisions go on");
             }
         });
         match answered.await {
@@ -185,6 +194,12 @@ impl PolicyChain {
     /// Loads the directory again if its files changed. Blocking (it compiles): call it from
     /// a blocking thread, as [`watch`](Self::watch) does.
     pub fn reload(&self) -> ReloadOutcome {
+        // One reload at a time: each retires the chain it replaces, and two at once could both
+        // retire the same one and leave the other's spare store in the pool.
+        let _reloading = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let seen = fingerprint(&self.policies.dir);
         {
             let mut known = self
