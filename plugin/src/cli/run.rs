@@ -302,7 +302,7 @@ impl Daemon {
         });
         configure_containerd(&reconciler, &sync, stanzas.clone(), &metrics).await;
         // Gate connections open now, counted by the gate server from accept until the answer is
-        // written: containerd is neither retried nor restarted in place while one is open.
+        // written: no containerd retry or restart in place is started while one is open.
         let gate_connections = Arc::new(AtomicUsize::new(0));
         if failed(&board.containerd()) {
             let (reconciler, sync, metrics) = (reconciler.clone(), sync.clone(), metrics.clone());
@@ -505,8 +505,10 @@ async fn configure_containerd(
     }
 }
 
-/// Tries a failed containerd configuration again (`configure`) until it is configured, never
-/// while a gate connection is open (a restart would kill the sandbox start the gate waits for).
+/// Tries a failed containerd configuration again (`configure`) until it is configured. A try
+/// is not started while a gate connection is open: a restart would kill the sandbox start the
+/// gate waits for. (A gate that connects once a try has begun meets the restart; kubelet then
+/// retries its sandbox.)
 async fn retry_containerd<F>(
     board: Arc<StatusBoard>,
     gate_connections: Arc<AtomicUsize>,

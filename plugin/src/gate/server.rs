@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -38,7 +39,7 @@ pub async fn serve(
         let open = Open::count(&connections);
         tokio::spawn(async move {
             let _open = open;
-            if let Err(e) = answer(stream, ensurer).await {
+            if let Err(e) = answer(stream, ensurer, REQUEST_WAIT).await {
                 debug!(error = %e, "gate connection ended early");
             }
         });
@@ -82,12 +83,27 @@ fn bind(socket: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-async fn answer(stream: UnixStream, ensurer: Arc<dyn Ensurer>) -> std::io::Result<()> {
+/// How long a connection may take to send its request line. The gate writes it as soon as it
+/// connects; a peer that sends nothing must not stay counted as an open gate, which would hold
+/// back the containerd retry for good.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+async fn answer(
+    stream: UnixStream,
+    ensurer: Arc<dyn Ensurer>,
+    request_wait: Duration,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(MAX_LINE as u64))
-        .read_line(&mut line)
-        .await?;
+    let mut reader = BufReader::new(read.take(MAX_LINE as u64));
+    tokio::time::timeout(request_wait, reader.read_line(&mut line))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no request within {request_wait:?}"),
+            )
+        })??;
     let reply = match serde_json::from_str::<EnsureRequest>(&line) {
         Ok(request) => {
             info!(
@@ -118,7 +134,6 @@ async fn answer(stream: UnixStream, ensurer: Arc<dyn Ensurer>) -> std::io::Resul
 mod tests {
     use super::*;
     use crate::gate::client;
-    use std::time::Duration;
 
     struct Scripted;
 
@@ -193,6 +208,19 @@ mod tests {
             "a gate still being worked on counts until it is answered"
         );
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_sends_no_request_is_let_go() {
+        let (ours, _silent) = UnixStream::pair().unwrap();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            answer(ours, Arc::new(Scripted), Duration::from_millis(50)),
+        )
+        .await
+        .expect("the connection was not let go");
+        let error = ended.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
     }
 
     #[test]

@@ -203,9 +203,20 @@ impl Slot {
     }
 }
 
-/// Clears `making` however the making ends, a panic included: otherwise the chain would never
-/// make a spare again.
+/// The one thread making a spare. [`finish`](Self::finish) clears `making` in the critical
+/// section that publishes the spare, so no second maker starts in between; a panic clears it
+/// on the way out, or the chain would never make a spare again.
 struct Making<'a>(&'a Mutex<Slot>);
+
+impl<'a> Making<'a> {
+    fn finish(self) -> std::sync::MutexGuard<'a, Slot> {
+        let mut slot = lock(self.0);
+        slot.making = false;
+        // Cleared already: the guard's drop has nothing left to do.
+        std::mem::forget(self);
+        slot
+    }
+}
 
 impl Drop for Making<'_> {
     fn drop(&mut self) {
@@ -241,27 +252,36 @@ impl Reserve {
         let making = Making(&self.slot);
         let mut store = DecisionStore::new();
         let made = make(&mut store);
-        drop(making);
-        let mut slot = lock(&self.slot);
-        match made {
-            Ok(()) => {
-                slot.faults = 0;
-                if !slot.retired {
-                    slot.spare = Some(store);
+        // What is not kept is dropped after the lock is released: the pool's reset of its slots
+        // must not hold up the next decision's `take`.
+        let unkept = {
+            let mut slot = making.finish();
+            match made {
+                Ok(()) => {
+                    slot.faults = 0;
+                    if slot.retired {
+                        Some(store)
+                    } else {
+                        slot.spare = Some(store);
+                        None
+                    }
                 }
-            }
-            Err(error @ MakeAheadError::Policy { .. }) => {
-                slot.faults += 1;
-                if slot.gave_up() {
-                    tracing::warn!(error = %error, "no more decision stores made ahead for this policy set: its decisions instantiate their policies as they go");
-                } else {
+                Err(error @ MakeAheadError::Policy { .. }) => {
+                    slot.faults += 1;
+                    if slot.gave_up() {
+                        tracing::warn!(error = %error, "no more decision stores made ahead for this policy set: its decisions instantiate their policies as they go");
+                    } else {
+                        tracing::debug!(error = %error, "no decision store made ahead");
+                    }
+                    Some(store)
+                }
+                Err(error @ MakeAheadError::Host(_)) => {
                     tracing::debug!(error = %error, "no decision store made ahead");
+                    Some(store)
                 }
             }
-            Err(error @ MakeAheadError::Host(_)) => {
-                tracing::debug!(error = %error, "no decision store made ahead");
-            }
-        }
+        };
+        drop(unkept);
     }
 
     /// The chain was replaced: its spare is dropped and no more are made.
@@ -416,14 +436,25 @@ mod tests {
     #[test]
     fn a_policy_that_keeps_failing_when_made_ahead_stops_the_spares() {
         let reserve = Reserve::default();
-        // One fault may be a preempted start-up: the next try is made, and a success forgets it.
-        reserve.tidy(DecisionStore::new(), |_| fault());
+        let faults = |n| {
+            for _ in 0..n {
+                reserve.tidy(DecisionStore::new(), |_| fault());
+            }
+        };
+        // Faults short of the limit, then a success: it forgets them.
+        faults(FAULTS_BEFORE_GIVING_UP - 1);
         spare(&reserve);
         assert!(reserve.has_spare());
         let _store = reserve.take();
-        for _ in 0..FAULTS_BEFORE_GIVING_UP {
-            reserve.tidy(DecisionStore::new(), |_| fault());
-        }
+        faults(FAULTS_BEFORE_GIVING_UP - 1);
+        spare(&reserve);
+        assert!(
+            reserve.has_spare(),
+            "the faults before the success counted against it"
+        );
+        let _store = reserve.take();
+        // The limit in a row: no more spares.
+        faults(FAULTS_BEFORE_GIVING_UP);
         let mut made = false;
         reserve.tidy(DecisionStore::new(), |_| {
             made = true;
