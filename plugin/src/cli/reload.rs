@@ -66,11 +66,13 @@ struct FileState {
 struct Snapshot(Vec<FileState>);
 
 impl ConfigFiles {
-    fn snapshot(&self) -> std::io::Result<Snapshot> {
-        let read = |path: &Path| -> std::io::Result<FileState> {
-            let metadata = std::fs::metadata(path)?;
+    /// The files as they are now, or why they cannot be read (naming the file).
+    fn snapshot(&self) -> Result<Snapshot, String> {
+        let read = |path: &Path| -> Result<FileState, String> {
+            let failed = |e: std::io::Error| format!("reading {}: {e}", path.display());
+            let metadata = std::fs::metadata(path).map_err(failed)?;
             Ok(FileState {
-                contents: std::fs::read(path)?,
+                contents: std::fs::read(path).map_err(failed)?,
                 inode: metadata.ino(),
                 mode: metadata.mode(),
                 uid: metadata.uid(),
@@ -99,12 +101,12 @@ pub(crate) struct Quiesce {
 /// failed.
 pub(crate) async fn apply_changes(
     files: &ConfigFiles,
-    running: &Config,
-    metrics: &Metrics,
+    running: Arc<Config>,
+    metrics: Arc<Metrics>,
     quiesce: &Quiesce,
 ) -> std::io::Error {
     loop {
-        let checked = changed(files, running, metrics, WATCH_INTERVAL).await;
+        let checked = changed(files, &running, &metrics, WATCH_INTERVAL).await;
         if let Some(error) = restart_in_place(files, &checked, quiesce).await {
             return error;
         }
@@ -113,66 +115,114 @@ pub(crate) async fn apply_changes(
 }
 
 /// Resolves with the files' snapshot once they hold a valid config other than `running` (as
-/// loaded at start, before any command-line override) and read the same twice in a row.
+/// loaded at start, before any command-line override) and read the same twice in a row. Each
+/// tick reads and loads the files on a blocking thread: the async workers serve the gate and NRI.
 async fn changed(
     files: &ConfigFiles,
-    running: &Config,
-    metrics: &Metrics,
+    running: &Arc<Config>,
+    metrics: &Arc<Metrics>,
     interval: Duration,
 ) -> Snapshot {
-    // The last tick's read; the snapshot last found to hold `running`; the last rejection.
-    let mut previous: Option<Snapshot> = None;
-    let mut accepted: Option<Snapshot> = None;
-    let mut rejected: Option<String> = None;
+    let mut watch = Watch::default();
     loop {
         tokio::time::sleep(interval).await;
-        // A file missing or half-swapped now is read again at the next tick.
-        let Ok(snapshot) = files.snapshot() else {
-            continue;
-        };
-        if previous.as_ref() != Some(&snapshot) {
-            // Changed since the last tick: wait for it to hold still.
-            previous = Some(snapshot);
-            continue;
+        let (files, running, metrics) = (files.clone(), running.clone(), metrics.clone());
+        let ticked = tokio::task::spawn_blocking(move || {
+            let found = watch.tick(&files, &running, &metrics);
+            (watch, found)
+        })
+        .await;
+        match ticked {
+            Ok((_, Some(snapshot))) => return snapshot,
+            Ok((kept, None)) => watch = kept,
+            Err(e) => {
+                error!(error = %e, "checking the config files failed; checking them again");
+                watch = Watch::default();
+            }
         }
+    }
+}
+
+/// What the watch remembers from one tick to the next.
+#[derive(Default)]
+struct Watch {
+    /// The last tick's read, or why it failed.
+    previous: Option<Result<Snapshot, String>>,
+    /// The snapshot last found to hold the running config.
+    accepted: Option<Snapshot>,
+    /// The reason of the rejection last logged.
+    rejected: Option<String>,
+}
+
+impl Watch {
+    /// One look at the files (blocking): their snapshot if they hold a changed, valid config
+    /// that read the same at the last tick.
+    fn tick(
+        &mut self,
+        files: &ConfigFiles,
+        running: &Config,
+        metrics: &Metrics,
+    ) -> Option<Snapshot> {
+        let read = files.snapshot();
+        if self.previous.as_ref() != Some(&read) {
+            // Changed since the last tick (or swapped at this very moment): wait for it to
+            // hold still.
+            self.previous = Some(read);
+            return None;
+        }
+        let snapshot = match read {
+            Ok(snapshot) => snapshot,
+            // Missing or unreadable for a whole tick.
+            Err(reason) => {
+                self.reject(files, metrics, reason);
+                return None;
+            }
+        };
         // A rejected snapshot is loaded again at every tick: the fix may be to a directory on
         // the files' path, which the snapshot does not see.
-        if accepted.as_ref() == Some(&snapshot) {
-            continue;
+        if self.accepted.as_ref() == Some(&snapshot) {
+            self.accept(metrics);
+            return None;
         }
         match config::load(&files.operator, files.node.as_deref()) {
-            Err(e) => {
-                metrics.config_rejected.set(1);
-                let reason = format!("{e:#}");
-                if rejected.as_ref() != Some(&reason) {
-                    error!(
-                        config = %files.operator.display(),
-                        error = %reason,
-                        "config change rejected: still running the config the daemon started with"
-                    );
-                    rejected = Some(reason);
-                }
-            }
+            Err(e) => self.reject(files, metrics, format!("{e:#}")),
             // Comments, order, spelling out a default: nothing to apply.
             Ok(loaded) if loaded.config == *running => {
-                metrics.config_rejected.set(0);
-                rejected = None;
-                accepted = Some(snapshot);
+                self.accept(metrics);
+                self.accepted = Some(snapshot);
             }
             Ok(loaded) => {
                 info!(
                     changed = ?changed_keys(running, &loaded.config),
                     "config changed"
                 );
-                return snapshot;
+                return Some(snapshot);
             }
         }
+        None
+    }
+
+    fn reject(&mut self, files: &ConfigFiles, metrics: &Metrics, reason: String) {
+        metrics.config_rejected.set(1);
+        if self.rejected.as_ref() != Some(&reason) {
+            error!(
+                config = %files.operator.display(),
+                error = %reason,
+                "config change rejected: still running the config the daemon started with"
+            );
+            self.rejected = Some(reason);
+        }
+    }
+
+    fn accept(&mut self, metrics: &Metrics) {
+        metrics.config_rejected.set(0);
+        self.rejected = None;
     }
 }
 
 /// The top-level keys whose values differ (names only: a config holds no secrets, but values can
 /// be long).
-pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
         (serde_json::to_value(old), serde_json::to_value(new))
     else {
@@ -213,7 +263,7 @@ async fn restart_in_place(
     let (files, checked) = (files.clone(), checked.clone());
     let exec = tokio::task::spawn_blocking(move || {
         let _idle = idle;
-        if files.snapshot().ok().as_ref() != Some(&checked) {
+        if files.snapshot().as_ref() != Ok(&checked) {
             return None;
         }
         info!("restarting in place to apply the new config");
@@ -230,6 +280,7 @@ async fn restart_in_place(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containerd::atomic::{AtomicWriter, FileMode};
 
     fn parsed(yaml: &str) -> Config {
         serde_yaml::from_str(yaml).expect("config")
@@ -245,13 +296,11 @@ mod tests {
         assert!(changed_keys(&old, &old).is_empty());
     }
 
+    /// Written beside and renamed over, as kubelet swaps a ConfigMap's files.
     fn write_private(path: &Path, text: &str) {
-        use std::os::unix::fs::PermissionsExt;
-        // Written beside and renamed over, as kubelet swaps a ConfigMap's files.
-        let next = path.with_extension("next");
-        std::fs::write(&next, text).expect("write");
-        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        std::fs::rename(&next, path).expect("rename");
+        AtomicWriter::new()
+            .write(path, text.as_bytes(), FileMode::Exactly(0o600))
+            .expect("write");
     }
 
     fn files(dir: &Path) -> ConfigFiles {
@@ -266,8 +315,8 @@ mod tests {
     struct Watched {
         _dir: tempfile::TempDir,
         files: ConfigFiles,
-        running: Config,
-        metrics: Metrics,
+        running: Arc<Config>,
+        metrics: Arc<Metrics>,
     }
 
     impl Watched {
@@ -275,17 +324,22 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let files = files(dir.path());
             write_private(&files.operator, "listen: 127.0.0.1:9464\n");
-            let running = config::load(&files.operator, None).expect("load").config;
+            let running = Arc::new(config::load(&files.operator, None).expect("load").config);
             Self {
                 _dir: dir,
                 files,
                 running,
-                metrics: Metrics::new(),
+                metrics: Arc::new(Metrics::new()),
             }
         }
 
         fn write(&self, text: &str) {
             write_private(&self.files.operator, text);
+        }
+
+        /// Watching the files, a check every `tick`; pin it to poll it.
+        fn watch(&self, tick: Duration) -> impl Future<Output = Snapshot> + '_ {
+            changed(&self.files, &self.running, &self.metrics, tick)
         }
 
         fn chmod(&self, mode: u32) {
@@ -312,7 +366,7 @@ mod tests {
     async fn a_rejected_change_is_reported_and_a_valid_one_is_returned() {
         let w = Watched::new();
         let tick = Duration::from_millis(20);
-        let watching = changed(&w.files, &w.running, &w.metrics, tick);
+        let watching = w.watch(tick);
         tokio::pin!(watching);
         w.write("# a comment\nlisten: 127.0.0.1:9464\n");
         not_within(&mut watching, tick * 10, "an equal config is not a change").await;
@@ -325,10 +379,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_file_missing_for_a_tick_is_reported_until_it_is_back() {
+        let w = Watched::new();
+        let tick = Duration::from_millis(20);
+        let watching = w.watch(tick);
+        tokio::pin!(watching);
+        not_within(
+            &mut watching,
+            tick * 5,
+            "the running config is not a change",
+        )
+        .await;
+        std::fs::remove_file(&w.files.operator).expect("remove");
+        not_within(&mut watching, tick * 5, "a missing file is not a change").await;
+        assert_eq!(w.metrics.config_rejected.get(), 1);
+        w.write("listen: 127.0.0.1:9464\n");
+        not_within(
+            &mut watching,
+            tick * 5,
+            "the same config back is not a change",
+        )
+        .await;
+        assert_eq!(w.metrics.config_rejected.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_file_that_does_not_hold_still_is_not_acted_on() {
         let w = Watched::new();
         let tick = Duration::from_millis(50);
-        let watching = changed(&w.files, &w.running, &w.metrics, tick);
+        let watching = w.watch(tick);
         tokio::pin!(watching);
         // A different, valid config at every tick: never the same twice in a row.
         for port in 9500..9520 {
@@ -342,7 +421,7 @@ mod tests {
     async fn a_chmod_alone_gets_a_rejected_file_checked_again() {
         let w = Watched::new();
         let tick = Duration::from_millis(20);
-        let watching = changed(&w.files, &w.running, &w.metrics, tick);
+        let watching = w.watch(tick);
         tokio::pin!(watching);
         // Writable by others: refused for its mode, whatever it says.
         w.write("listen: 127.0.0.1:9465\n");
@@ -358,16 +437,21 @@ mod tests {
         within(&mut watching, "the fixed mode is seen").await;
     }
 
+    /// No containerd sync under way, `gates` open, and `patience` to wait for them.
+    fn quiesce(gates: usize, patience: Duration) -> Quiesce {
+        Quiesce {
+            containerd_sync: Arc::default(),
+            gate_connections: Arc::new(AtomicUsize::new(gates)),
+            patience,
+        }
+    }
+
     #[tokio::test]
     async fn files_changed_during_the_wait_send_it_back_to_watching() {
         let w = Watched::new();
         let checked = w.files.snapshot().expect("snapshot");
         w.write("listen: 127.0.0.1:9466\n");
-        let quiesce = Quiesce {
-            containerd_sync: Arc::default(),
-            gate_connections: Arc::default(),
-            patience: Duration::from_secs(1),
-        };
+        let quiesce = quiesce(0, Duration::from_secs(1));
         // With the files as checked it would exec /nonexistent and fail; changed, it does not try.
         assert!(
             restart_in_place(&w.files, &checked, &quiesce)
@@ -385,11 +469,7 @@ mod tests {
     async fn a_restart_waits_for_a_containerd_sync_then_for_the_open_gates() {
         let w = Watched::new();
         let checked = w.files.snapshot().expect("snapshot");
-        let quiesce = Quiesce {
-            containerd_sync: Arc::default(),
-            gate_connections: Arc::new(AtomicUsize::new(1)),
-            patience: Duration::from_secs(100),
-        };
+        let quiesce = quiesce(1, Duration::from_secs(100));
         let syncing = Arc::clone(&quiesce.containerd_sync).lock_owned().await;
         let restart = restart_in_place(&w.files, &checked, &quiesce);
         tokio::pin!(restart);
@@ -415,11 +495,7 @@ mod tests {
     async fn a_gate_that_outlasts_the_patience_does_not_hold_the_restart_forever() {
         let w = Watched::new();
         let checked = w.files.snapshot().expect("snapshot");
-        let quiesce = Quiesce {
-            containerd_sync: Arc::default(),
-            gate_connections: Arc::new(AtomicUsize::new(1)),
-            patience: Duration::from_secs(5),
-        };
+        let quiesce = quiesce(1, Duration::from_secs(5));
         let failed = tokio::time::timeout(
             Duration::from_secs(60),
             restart_in_place(&w.files, &checked, &quiesce),

@@ -89,11 +89,11 @@ pub async fn external(args: RunArgs) -> Result<()> {
             // SIGTERM never uninstalls: rolling updates send it.
             info!(signal, "stopping");
         }
-        error = reload::apply_changes(&files, &as_loaded, &daemon.metrics, &daemon.quiesce) => {
+        error = reload::apply_changes(&files, Arc::new(as_loaded), daemon.metrics.clone(), &daemon.quiesce) => {
             // Exiting instead: the supervisor (kubelet, systemd) starts us with the new config.
-            return Err(anyhow::Error::new(error).context(
-                "cannot restart in place to apply the new config; exiting",
-            ));
+            return Err(anyhow::Error::new(error)
+                .context(format!("executing {}", files.binary.display()))
+                .context("cannot restart in place to apply the new config; exiting"));
         }
     }
     Ok(())
