@@ -81,7 +81,7 @@ fn lock_parent(artifacts_dir: &Path, how: Lock) -> io::Result<fs::File> {
         }
         let held = dir.metadata()?;
         match fs::metadata(&parent) {
-            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(dir),
+            Ok(now) if same_dir(&held, &now) => return Ok(dir),
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound && how == Lock::Shared => continue,
             Err(e) => return Err(e),
@@ -96,10 +96,24 @@ pub(crate) fn remove_parent_if_empty(artifacts_dir: &Path) {
     let Ok(dir) = fs::File::open(&parent) else {
         return;
     };
-    if dir.try_lock().is_ok() {
+    // Locked and still the one at the path (as `lock_parent` checks): one removed and made
+    // again meanwhile may be a pull's, created under its shared lock and not yet used.
+    if dir.try_lock().is_ok() && is_at(&dir, &parent) {
         // Fails, harmlessly, when it is not empty.
         let _ = fs::remove_dir(&parent);
     }
+}
+
+/// Whether `dir` is the directory now at `path`.
+fn is_at(dir: &fs::File, path: &Path) -> bool {
+    match (dir.metadata(), fs::metadata(path)) {
+        (Ok(held), Ok(now)) => same_dir(&held, &now),
+        _ => false,
+    }
+}
+
+fn same_dir(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.ino() == b.ino() && a.dev() == b.dev()
 }
 
 /// Removes the staging directories no pull holds; returns what was removed. A directory that
