@@ -15,7 +15,7 @@ use super::engine::PolicyEngine;
 use super::error::{FailureKind, PolicyError, PolicyFailure};
 use super::guard::Guard;
 use super::loaded::LoadedPolicy;
-use super::store::{DecisionStore, INSTANCES_PER_STORE, MakeAheadError, Reserve};
+use super::store::{DecisionStore, MakeAheadError, Reserve};
 use super::types::{
     AdmitOutcome, Decision, Denial, NodeFacts, PodInfo, Request, RuntimeOutcome, RuntimeOverrides,
     SourceOutcome,
@@ -388,7 +388,8 @@ impl Chain {
                 Step::Loaded(policy) => Some(policy),
                 Step::Broken { .. } => None,
             });
-            for policy in loaded.take(INSTANCES_PER_STORE as usize) {
+            for policy in loaded {
+                // Full: the rest are instantiated as the decision goes.
                 if !policy.make_ahead(store)? {
                     break;
                 }
@@ -397,8 +398,8 @@ impl Chain {
         });
     }
 
-    /// Whether the next decision finds its store made ahead by [`tidy`](Self::tidy): for tests
-    /// and the benchmark.
+    /// Whether the next decision finds its store made ahead by [`tidy`](Self::tidy): for the
+    /// policy tests.
     #[doc(hidden)]
     pub fn has_spare(&self) -> bool {
         self.reserve.has_spare()

@@ -17,8 +17,9 @@ use crate::config::PolicyLimits;
 
 use super::bindings::{Policy, PolicyPre, wit};
 use super::cache::{CompileCache, Lookup};
-use super::error::PolicyError;
+use super::error::{FailureKind, PolicyError, PolicyFailure};
 use super::limits::StoreState;
+use super::loaded::bounded;
 use super::store::INSTANCES_PER_STORE;
 
 /// How the engine is set up.
@@ -132,6 +133,38 @@ impl PolicyEngine {
             self.inner.load_deadline
         } else {
             self.inner.deadline
+        }
+    }
+
+    /// What went wrong in a call of `policy` (or its instantiation) in `store`, put down to
+    /// the memory cap when the call hit it, to the deadline when it was interrupted.
+    pub(crate) fn failure(
+        &self,
+        policy: &str,
+        store: &Store<StoreState>,
+        error: &wasmtime::Error,
+        at_load: bool,
+    ) -> PolicyFailure {
+        let (kind, message) = if store.data().memory.hit {
+            // The guest's allocator turns a refused grow into an abort (a trap) or an error:
+            // either way the cause is the cap.
+            let cap = crate::config::ByteSize::from_bytes(self.memory_cap() as u64);
+            (FailureKind::MemoryCap, cap.to_string())
+        } else if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            (
+                FailureKind::Deadline,
+                format!("{:?}", self.deadline_of(at_load)),
+            )
+        } else if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+            // The trap alone: the guest's backtrace would bury it.
+            (FailureKind::Trap, trap.to_string())
+        } else {
+            (FailureKind::Trap, bounded(format!("{error:#}")))
+        };
+        PolicyFailure {
+            policy: policy.to_owned(),
+            kind,
+            message,
         }
     }
 

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use wasmtime::Store;
 use wasmtime::component::{ComponentExportIndex, ComponentNamedList, Lift, Lower, TypedFunc};
 
 use crate::config::FailurePolicy;
@@ -13,7 +12,7 @@ use super::bindings::{
 };
 use super::cache::hex_sha256;
 use super::engine::PolicyEngine;
-use super::error::{FailureKind, PolicyError, PolicyFailure};
+use super::error::{PolicyError, PolicyFailure};
 use super::limits::StoreState;
 use super::store::{DecisionStore, MakeAheadError, PolicyId};
 
@@ -231,7 +230,7 @@ impl LoadedPolicy {
         P: ComponentNamedList + Lower,
         R: ComponentNamedList + Lift,
     {
-        let deadline = self.engine.deadline_of(decision.at_load());
+        let at_load = decision.at_load();
         let (store, made) = decision.for_call(&self.engine, self.id);
         let instance = match made {
             Some(instance) => Ok(instance),
@@ -249,36 +248,10 @@ impl LoadedPolicy {
         match result {
             Ok(answer) => Ok(answer),
             Err(error) => {
-                let failure = self.failure(store, &error, deadline);
+                let failure = self.engine.failure(&self.name, store, &error, at_load);
                 decision.discard();
                 Err(failure)
             }
-        }
-    }
-
-    fn failure(
-        &self,
-        store: &Store<StoreState>,
-        error: &wasmtime::Error,
-        deadline: std::time::Duration,
-    ) -> PolicyFailure {
-        let (kind, message) = if store.data().memory.hit {
-            // The guest's allocator turns a refused grow into an abort (a trap) or an error:
-            // either way the cause is the cap.
-            let cap = crate::config::ByteSize::from_bytes(self.engine.memory_cap() as u64);
-            (FailureKind::MemoryCap, cap.to_string())
-        } else if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-            (FailureKind::Deadline, format!("{deadline:?}"))
-        } else if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-            // The trap alone: the guest's backtrace would bury it.
-            (FailureKind::Trap, trap.to_string())
-        } else {
-            (FailureKind::Trap, bounded(format!("{error:#}")))
-        };
-        PolicyFailure {
-            policy: self.name.clone(),
-            kind,
-            message,
         }
     }
 }

@@ -15,8 +15,8 @@ use wasmtime::component::Instance;
 use wasmtime::{Engine, Store};
 
 use super::engine::PolicyEngine;
+use super::error::PolicyFailure;
 use super::limits::StoreState;
-use super::loaded::bounded;
 
 /// Instances one decision's store holds before it is dropped and a new one begun. A store frees
 /// its instances' pool slots only when it drops, so this bounds the slots one decision can hold;
@@ -59,8 +59,8 @@ impl std::fmt::Debug for DecisionStore {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MakeAheadError {
     /// The policy's own start-up code trapped, ran past its deadline or hit the memory cap.
-    #[error("policy {policy} fails when instantiated: {reason}")]
-    Policy { policy: String, reason: String },
+    #[error("{0} (when instantiated)")]
+    Policy(PolicyFailure),
     /// The host could not (a pool with no free slot, for one).
     #[error("{0}")]
     Host(String),
@@ -140,21 +140,23 @@ impl DecisionStore {
         let store = self.store.get_or_insert_with(|| engine.new_store());
         engine.arm(store, self.at_load);
         let made = instantiate(store);
-        // A cap hit the start-up code survived would be forgotten when the call re-arms the
-        // store; instantiated at call time instead, it is put down to the cap if the call fails.
-        let fault = |reason: String| MakeAheadError::Policy {
-            policy: name.to_owned(),
-            reason: bounded(reason),
+        let failed = |store: &Store<StoreState>, error: &wasmtime::Error| {
+            MakeAheadError::Policy(engine.failure(name, store, error, self.at_load))
         };
-        if store.data().memory.hit {
-            return Err(fault("it hit the memory cap".into()));
-        }
         match made {
+            // A cap hit the start-up code survived would be forgotten when the call re-arms the
+            // store; instantiated at call time instead, it is put down to the cap if the call
+            // fails.
+            Ok(_) if store.data().memory.hit => {
+                Err(failed(store, &wasmtime::format_err!("memory cap")))
+            }
             Ok(instance) => {
                 self.ready.push((policy, instance));
                 Ok(true)
             }
-            Err(e) if e.downcast_ref::<wasmtime::Trap>().is_some() => Err(fault(format!("{e:#}"))),
+            Err(e) if store.data().memory.hit || e.downcast_ref::<wasmtime::Trap>().is_some() => {
+                Err(failed(store, &e))
+            }
             Err(e) => Err(MakeAheadError::Host(format!("{e:#}"))),
         }
     }
@@ -266,10 +268,10 @@ impl Reserve {
                         None
                     }
                 }
-                Err(error @ MakeAheadError::Policy { .. }) => {
+                Err(error @ MakeAheadError::Policy(_)) => {
                     slot.faults += 1;
                     if slot.gave_up() {
-                        tracing::warn!(error = %error, "no more decision stores made ahead for this policy set: its decisions instantiate their policies as they go");
+                        tracing::warn!(error = %error, "no more decision stores made ahead for this policy set until it changes: its decisions instantiate their policies as they go, slower; fix the policy's start-up code, or raise policies.limits.deadline on a busy node");
                     } else {
                         tracing::debug!(error = %error, "no decision store made ahead");
                     }
@@ -427,10 +429,11 @@ mod tests {
     }
 
     fn fault() -> Result<(), MakeAheadError> {
-        Err(MakeAheadError::Policy {
+        Err(MakeAheadError::Policy(PolicyFailure {
             policy: "slow-start".into(),
-            reason: "wasm trap: interrupt".into(),
-        })
+            kind: crate::policy::FailureKind::Deadline,
+            message: "10ms".into(),
+        }))
     }
 
     #[test]
@@ -508,7 +511,7 @@ mod tests {
             Ok(instance)
         });
         assert!(
-            matches!(&made, Err(MakeAheadError::Policy { policy, .. }) if policy == "greedy"),
+            matches!(&made, Err(MakeAheadError::Policy(failure)) if failure.policy == "greedy"),
             "{made:?}"
         );
     }

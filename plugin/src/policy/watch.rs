@@ -47,7 +47,6 @@ pub struct PolicyChain {
     fingerprint: Mutex<Fingerprint>,
     last_error: Mutex<Option<String>>,
     permits: Arc<Semaphore>,
-    reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for PolicyChain {
@@ -85,7 +84,6 @@ impl PolicyChain {
             fingerprint: Mutex::new(fingerprint),
             last_error: Mutex::new(last_error),
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_CALLS as usize)),
-            reloading: Mutex::new(()),
         });
         (this, errors)
     }
@@ -194,23 +192,18 @@ impl PolicyChain {
     /// Loads the directory again if its files changed. Blocking (it compiles): call it from
     /// a blocking thread, as [`watch`](Self::watch) does.
     pub fn reload(&self) -> ReloadOutcome {
-        // One reload at a time: each retires the chain it replaces, and two at once could both
-        // retire the same one and leave the other's spare store in the pool.
-        let _reloading = self
-            .reloading
+        // Held for the whole reload, so reloads run one at a time: each retires the chain it
+        // replaces, and two at once could both retire the same one and leave the other's spare
+        // store in the pool.
+        let mut known = self
+            .fingerprint
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let seen = fingerprint(&self.policies.dir);
-        {
-            let mut known = self
-                .fingerprint
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if *known == seen {
-                return ReloadOutcome::Unchanged;
-            }
-            *known = seen;
+        if *known == seen {
+            return ReloadOutcome::Unchanged;
         }
+        *known = seen;
         match Chain::load(&self.engine, &self.policies, self.guard.clone()) {
             Ok(chain) => {
                 let summary = chain.policies();
