@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing kata-nri-manager needs on a fresh Debian bookworm machine
-# (run as root): protoc for the CRI client, dbus-daemon for the systemd restart tests, the Rust
-# components and the wasm32-wasip2 target, and the real containerd / runc / registry / oras
-# binaries (unpacked into a cache, never installed system-wide). Idempotent: a second run takes
-# about a second.
+# (run as root): protoc for the CRI client, dbus-daemon for the systemd restart tests, qemu for
+# the guest boot tests, the Rust components and the wasm32-wasip2 target, and the real
+# containerd / runc / registry / oras binaries and the guest's kernel and busybox (unpacked into
+# a cache, never installed system-wide). Idempotent: a second run takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,10 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # scripts/validate-deploy.sh installs kubectl and kubernetes-validate into a venv; Debian ships
 # python3 without ensurepip, which `python3 -m venv` needs, until python3-venv is installed.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# The guest boot tests run a real VM under KVM: bookworm's qemu (7.2). The guest's kernel and
+# busybox are unpacked into the cache by fetch-deps.sh, never installed; build-guest.sh writes the
+# initramfs with python3 (no cpio needed).
+[ -x /usr/bin/qemu-system-x86_64 ] || missing+=(qemu-system-x86)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: need root to apt-get install ${missing[*]}" >&2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the binaries the integration tests run (Debian packages only) into a cache and builds
-# the local pause image. Idempotent: with the cache complete, a run downloads nothing (~1 s).
+# the local pause image and the test guest (kernel + initramfs). Idempotent: with the cache complete, a run downloads nothing (~1 s).
 #
 #   bash integration/scripts/fetch-deps.sh
 #
@@ -23,7 +23,10 @@ exec 9>"$cache/.lock"
 flock 9
 
 # name | package | suite | extra packages extracted into the same prefix (libraries) | expected
-# version prefix (the suites move on: fail clearly rather than hand the tests another version)
+# version prefix (the suites move on: fail clearly rather than hand the tests another version).
+# A package listed in `metas` is a metapackage: what is downloaded and unpacked is the package it
+# depends on (linux-image-amd64 -> linux-image-6.1.0-NN-amd64, same version); the version prefix
+# applies to that one. Nothing is installed: a kernel package is only unpacked.
 specs=(
   "containerd_2_1|containerd|sid||2.1."
   "containerd_1_7|containerd|trixie||1.7."
@@ -32,7 +35,11 @@ specs=(
   "registry|docker-registry|trixie||2.8."
   "oras|oras|trixie||1.2."
   "htpasswd|apache2-utils|bookworm|libapr1 libaprutil1|"
+  "kernel|linux-image-amd64|bookworm||6.1."
+  "busybox|busybox-static|bookworm||1.35."
 )
+metas=(linux-image-amd64)
+is_meta() { [[ " ${metas[*]} " == *" $1 "* ]]; }
 
 stamps=$cache/stamps
 mkdir -p "$stamps" "$cache/pkgs"
@@ -146,6 +153,38 @@ if ((${#missing[@]})); then
   version_in() { # PKG SUITE
     awk -F'|' -v p="$1" -v s=" $2/" '{gsub(/ /,"",$1); gsub(/ /,"",$2)} $1==p && index($3,s) {print $2; exit}' <<<"$madison"
   }
+  # Metapackages: replace each by the package its version depends on (one `apt-cache show` and
+  # one more `madison` for all of them, only when one is missing).
+  meta_specs=() meta_wanted=()
+  for spec in "${missing[@]}"; do
+    IFS='|' read -r name pkg suite extra expect <<<"$spec"
+    if is_meta "$pkg"; then
+      v=$(version_in "$pkg" "$suite")
+      [[ -n $v ]] || die "$pkg not found in $suite"
+      meta_specs+=("$spec") meta_wanted+=("$pkg=$v")
+    fi
+  done
+  if ((${#meta_specs[@]})); then
+    shown=$(apt-cache "${apt_opts[@]}" show "${meta_wanted[@]}")
+    real_names=() resolved=()
+    for spec in "${missing[@]}"; do
+      IFS='|' read -r name pkg suite extra expect <<<"$spec"
+      if is_meta "$pkg"; then
+        v=$(version_in "$pkg" "$suite")
+        # The stanza of PKG at version V: its first dependency, e.g. "linux-image-6.1.0-48-amd64".
+        real=$(awk -v p="$pkg" -v v="$v" '
+          /^Package: / {pk=$2} /^Version: / {ve=$2}
+          /^Depends: / && pk==p && ve==v {sub(/^Depends: /,""); split($0,d,/[ ,(|]+/); print d[1]; exit}' <<<"$shown")
+        [[ -n $real ]] || die "cannot tell what $pkg $v ($suite) depends on"
+        log "$pkg $v ($suite) -> $real"
+        real_names+=("$real")
+        spec="$name|$real|$suite|$extra|$expect"
+      fi
+      resolved+=("$spec")
+    done
+    missing=("${resolved[@]}")
+    madison+=$'\n'$(apt-cache "${apt_opts[@]}" madison "${real_names[@]}")
+  fi
   wanted=()
   for spec in "${missing[@]}"; do
     IFS='|' read -r name pkg suite extra expect <<<"$spec"
@@ -172,11 +211,15 @@ if ((${#missing[@]})); then
     mkdir -p "$prefix.tmp"
     for p in "$pkg" $extra; do
       v=$(version_in "$p" "$suite")
-      # apt names the file PKG_VERSION-WITHOUT-EPOCH_ARCH.deb
-      found=("$debs/${p}_${v#*:}"_*.deb)
+      # apt names the file PKG_VERSION_ARCH.deb, the epoch's colon as %3a (busybox-static_1%3a1.35…)
+      found=("$debs/${p}_${v/:/%3a}"_*.deb)
       [[ -f ${found[0]} ]] || die "no .deb for $p $v in $debs"
       dpkg-deb -x "${found[0]}" "$prefix.tmp"
     done
+    if [[ $name == kernel ]]; then
+      # Only /boot (vmlinuz, config, System.map) is used; the modules are ~390 MB unpacked.
+      find "$prefix.tmp" -mindepth 1 -maxdepth 1 ! -name boot -exec rm -rf {} +
+    fi
     echo "$version" >"$prefix.tmp/.version"
     mv "$prefix.tmp" "$prefix"
     echo "$prefix" >"$stamps/$name"
@@ -214,6 +257,17 @@ if [[ ! -f $pause_tar || $(cat "$cache/pause/.key" 2>/dev/null) != "$pause_key" 
 fi
 
 # ---------------------------------------------------------------------------------------------
+# Test guest: Debian's kernel and an initramfs whose /init is busybox printing a marker and powering
+# off (build-guest.sh rebuilds only when an input changes).
+# ---------------------------------------------------------------------------------------------
+kernel_src=$(compgen -G "$(prefix_of kernel)/boot/vmlinuz-*" | head -n1) ||
+  die "no boot/vmlinuz-* in $(prefix_of kernel)"
+busybox_src=$(prefix_of busybox)/bin/busybox
+guest_dir=$cache/guest
+bash "$here/build-guest.sh" "$guest_dir" "$kernel_src" "$busybox_src"
+qemu=/usr/bin/qemu-system-x86_64
+
+# ---------------------------------------------------------------------------------------------
 # Check that everything runs here.
 # ---------------------------------------------------------------------------------------------
 check() {
@@ -231,6 +285,14 @@ check "$(prefix_of runc)/usr/sbin/runc" --version
 check "$(prefix_of registry)/usr/bin/docker-registry" --version
 check "$(prefix_of oras)/usr/bin/oras" version
 check "$ht/bin/htpasswd" -nbB user pass
+check "$busybox_src" echo "busybox $(version_of busybox)"
+printf '  guest: vmlinuz %s (%s B), initrd.img %s B\n' "$(basename "$kernel_src")" \
+  "$(stat -c %s "$guest_dir/vmlinuz")" "$(stat -c %s "$guest_dir/initrd.img")" >&2
+if [[ -x $qemu ]]; then
+  check "$qemu" --version
+else
+  log "no $qemu (scripts/install-deps.sh installs qemu-system-x86): KNM_QEMU is not set"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # env.sh
@@ -251,6 +313,9 @@ tmp_env=$cache/env.sh.tmp
   printf "export KNM_HTPASSWD='%s'\n" "$ht/bin/htpasswd"
   printf "export KNM_PAUSE_IMAGE='%s'\n" "$pause_tar"
   printf "export KNM_PAUSE_IMAGE_REF='%s'\n" "registry.k8s.io/pause:3.10"
+  printf "export KNM_GUEST_KERNEL='%s'\n" "$guest_dir/vmlinuz"
+  printf "export KNM_GUEST_INITRD='%s'\n" "$guest_dir/initrd.img"
+  if [[ -x $qemu ]]; then printf "export KNM_QEMU='%s'\n" "$qemu"; fi
 } >"$tmp_env"
 mv "$tmp_env" "$cache/env.sh"
 log "wrote $cache/env.sh"

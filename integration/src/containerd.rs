@@ -574,7 +574,12 @@ impl Containerd {
             }
             let ns = arg_after(&args, "-namespace").unwrap_or(K8S_NAMESPACE);
             if let Some(id) = arg_after(&args, "-id") {
-                let _ = fs::remove_file(shim_socket(&self.layout.address, ns, id));
+                let socket = shim_socket(&self.layout.address, ns, id);
+                // The kata stand-in's proxy listens beside runc's shim (`<socket>.kata`).
+                let mut proxy = socket.clone().into_os_string();
+                proxy.push(".kata");
+                let _ = fs::remove_file(proxy);
+                let _ = fs::remove_file(socket);
             }
         }
         unmount_under(&self.layout.dir);

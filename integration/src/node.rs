@@ -1,11 +1,13 @@
 //! A node as the daemon's end-to-end tests and the demo need it: containerd, a registry holding
 //! a class's artifacts, and a stand-in kata shim; and the daemon running on it.
 //!
-//! The stand-in shim is a script that refuses to start a sandbox unless the class's artifacts
-//! are installed with the pushed bytes, notes the version the class's link points at, then
-//! `exec`s runc's shim. containerd restarts the daemon
-//! asks for (the `command` strategy appends a line to a marker file) are carried out through the
-//! harness.
+//! The class's shim is `kata-shim-stand-in` (this crate's binary, `src/bin/kata-shim-stand-in`):
+//! kata's `containerd-shim-kata-v2` up to the hypervisor's launch (the configuration resolved from
+//! containerd's runtime options in kata's order, every file it names checked against the store's
+//! record), then runc's shim. It appends what kata would have loaded for each sandbox to a record
+//! the tests read ([`KataNode::sandbox_records`], [`KataNode::kata_used`]). containerd restarts
+//! the daemon asks for (the `command` strategy appends a line to a marker file) are carried out
+//! through the harness.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,18 +15,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use crate::registry::RegistryOptions;
 use crate::{Containerd, ContainerdOptions, Deps, PluginOptions, PluginProcess, Registry, Version};
 
-/// The class every node serves (a runc-typed stand-in for a kata class).
+/// The class every node serves (a kata class: `io.containerd.kata.v2`, shim the stand-in).
 pub const CLASS: &str = "knm-kata";
 /// The artifact files as pushed.
 pub const VMLINUX: &[u8] = b"stand-in guest kernel\n";
 pub const ROOTFS: &[u8] = b"stand-in guest rootfs image\n";
-pub const KATA_TOML: &[u8] = b"[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\n";
+/// The artifact's kata configuration: its files named relative to it, as kata's artifacts ship
+/// them (the store points them at the installed version); no shared filesystem, so no virtiofsd.
+pub const KATA_TOML: &[u8] = b"[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"vmlinux\"\nimage = \"rootfs.img\"\nshared_fs = \"none\"\n";
 /// The kata version the stand-in shim says it is (`--version`).
 pub const STAND_IN_KATA_VERSION: &str = "3.2.0";
+/// The stand-in's binary name (this crate's `src/bin/kata-shim-stand-in`).
+pub const STAND_IN_BIN: &str = "kata-shim-stand-in";
+/// Overrides where the harness finds the stand-in.
+pub const STAND_IN_ENV: &str = "KNM_STAND_IN";
 /// The artifact's repository and tag in the registry.
 pub const ARTIFACT: &str = "kata/artifacts:1";
 /// How long waits last before they fail (generous: they catch hangs, not slowness).
@@ -94,69 +103,90 @@ impl KataNode {
             .unwrap_or(0)
     }
 
-    /// The stand-in kata shim (the class's real shim).
+    /// The class's real shim: a wrapper that runs the stand-in with this node's settings.
     pub fn shim(&self) -> PathBuf {
-        self.dir.path().join("containerd-shim-kata-stand-in")
+        self.dir.path().join("containerd-shim-kata-v2")
     }
 
-    /// The kernel the stand-in shim accepts from now on (a new artifact version's).
-    pub fn expect_vmlinux(&self, bytes: &[u8]) -> Result<()> {
+    /// Where the stand-in keeps its records (`sandboxes.jsonl`), its version and its log.
+    pub fn stand_in_dir(&self) -> PathBuf {
+        self.dir.path().join("stand-in")
+    }
+
+    /// The kata version the stand-in reports from now on.
+    pub fn set_kata_version(&self, version: &str) -> Result<()> {
         Ok(std::fs::write(
-            self.dir.path().join("expected-vmlinux"),
-            bytes,
+            self.stand_in_dir().join("version"),
+            version,
         )?)
     }
 
     /// The OCI spec (containerd's bundle `config.json`) of the last sandbox the stand-in shim
     /// started: what kata would have been given.
     pub fn last_sandbox_spec(&self) -> Option<Value> {
-        let text = std::fs::read(self.dir.path().join("last-sandbox-spec.json")).ok()?;
+        let text = std::fs::read(self.stand_in_dir().join("last-sandbox-spec.json")).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    /// The version (`.store/<digest>`) the class's link pointed at at each sandbox start.
-    pub fn shim_starts(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("shim-starts"))
-            .map(|t| t.lines().map(str::to_owned).collect())
+    /// Every sandbox the stand-in saw created, in order: what kata resolved (`resolution`), or
+    /// why it refused (`outcome: refused`, `reason`).
+    pub fn sandbox_records(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.stand_in_dir().join("sandboxes.jsonl"))
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
+    /// The last record of the pod named `pod`.
+    pub fn sandbox_record(&self, pod: &str) -> Option<Value> {
+        self.sandbox_records()
+            .into_iter()
+            .rev()
+            .find(|r| r["pod"] == pod)
+    }
+
+    /// The version (`.store/<digest>`) kata used for each sandbox started, in order.
+    pub fn shim_starts(&self) -> Vec<String> {
+        self.sandbox_records()
+            .iter()
+            .filter(|r| r["outcome"] == "started")
+            .filter_map(|r| r["resolution"]["version"].as_str())
+            .map(|v| format!(".store/{v}"))
+            .collect()
+    }
+
+    /// The digest of the version the class's link points at now.
+    pub fn current_version(&self) -> Option<String> {
+        let target = std::fs::read_link(self.artifacts().join(CLASS)).ok()?;
+        Some(target.file_name()?.to_str()?.to_owned())
+    }
+
+    /// Checks that kata, for pod `pod`'s sandbox, loaded the class's configuration through the
+    /// stanza's `ConfigPath` and booted `kernel` (its bytes) from the installed `version` (the
+    /// class's current one when `None`); returns the stand-in's record.
+    pub fn kata_used(&self, pod: &str, version: Option<&str>, kernel: &[u8]) -> Result<Value> {
+        check_kata_used(
+            &self.artifacts(),
+            CLASS,
+            self.sandbox_record(pod),
+            version
+                .map(str::to_owned)
+                .or_else(|| self.current_version()),
+            kernel,
+        )
+    }
+
     fn write_stand_in_shim(&self) -> Result<()> {
-        let expected = self.dir.path().join("expected-vmlinux");
-        self.expect_vmlinux(VMLINUX)?;
-        std::fs::write(
-            self.dir.path().join("stand-in-version"),
-            STAND_IN_KATA_VERSION,
+        write_stand_in_wrapper(
+            &self.shim(),
+            &self.stand_in_dir(),
+            &self.deps.runc_shim_bin(self.cd.version()),
+            Some(&self.cd.layout().runc_root),
         )?;
-        let script = format!(
-            "#!/bin/sh\n\
-             # A stand-in kata shim: a sandbox starts only on installed, intact artifacts.\n\
-             if [ \"$1\" = --version ]; then\n\
-             \x20 echo \"Kata Containers containerd shim (Golang): id: \\\"io.containerd.kata.v2\\\", version: $(cat {version}), commit: stand-in\"\n\
-             \x20 exit 0\n\
-             fi\n\
-             for arg in \"$@\"; do\n\
-             \x20 if [ \"$arg\" = start ]; then\n\
-             \x20   if ! cmp -s {installed} {expected}; then\n\
-             \x20     echo \"stand-in kata shim: artifacts of {CLASS} are not installed\" >&2\n\
-             \x20     exit 1\n\
-             \x20   fi\n\
-             \x20   readlink {link} >> {starts}\n\
-             \x20   cp config.json {spec} 2>/dev/null || true\n\
-             \x20 fi\n\
-             done\n\
-             exec {runc} \"$@\"\n",
-            installed = self.artifacts().join(CLASS).join("vmlinux").display(),
-            link = self.artifacts().join(CLASS).display(),
-            starts = self.dir.path().join("shim-starts").display(),
-            version = self.dir.path().join("stand-in-version").display(),
-            spec = self.dir.path().join("last-sandbox-spec.json").display(),
-            expected = expected.display(),
-            runc = self.deps.runc_shim_bin(self.cd.version()).display(),
-        );
-        std::fs::write(self.shim(), script)?;
-        std::fs::set_permissions(self.shim(), std::fs::Permissions::from_mode(0o755))?;
-        Ok(())
+        self.set_kata_version(STAND_IN_KATA_VERSION)
     }
 
     /// Operator config serving [`CLASS`] from `registry` (a `host:port`), `provision` `eager` or
@@ -171,7 +201,7 @@ impl KataNode {
              - name: {CLASS}\n\
              \x20 provision: {provision}\n\
              \x20 artifacts: {{url: {registry}/{ARTIFACT}}}\n\
-             \x20 runtime: {{runtimeType: io.containerd.runc.v2, privilegedWithoutHostDevices: false}}\n",
+             \x20 runtime: {{runtimeType: io.containerd.kata.v2, privilegedWithoutHostDevices: false}}\n",
             address = self.cd.address().display(),
         )
     }
@@ -388,6 +418,101 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Writes `path`, a kata shim for a stanza's `runtime_path`: a script that runs the stand-in
+/// with its records in `dir`, ending in `runc_shim` (runc's root `runc_root`, runc's default
+/// without one).
+pub fn write_stand_in_wrapper(
+    path: &Path,
+    dir: &Path,
+    runc_shim: &Path,
+    runc_root: Option<&Path>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let root = runc_root
+        .map(|r| format!(" KNM_STANDIN_RUNC_ROOT={}", r.display()))
+        .unwrap_or_default();
+    let script = format!(
+        "#!/bin/sh\n\
+         # A kata shim on this test node: the stand-in, with the node's settings.\n\
+         export KNM_STANDIN_RUNC_SHIM={runc} KNM_STANDIN_DIR={dir}{root}\n\
+         exec {bin} \"$@\"\n",
+        runc = runc_shim.display(),
+        dir = dir.display(),
+        bin = stand_in_binary()?.display(),
+    );
+    std::fs::write(path, script)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Where the stand-in binary is: `$KNM_STAND_IN`, else beside the running executable (a bin of
+/// this crate) or one directory up (a test or bench in `deps/`).
+pub fn stand_in_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(STAND_IN_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(STAND_IN_BIN))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{STAND_IN_BIN} is not built beside {}: `cargo build -p kata-nri-integration --bins` (or set {STAND_IN_ENV})",
+                exe.display()
+            )
+        })
+}
+
+/// [`KataNode::kata_used`] for any class and artifacts dir: the record says the sandbox started
+/// with its configuration from `ConfigPath`, that configuration and the kernel inside
+/// `<artifacts>/.store/<version>` and recorded by the store, and the kernel's bytes `kernel`.
+pub fn check_kata_used(
+    artifacts: &Path,
+    class: &str,
+    record: Option<Value>,
+    version: Option<String>,
+    kernel: &[u8],
+) -> Result<Value> {
+    let record = record.context("the stand-in saw no sandbox of that pod")?;
+    ensure!(
+        record["outcome"] == "started",
+        "kata would not have started the sandbox: {}",
+        record["reason"]
+    );
+    let r = &record["resolution"];
+    let version = version.with_context(|| format!("class {class} has no current version"))?;
+    ensure!(
+        r["source"] == "ConfigPath",
+        "kata took its configuration from {} ({}), not the stanza's ConfigPath",
+        r["source"],
+        r["configPath"]
+    );
+    ensure!(
+        r["version"] == version.as_str(),
+        "kata used version {} of the artifacts, not {version}",
+        r["version"]
+    );
+    let in_version = artifacts.join(".store").join(&version);
+    for role in ["configuration", "kernel"] {
+        let real = r["files"][role]["real"].as_str().unwrap_or_default();
+        ensure!(
+            Path::new(real).starts_with(&in_version) && r["files"][role]["recorded"] == true,
+            "kata's {role} {real} is not a recorded file of {}",
+            in_version.display()
+        );
+    }
+    let want = format!("{:x}", Sha256::digest(kernel));
+    ensure!(
+        r["files"]["kernel"]["sha256"] == want.as_str(),
+        "kata booted kernel {} (sha256 {}), not the expected one ({want})",
+        r["files"]["kernel"]["path"],
+        r["files"]["kernel"]["sha256"]
+    );
+    Ok(record)
 }
 
 /// The class's record in a `status --output json` document.

@@ -77,7 +77,7 @@ async fn installed_by_the_script_and_launched(version: Version, idx: &str) {
          - name: {CLASS}\n\
          \x20 provision: onDemand\n\
          \x20 artifacts: {{url: {registry}/{ARTIFACT}}}\n\
-         \x20 runtime: {{runtimeType: io.containerd.runc.v2, runtimePath: {shim}, privilegedWithoutHostDevices: false}}\n",
+         \x20 runtime: {{runtimeType: io.containerd.kata.v2, runtimePath: {shim}, privilegedWithoutHostDevices: false}}\n",
         artifacts = node.artifacts().display(),
         config = node.cd.layout().config.display(),
         address = node.cd.address().display(),
@@ -164,6 +164,8 @@ async fn installed_by_the_script_and_launched(version: Version, idx: &str) {
             )
         });
     assert_eq!(node.installed().as_deref(), Some(VMLINUX));
+    node.kata_used("preregistered", None, VMLINUX)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     cri.remove_all_pods().await.unwrap();
 
     // --uninstall removes both files; containerd no longer launches the plugin after a restart.

@@ -368,7 +368,7 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
         .push_image("hostile/daemon:1", &[layer(&digest, size, TAR, None)])
         .expect("manifest");
     let operator = format!(
-        "{}- name: {CLASS}\n  provision: eager\n  artifacts: {{url: {host}/hostile/daemon:1}}\n  runtime: {{runtimeType: io.containerd.runc.v2}}\n",
+        "{}- name: {CLASS}\n  provision: eager\n  artifacts: {{url: {host}/hostile/daemon:1}}\n  runtime: {{runtimeType: io.containerd.kata.v2}}\n",
         node.operator_config(&host, "onDemand", "")
     );
     let node_config = format!(
@@ -414,6 +414,8 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
         .await
         .unwrap_or_else(|e| panic!("the good class's pod: {e:#}\n{}", daemon.process.log()));
     assert_eq!(node.installed().as_deref(), Some(VMLINUX));
+    node.kata_used("good", None, VMLINUX)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     cri.remove_all_pods().await.expect("cleanup");
 }
 
@@ -570,6 +572,9 @@ async fn a_pods_config_path_annotation_never_reaches_the_shim() {
         !annotations.contains_key("io.katacontainers.config_path"),
         "{annotations:?}"
     );
+    // kata took the stanza's ConfigPath, not the pod's choice.
+    node.kata_used("sneaky", None, kata_nri_integration::node::VMLINUX)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     cri.remove_all_pods().await.expect("cleanup");
 }
 

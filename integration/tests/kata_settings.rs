@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kata_nri_integration::node::{self, ARTIFACT, CLASS, KATA_TOML, KataNode, ROOTFS};
 use kata_nri_integration::{PodSpec, Version, built_policy, require_e2e};
+use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_knm-under-test");
 const CONFIG_FILE: &str = "configuration-test.toml";
@@ -43,6 +44,22 @@ fn renderings(node: &KataNode) -> Vec<PathBuf> {
         .unwrap_or_default();
     found.sort();
     found
+}
+
+/// Panics unless kata, for pod `pod`, booted `kernel` from the class's current version through
+/// the stanza's `ConfigPath`, and that configuration was the one the stanza names now (a policy's
+/// rendering); returns the configuration's text as kata read it.
+fn assert_kata_used(node: &KataNode, pod: &str, kernel: &[u8]) -> String {
+    let record: Value = node
+        .kata_used(pod, None, kernel)
+        .unwrap_or_else(|e| panic!("pod {pod}: {e:#}\n{:?}", node.sandbox_record(pod)));
+    let config = &record["resolution"]["files"]["configuration"];
+    assert_eq!(
+        config["path"],
+        stanza_config_path(node).as_str(),
+        "{record}"
+    );
+    std::fs::read_to_string(config["real"].as_str().unwrap()).unwrap()
 }
 
 fn stanza_config_path(node: &KataNode) -> String {
@@ -88,10 +105,10 @@ async fn policy_settings_are_rendered_beside_the_configuration_and_named_by_the_
     ] {
         assert!(text.contains(expected), "{expected} in:\n{text}");
     }
-    assert_eq!(
-        std::fs::read(node.artifacts().join(CLASS).join(CONFIG_FILE)).unwrap(),
-        KATA_TOML,
-        "the artifact's own configuration is left as shipped"
+    let own = std::fs::read_to_string(node.artifacts().join(CLASS).join(CONFIG_FILE)).unwrap();
+    assert!(
+        !own.contains("default_vcpus") && own.contains("shared_fs = \"none\""),
+        "the artifact's own configuration is left as shipped (its paths pointed at the version):\n{own}"
     );
     first
         .wait_until("containerd's stanza names the rendering", async || {
@@ -124,6 +141,7 @@ async fn policy_settings_are_rendered_beside_the_configuration_and_named_by_the_
     cri.run_pod(&PodSpec::new("sized").handler(CLASS))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
+    assert!(assert_kata_used(&node, "sized", node::VMLINUX).contains("default_vcpus = 2"));
     first.process.stop().await.unwrap();
 
     // New settings: a second rendering in the same version, no download; the first stays for
@@ -193,6 +211,11 @@ async fn policy_settings_are_rendered_beside_the_configuration_and_named_by_the_
             .unwrap()
             .contains("default_vcpus = 4")
     );
+    cri.run_pod(&PodSpec::new("sized-v2").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
+    let read = assert_kata_used(&node, "sized-v2", b"guest kernel, version 2\n");
+    assert!(read.contains("default_vcpus = 4"), "{read}");
     second.process.stop().await.unwrap();
 
     // A rollback to a version rendered for other settings renders the class's settings into it
@@ -221,5 +244,10 @@ async fn policy_settings_are_rendered_beside_the_configuration_and_named_by_the_
             .unwrap()
             .contains("default_vcpus = 6")
     );
+    cri.run_pod(&PodSpec::new("after-rollback").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
+    let read = assert_kata_used(&node, "after-rollback", node::VMLINUX);
+    assert!(read.contains("default_vcpus = 6"), "{read}");
     cri.remove_all_pods().await.unwrap();
 }

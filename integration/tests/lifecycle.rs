@@ -64,8 +64,11 @@ fn version_dir(node: &KataNode, digest: &str) -> std::path::PathBuf {
     node.artifacts().join(".store").join(digest)
 }
 
-fn last_start(node: &KataNode) -> String {
-    node.shim_starts().last().cloned().unwrap_or_default()
+/// Panics unless kata, for pod `pod`, loaded `kernel` from version `version` through the
+/// stanza's `ConfigPath`.
+fn assert_kata_used(node: &KataNode, pod: &str, version: &str, kernel: &[u8]) {
+    node.kata_used(pod, Some(version), kernel)
+        .unwrap_or_else(|e| panic!("pod {pod}: {e:#}\n{:?}", node.sandbox_record(pod)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -108,7 +111,7 @@ async fn a_moved_tag_updates_on_start_rolls_back_and_retires_unused_versions() {
         .run_pod(&PodSpec::new("on-v1").handler(CLASS))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
-    assert_eq!(last_start(&node), format!(".store/{v1}"));
+    assert_kata_used(&node, "on-v1", &v1, node::VMLINUX);
 
     // The tag moves while the daemon runs: with onStart nothing changes, and a pod's prepare
     // annotation takes the installed version without asking the registry.
@@ -140,7 +143,6 @@ async fn a_moved_tag_updates_on_start_rolls_back_and_retires_unused_versions() {
         })
         .await
         .unwrap();
-    node.expect_vmlinux(V2).unwrap();
     second
         .wait_until("status shows version 2", async || {
             shown = status(&node, &second, &operator, &node_config).await;
@@ -157,7 +159,7 @@ async fn a_moved_tag_updates_on_start_rolls_back_and_retires_unused_versions() {
         .run_pod(&PodSpec::new("on-v2").handler(CLASS))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
-    assert_eq!(last_start(&node), format!(".store/{v2}"));
+    assert_kata_used(&node, "on-v2", &v2, V2);
     second.process.stop().await.unwrap();
 
     // Version 3 retires version 1 (keepVersions: 1), which the old pod may still run on.
@@ -216,7 +218,7 @@ async fn a_moved_tag_updates_on_start_rolls_back_and_retires_unused_versions() {
     cri.run_pod(&PodSpec::new("after-rollback").handler(CLASS))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
-    assert_eq!(last_start(&node), format!(".store/{v2}"));
+    assert_kata_used(&node, "after-rollback", &v2, V2);
     third.process.stop().await.unwrap();
 
     // The next start resolves the tag to version 3 again and holds it back.
@@ -274,6 +276,13 @@ async fn rollback_refuses_without_a_previous_version_and_with_a_changed_file() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(node.installed().as_deref(), Some(V2));
+    // The stanza's ConfigPath follows the pulled version.
+    let mut cri = node.cd.cri().await.unwrap();
+    cri.run_pod(&PodSpec::new("after-pull").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", node.cd.log_tail(30)));
+    assert_kata_used(&node, "after-pull", &v2, V2);
+    cri.remove_all_pods().await.unwrap();
     let v1 = record(&node)["previous"][0].as_str().unwrap().to_owned();
     // Someone edits a file of the kept version: rolling back onto it is refused.
     std::fs::write(version_dir(&node, &v1).join("rootfs.img"), b"tampered").unwrap();
@@ -444,6 +453,10 @@ async fn an_interval_update_policy_takes_a_moved_tag_without_a_restart() {
         })
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    cri.run_pod(&PodSpec::new("second").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", d.process.log()));
+    assert_kata_used(&node, "second", &v2, V2);
     cri.remove_all_pods().await.unwrap();
 }
 

@@ -1,7 +1,8 @@
-//! The daemon end to end (issue 6): real containerd (2.1 and 1.7), a real registry, the daemon
-//! as a process, pods through CRI. The class's real shim is the harness's stand-in kata shim
-//! (`kata_nri_integration::node`): it refuses to start a sandbox unless the class's artifacts are
-//! installed with the pushed bytes.
+//! The daemon end to end: real containerd (2.1 and 1.7), a real registry, the daemon as a
+//! process, pods through CRI. The class's real shim is the harness's kata stand-in
+//! (`kata_nri_integration::node`): it resolves the sandbox's kata configuration as kata does and
+//! refuses the sandbox unless every file kata would open is the store's installed, recorded file.
+//! Every pod of the class that starts here is checked for what kata would have loaded.
 
 use std::path::Path;
 use std::time::Duration;
@@ -60,6 +61,12 @@ async fn status_json(
     serde_json::from_str(&text).unwrap()
 }
 
+/// Panics unless kata, for pod `pod`, loaded the class's current version through `ConfigPath`.
+fn assert_kata_used(node: &KataNode, pod: &str) {
+    node.kata_used(pod, None, VMLINUX)
+        .unwrap_or_else(|e| panic!("pod {pod}: {e:#}\n{:?}", node.sandbox_record(pod)));
+}
+
 const PULLED: &str = "kata_nri_manager_artifact_pulls_total{class=\"knm-kata\",result=\"pulled\"}";
 
 async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {
@@ -96,6 +103,9 @@ async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e:#}\n{}", node.cd.log_tail(40)));
     }
     assert_eq!(node.installed().as_deref(), Some(VMLINUX));
+    for i in 0..pods {
+        assert_kata_used(&node, &format!("od-{i}"));
+    }
     assert_eq!(
         metric(&daemon, PULLED).await,
         1.0,
@@ -176,6 +186,7 @@ async fn an_eager_class_is_ready_after_start(version: Version) {
         .expect_serves(&mut cri, CLASS, "eager")
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_kata_used(&node, "eager");
     cri.remove_all_pods().await.unwrap();
 }
 
@@ -224,6 +235,15 @@ async fn a_prepare_annotation_on_any_pod_makes_the_class_ready(version: Version)
         })
         .await
         .unwrap();
+    cri.run_pod(&PodSpec::new("after-prepare").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_kata_used(&node, "after-prepare");
+    assert_eq!(
+        metric(&daemon, PULLED).await,
+        1.0,
+        "prepared, not pulled again"
+    );
     cri.remove_all_pods().await.unwrap();
 }
 
@@ -259,10 +279,15 @@ async fn a_policy_denial_fails_the_start_with_the_policy_and_reason(version: Ver
         "nothing pulled for a denied pod"
     );
     assert_eq!(metric(&daemon, PULLED).await, 0.0);
+    assert!(
+        node.sandbox_record("outsider").is_none(),
+        "a denied pod never reaches kata"
+    );
     cri.run_pod(&PodSpec::new("insider").handler(CLASS).namespace("ml-team"))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.process.log()));
     assert_eq!(node.installed().as_deref(), Some(VMLINUX));
+    assert_kata_used(&node, "insider");
     cri.remove_all_pods().await.unwrap();
 }
 
@@ -326,6 +351,16 @@ async fn a_daemon_killed_mid_pull_leaves_no_partial_files_and_recovers(version: 
         std::fs::read(node.artifacts().join(CLASS).join("rootfs.img")).unwrap(),
         big
     );
+    cri.run_pod(&PodSpec::new("after-recovery").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", second.process.log()));
+    let record = node.kata_used("after-recovery", None, VMLINUX).unwrap();
+    let image = &record["resolution"]["files"]["image"];
+    assert_eq!(
+        image["sha256"].as_str().unwrap(),
+        format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&big)),
+        "kata reads the whole image: {image}"
+    );
     cri.remove_all_pods().await.unwrap();
 }
 
@@ -342,6 +377,7 @@ async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts(ver
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", first.process.log()));
     assert!(node.installed().is_some());
+    assert_kata_used(&node, "user");
     let _ = first.process.stop().await;
 
     let empty = format!(

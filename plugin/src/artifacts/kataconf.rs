@@ -3,6 +3,8 @@
 //! `<artifactsDir>/.store/<digest>/`, so a sandbox never mixes files of two versions. Policies'
 //! kata settings (`mutate-runtime`'s `kata-config`, an allowlist with no path-valued key) are
 //! written beside the class's configuration by [`render_settings`] (see [`SETTINGS_DIR`]).
+//! A class without `runtime.configFile` reads [`DEFAULT_CONFIG_NAME`], a link the install makes to
+//! the artifact's one top-level `*.toml` ([`link_default_config`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,10 +13,38 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use toml_edit::{DocumentMut, Item, Table, Value};
 
+use crate::config::{RuntimeClass, RuntimeSettings};
 use crate::policy::{KataSection, KataSetting, validate_kata_settings};
 
 /// The keys of a hypervisor section that name files of the artifact.
 pub const PATH_KEYS: [&str; 4] = ["kernel", "image", "initrd", "firmware"];
+
+/// The configuration of a class without `runtime.configFile`, at the top of every version: a
+/// relative symlink to the artifact's one top-level `*.toml`, made by the install. A fixed name,
+/// so the stanza's `ConfigPath` is known before anything is pulled (an `onDemand` class's stanza
+/// is written before its artifacts exist), as k8s-kata-manager's top-level `*.toml` was.
+pub const DEFAULT_CONFIG_NAME: &str = "kata-nri-manager.toml";
+
+/// The configuration a class's stanza names, relative to its version: `runtime.configFile`, else
+/// [`DEFAULT_CONFIG_NAME`].
+pub fn config_file(runtime: &RuntimeSettings) -> &Path {
+    runtime
+        .config_file
+        .as_deref()
+        .unwrap_or(Path::new(DEFAULT_CONFIG_NAME))
+}
+
+/// The stanza's `ConfigPath` for `class` with policies' `settings`: through the class's link
+/// (`<artifactsDir>/<class>`), so it never changes with the version.
+pub fn config_path(
+    artifacts_dir: &Path,
+    class: &RuntimeClass,
+    settings: &[KataSetting],
+) -> PathBuf {
+    artifacts_dir
+        .join(&class.name)
+        .join(settings_path(config_file(&class.runtime), settings))
+}
 
 /// Why a kata configuration could not be rewritten.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +61,18 @@ pub enum KataConfigError {
         value: String,
         rule: String,
     },
+    /// `runtime.configFile` unset and more than one configuration to choose from: which one kata
+    /// runs is the operator's decision, never a guess.
+    #[error(
+        "{DEFAULT_CONFIG_NAME}: runtime.configFile is unset and the artifact has several *.toml files at its top ({}): set runtime.configFile to the one kata should use",
+        .0.join(", ")
+    )]
+    SeveralConfigs(Vec<String>),
+    /// The artifact ships the name the install links for classes without `runtime.configFile`.
+    #[error(
+        "{DEFAULT_CONFIG_NAME}: the artifact has an entry of this name at its top, a name kata-nri-manager reserves in every version (for the configuration of classes without runtime.configFile): rename it in the artifact"
+    )]
+    Reserved,
 }
 
 /// Every file and symlink of the tree by file name, as paths relative to the root.
@@ -86,6 +128,62 @@ fn resolve_inside(root: &Path, rel: &Path) -> Option<PathBuf> {
     let real = fs::canonicalize(root.join(rel)).ok()?;
     let inside = real.strip_prefix(&root).ok()?.to_path_buf();
     real.is_file().then_some(inside)
+}
+
+/// The regular `*.toml` files at the top of the tree at `root` (not in its directories, not
+/// symlinks, not [`DEFAULT_CONFIG_NAME`]), sorted: what k8s-kata-manager took as the class's
+/// configuration.
+pub fn top_level_configs(root: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".toml") && name != DEFAULT_CONFIG_NAME && entry.file_type()?.is_file() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Refuses a tree that has its own [`DEFAULT_CONFIG_NAME`] at the top: the name is ours in every
+/// version, whichever class installs it (classes may share a version).
+pub fn check_reserved(root: &Path) -> Result<(), KataConfigError> {
+    match fs::symlink_metadata(root.join(DEFAULT_CONFIG_NAME)) {
+        Ok(_) => Err(KataConfigError::Reserved),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Links [`DEFAULT_CONFIG_NAME`] in the staged tree at `root` to its one top-level `*.toml` (a
+/// relative symlink, so it holds after the rename into the store) and returns that file's name;
+/// `None` when the tree has none (the install goes on: the class's pods cannot start, which
+/// `status` says). Several are an error. Run before [`rewrite_all`], which rewrites the file
+/// through the link.
+pub fn link_default_config(root: &Path) -> Result<Option<String>, KataConfigError> {
+    check_reserved(root)?;
+    let bad = |why: String| KataConfigError::Bad {
+        file: DEFAULT_CONFIG_NAME.to_owned(),
+        why,
+    };
+    let mut configs =
+        top_level_configs(root).map_err(|e| bad(format!("cannot list the artifact: {e}")))?;
+    match configs.len() {
+        0 => Ok(None),
+        1 => {
+            let target = configs.remove(0);
+            std::os::unix::fs::symlink(&target, root.join(DEFAULT_CONFIG_NAME))
+                .map_err(|e| bad(format!("cannot link it to {target}: {e}")))?;
+            Ok(Some(target))
+        }
+        _ => Err(KataConfigError::SeveralConfigs(configs)),
+    }
+}
+
+/// What [`DEFAULT_CONFIG_NAME`] of the installed version at `version_dir` resolves to, relative
+/// to the version; `None` when it is absent or leads out of the version.
+pub fn default_config_target(version_dir: &Path) -> Option<PathBuf> {
+    resolve_inside(version_dir, Path::new(DEFAULT_CONFIG_NAME))
 }
 
 /// Rewrites the kata configurations under `root` (the staging directory) so their file paths
@@ -666,5 +764,159 @@ sandbox_cgroup_only = true
         assert_ne!(a, settings_fingerprint(&[KataSetting::DefaultVcpus(3)]));
         assert_eq!(a.len(), 16);
         assert_eq!(settings_fingerprint(&[]), "none");
+    }
+
+    /// A tree with `names` as regular files (`dir/name` makes the directory).
+    fn tree(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in names {
+            let path = dir.path().join(name);
+            fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            fs::write(path, CONFIG).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn links_the_one_top_level_toml_and_rewrites_it_once_through_the_link() {
+        let dir = tree(&[
+            "configuration-qemu.toml",
+            "share/kata-containers/vmlinux.container",
+            "share/extra.toml",
+        ]);
+        let root = dir.path();
+        fs::write(root.join("kata-containers.img"), "i").expect("image");
+        // Neither a symlink nor a file below the top is a candidate.
+        std::os::unix::fs::symlink("configuration-qemu.toml", root.join("alias.toml"))
+            .expect("symlink");
+
+        assert_eq!(
+            link_default_config(root).expect("linked").as_deref(),
+            Some("configuration-qemu.toml")
+        );
+        let alias = root.join(DEFAULT_CONFIG_NAME);
+        assert_eq!(
+            fs::read_link(&alias).expect("a symlink"),
+            Path::new("configuration-qemu.toml"),
+            "relative, so it holds after the rename into the store"
+        );
+        let final_dir = Path::new("/opt/knm/.store/sha256:ab");
+        let files =
+            rewrite_all(root, final_dir, Some(Path::new(DEFAULT_CONFIG_NAME))).expect("rewritten");
+        assert_eq!(files, [PathBuf::from("configuration-qemu.toml")]);
+        assert!(
+            fs::symlink_metadata(&alias)
+                .expect("alias")
+                .file_type()
+                .is_symlink(),
+            "the rewrite replaces the file, not the link"
+        );
+        let text = fs::read_to_string(&alias).expect("read through the link");
+        assert!(
+            text.contains("image = \"/opt/knm/.store/sha256:ab/kata-containers.img\""),
+            "{text}"
+        );
+        assert_eq!(
+            default_config_target(root),
+            Some("configuration-qemu.toml".into())
+        );
+    }
+
+    #[test]
+    fn a_top_level_toml_of_any_name_is_rewritten_through_the_link() {
+        let dir = tree(&["kata-gpu.toml"]);
+        fs::write(dir.path().join("kata-containers.img"), "i").expect("image");
+        link_default_config(dir.path()).expect("linked");
+        let files = rewrite_all(
+            dir.path(),
+            Path::new("/x"),
+            Some(Path::new(DEFAULT_CONFIG_NAME)),
+        )
+        .expect("rewritten");
+        assert_eq!(files, [PathBuf::from("kata-gpu.toml")]);
+        let text = fs::read_to_string(dir.path().join("kata-gpu.toml")).expect("read");
+        assert!(text.contains("\"/x/kata-containers.img\""), "{text}");
+    }
+
+    #[test]
+    fn several_top_level_tomls_are_an_error_that_lists_them() {
+        let dir = tree(&["b.toml", "a.toml", "sub/c.toml"]);
+        let error = link_default_config(dir.path()).expect_err("several");
+        assert!(
+            matches!(&error, KataConfigError::SeveralConfigs(found) if found == &["a.toml", "b.toml"]),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "kata-nri-manager.toml: runtime.configFile is unset and the artifact has several *.toml files at its top (a.toml, b.toml): set runtime.configFile to the one kata should use"
+        );
+        assert!(fs::symlink_metadata(dir.path().join(DEFAULT_CONFIG_NAME)).is_err());
+    }
+
+    #[test]
+    fn no_top_level_toml_links_nothing() {
+        let dir = tree(&["opt/kata/share/defaults/kata-containers/configuration-qemu.toml"]);
+        assert_eq!(link_default_config(dir.path()).expect("none"), None);
+        assert!(fs::symlink_metadata(dir.path().join(DEFAULT_CONFIG_NAME)).is_err());
+        assert_eq!(default_config_target(dir.path()), None);
+    }
+
+    #[test]
+    fn an_artifact_may_not_carry_the_reserved_name() {
+        let dir = tree(&[DEFAULT_CONFIG_NAME]);
+        assert!(matches!(
+            link_default_config(dir.path()),
+            Err(KataConfigError::Reserved)
+        ));
+        assert!(matches!(
+            check_reserved(dir.path()),
+            Err(KataConfigError::Reserved)
+        ));
+        // A symlink of that name too: whatever it is, the name is ours.
+        let link = tree(&["configuration.toml"]);
+        std::os::unix::fs::symlink("configuration.toml", link.path().join(DEFAULT_CONFIG_NAME))
+            .expect("symlink");
+        let error = link_default_config(link.path()).expect_err("reserved");
+        assert!(error.to_string().contains("reserves"), "{error}");
+        assert!(check_reserved(tree(&["configuration.toml"]).path()).is_ok());
+    }
+
+    #[test]
+    fn settings_render_through_the_link() {
+        let dir = tree(&[]);
+        fs::write(dir.path().join("configuration-qemu.toml"), GPU_CONFIG).expect("write");
+        link_default_config(dir.path()).expect("linked");
+        let settings = [KataSetting::DefaultVcpus(4)];
+        let rel = render_settings(dir.path(), Path::new(DEFAULT_CONFIG_NAME), &settings)
+            .expect("render")
+            .expect("a file");
+        assert_eq!(
+            rel,
+            settings_path(Path::new(DEFAULT_CONFIG_NAME), &settings)
+        );
+        assert!(rel.ends_with(DEFAULT_CONFIG_NAME));
+        let rendered = dir.path().join(&rel);
+        assert!(
+            fs::symlink_metadata(&rendered)
+                .expect("rendering")
+                .file_type()
+                .is_file()
+        );
+        let text = fs::read_to_string(&rendered).expect("read");
+        assert!(text.contains("default_vcpus = 4 # boot vCPUs"), "{text}");
+    }
+
+    #[test]
+    fn the_stanza_names_the_config_file_or_the_reserved_name() {
+        let runtime = RuntimeSettings::default();
+        assert_eq!(config_file(&runtime), Path::new(DEFAULT_CONFIG_NAME));
+        let runtime = RuntimeSettings {
+            config_file: Some("share/configuration-qemu.toml".into()),
+            ..RuntimeSettings::default()
+        };
+        assert_eq!(
+            config_file(&runtime),
+            Path::new("share/configuration-qemu.toml")
+        );
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! Layout under `artifactsDir`:
 //! - `.store/<manifest digest>/`: one installed version, immutable once renamed into place;
+//! - `.store/<digest>/kata-nri-manager.toml`: a link to the artifact's one top-level `*.toml`,
+//!   the configuration of classes without `runtime.configFile` ([`DEFAULT_CONFIG_NAME`]);
 //! - `<class>`: a symlink to `.store/<digest>`, switched atomically (temp link + rename);
 //! - `.staging/<random>/`: a pull in progress (same filesystem, so the install is a rename);
 //!   removed whatever happens;
@@ -37,9 +39,10 @@ pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
 pub use error::{ArtifactError, AuthHint, Result};
 pub use fetch::MAX_MANIFEST_BYTES;
 pub use kataconf::{
-    KataConfigError, PATH_KEYS as KATA_PATH_KEYS, SETTINGS_DIR as KATA_SETTINGS_DIR,
-    apply_settings as apply_kata_settings, settings_fingerprint as kata_settings_fingerprint,
-    settings_path as kata_settings_path,
+    DEFAULT_CONFIG_NAME, KataConfigError, PATH_KEYS as KATA_PATH_KEYS,
+    SETTINGS_DIR as KATA_SETTINGS_DIR, apply_settings as apply_kata_settings,
+    config_file as kata_config_file, config_path as kata_config_path,
+    settings_fingerprint as kata_settings_fingerprint, settings_path as kata_settings_path,
 };
 pub use progress::{NoProgress, PullObserver};
 pub use registry::RetryPolicy;

@@ -64,6 +64,12 @@ pub struct ClassState {
     /// that run no policies (the CLI), so what they install gets the same rendering.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kata_settings: Vec<crate::policy::KataSetting>,
+    /// The artifact's kata configuration the class's stanza names, relative to the version:
+    /// `runtime.configFile`, or the file `kata-nri-manager.toml` links to when it is unset.
+    /// `None`: the artifact has none, so kata refuses to start the class's pods (`status` says
+    /// so); also in records written before this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
 }
 
 impl ClassState {
@@ -93,6 +99,8 @@ pub struct VersionRecord {
     pub kata_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
 }
 
 /// `<artifactsDir>/.state`.
@@ -172,6 +180,7 @@ mod tests {
             versions: BTreeMap::new(),
             rejected: vec![],
             served_by: Some("mirror.example:5001".into()),
+            config_file: Some("configuration-qemu.toml".into()),
         };
         let path = write(dir.path(), &state).expect("write");
         assert_eq!(read(dir.path(), "kata-qemu"), Some(state));
@@ -193,5 +202,6 @@ mod tests {
             "files": {}}"#;
         let state: ClassState = serde_json::from_str(old).expect("old record");
         assert_eq!(state.served_by, None);
+        assert_eq!(state.config_file, None);
     }
 }

@@ -188,8 +188,9 @@ impl ArtifactStore {
     }
 
     /// The kata settings policies decided for `class`: rendered into its installed version by
-    /// the next ensure (and into every version installed after), beside `runtime.configFile`
-    /// at [`kataconf::settings_path`]. An empty list means the configuration as shipped.
+    /// the next ensure (and into every version installed after), beside the configuration its
+    /// stanza names ([`kataconf::config_file`]) at [`kataconf::settings_path`]. An empty list
+    /// means the configuration as shipped.
     pub fn set_kata_settings(&self, class: &str, settings: Vec<KataSetting>) {
         self.inner
             .kata_settings
@@ -338,17 +339,29 @@ impl ArtifactStore {
                 }
             }
         }
+        // The stanza keeps naming kata-nri-manager.toml for a class without runtime.configFile:
+        // a version installed before that link existed would leave kata without its
+        // configuration.
+        if !default_config_in_place(class, &back) {
+            return Err(refused(format!(
+                "{} has no {}, which the class's stanza names (installed by an older kata-nri-manager): pull it again by digest instead",
+                back.manifest_digest,
+                kataconf::DEFAULT_CONFIG_NAME
+            )));
+        }
+        back.config_file = config_file_of(class, &back.path);
         // The version may predate the class's kata settings: render them into it too, before
         // it becomes current.
-        if let Some(config_file) = &class.runtime.config_file {
-            let rel = kataconf::settings_path(config_file, &wanted);
+        if let Some(config_file) = config_in_version(class, &back) {
+            let rel = kataconf::settings_path(&config_file, &wanted);
             if !back.files.contains_key(&rel.display().to_string()) {
                 let rule = hostpaths::HostPathRule {
                     version_dir: &back.path,
                     allowed: &self.inner.settings.allowed_host_paths,
                 };
-                if let Some((rel, record)) = render_checked(&rule, &back.path, config_file, &wanted)
-                    .map_err(|e| kata_config_error(name, e))?
+                if let Some((rel, record)) =
+                    render_checked(&rule, &back.path, &config_file, &wanted)
+                        .map_err(|e| kata_config_error(name, e))?
                 {
                     let record = record.map_err(self.inner.io(name, "hashing", Path::new(&rel)))?;
                     back.files.insert(rel, record);
@@ -681,7 +694,9 @@ impl Inner {
     /// The link points at the recorded version and its files are there with their sizes.
     /// (Re-hashing every file is the repair check's job, not every start's.)
     fn intact(&self, class: &RuntimeClass, state: &ClassState) -> bool {
-        self.link_current(&class.name, state) && files_present(state)
+        self.link_current(&class.name, state)
+            && files_present(state)
+            && default_config_in_place(class, state)
     }
 
     fn link_current(&self, class: &str, state: &ClassState) -> bool {
@@ -694,6 +709,10 @@ impl Inner {
     /// only the link is wrong (a crash between a link switch and the record's write).
     fn usable(&self, class: &RuntimeClass, state: &ClassState) -> Result<bool> {
         if !files_present(state) {
+            return Ok(false);
+        }
+        if !default_config_in_place(class, state) {
+            tracing::warn!(digest = %state.manifest_digest, file = kataconf::DEFAULT_CONFIG_NAME, "the installed version lacks the kata configuration the class's stanza names (installed by an older kata-nri-manager, or the link was removed); pulling it again");
             return Ok(false);
         }
         if !self.link_current(&class.name, state) {
@@ -864,7 +883,7 @@ impl Inner {
             }
         }
 
-        let kata_configs = self
+        let (kata_configs, config_file) = self
             .rewrite_kata_configs(class, &root, &final_dir, &kata_settings, &mut files)
             .await?;
         // Another class's renderings in a version it shares with this one survive the exchange.
@@ -888,6 +907,7 @@ impl Inner {
             kata_configs,
             kata_version,
             kata_settings,
+            config_file,
             served_by: Some(registry.context.registry.clone()),
             previous: Vec::new(),
             retired: Vec::new(),
@@ -1049,7 +1069,10 @@ impl Inner {
         })
     }
 
-    /// Rewrites the kata configurations to the final directory and records their new digests.
+    /// Links `kata-nri-manager.toml` for a class without `runtime.configFile`, rewrites the kata
+    /// configurations to the final directory and records their new digests. Returns the
+    /// rewritten files and the artifact's configuration the stanza names (for the record;
+    /// `None`: the artifact has none).
     async fn rewrite_kata_configs(
         &self,
         class: &RuntimeClass,
@@ -1057,13 +1080,29 @@ impl Inner {
         final_dir: &Path,
         kata_settings: &[KataSetting],
         files: &mut BTreeMap<String, FileRecord>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Option<String>)> {
         let (root, final_dir) = (root.to_owned(), final_dir.to_owned());
-        let config_file = class.runtime.config_file.clone();
+        let configured = class.runtime.config_file.clone();
         let name = class.name.clone();
         let allowed = self.settings.allowed_host_paths.clone();
-        let kata_settings = kata_settings.to_vec();
-        let (rewritten, rendered) = blocking(&name, move || {
+        let settings = kata_settings.to_vec();
+        let (rewritten, rendered, config_file) = blocking(&name, move || {
+            // Before the rewrite, which then rewrites the linked file through the link (once:
+            // it resolves it), and renders the settings from it.
+            let (config_file, recorded) = match configured {
+                Some(file) => {
+                    kataconf::check_reserved(&root)?;
+                    let recorded = file.display().to_string();
+                    (Some(file), Some(recorded))
+                }
+                None => match kataconf::link_default_config(&root)? {
+                    Some(target) => (
+                        Some(PathBuf::from(kataconf::DEFAULT_CONFIG_NAME)),
+                        Some(target),
+                    ),
+                    None => (None, None),
+                },
+            };
             let files = kataconf::rewrite_all(&root, &final_dir, config_file.as_deref())?;
             // After the rewrite, so the paths checked are the ones kata will read; before the
             // commit, so a refused version never becomes current.
@@ -1073,13 +1112,25 @@ impl Inner {
             };
             rule.check_all(&root, &files)?;
             let rendered = match &config_file {
-                Some(config_file) => render_checked(&rule, &root, config_file, &kata_settings)?,
+                Some(config_file) => render_checked(&rule, &root, config_file, &settings)?,
                 None => None,
             };
-            Ok::<_, kataconf::KataConfigError>((hash_all(&root, &files), rendered))
+            Ok::<_, kataconf::KataConfigError>((hash_all(&root, &files), rendered, recorded))
         })
         .await?
         .map_err(|e| kata_config_error(&name, e))?;
+        if config_file.is_none() {
+            // Installed all the same: refusing would change nothing for the class's pods (the
+            // stanza names the file either way) and would hide the version's other problems.
+            tracing::warn!(
+                runtime_class = %class.name,
+                config_path = %kataconf::config_path(&self.settings.artifacts_dir, class, kata_settings).display(),
+                "kata will refuse to start pods of this class: the artifact has no *.toml at its top and runtime.configFile is unset, so the stanza's ConfigPath names a file this artifact does not provide; set runtime.configFile (to a kata configuration inside the artifact)"
+            );
+            if !kata_settings.is_empty() {
+                tracing::warn!(runtime_class = %class.name, settings = ?kata_settings, "policies' kata settings not rendered: the artifact has no kata configuration to render them into");
+            }
+        }
         let mut names = Vec::new();
         for (rel, record) in rewritten {
             let record = record.map_err(self.io(&name, "hashing", Path::new(&rel)))?;
@@ -1090,20 +1141,16 @@ impl Inner {
             let record = record.map_err(self.io(&name, "hashing", Path::new(&rel)))?;
             files.insert(rel, record);
         }
-        Ok(names)
+        Ok((names, config_file))
     }
 
     /// The kata settings this ensure renders: the daemon's decision for the class, else what
-    /// its record says; none for a class without `runtime.configFile` (kata reads its default
-    /// configuration then, which is not ours to change).
+    /// its record says.
     fn wanted_settings(
         &self,
         class: &RuntimeClass,
         recorded: Option<&ClassState>,
     ) -> Vec<KataSetting> {
-        if class.runtime.config_file.is_none() {
-            return Vec::new();
-        }
         let decided = self
             .kata_settings
             .lock()
@@ -1140,14 +1187,20 @@ impl Inner {
             let mut fresh = state::read(&inner.settings.artifacts_dir, name)
                 .filter(|fresh| fresh.manifest_digest == state.manifest_digest)
                 .unwrap_or(state);
+            match config_in_version(&class, &fresh) {
+                None if !wanted.is_empty() => {
+                    tracing::warn!(settings = ?wanted, "policies' kata settings not rendered: the installed artifact has no kata configuration to render them into");
+                }
+                _ => {}
+            }
             if !rendered_there(&class, &wanted, &fresh)
-                && let Some(config_file) = &class.runtime.config_file
+                && let Some(config_file) = config_in_version(&class, &fresh)
             {
                 let rule = hostpaths::HostPathRule {
                     version_dir: &fresh.path,
                     allowed: &inner.settings.allowed_host_paths,
                 };
-                let rendered = render_checked(&rule, &fresh.path, config_file, &wanted)
+                let rendered = render_checked(&rule, &fresh.path, &config_file, &wanted)
                     .map_err(|e| kata_config_error(name, e))?;
                 if let Some((rel, record)) = rendered {
                     let record = record.map_err(inner.io(name, "hashing", Path::new(&rel)))?;
@@ -1230,18 +1283,50 @@ fn unix_now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// Renders `settings` into the version at `root` (see [`kataconf::render_settings`]), checks
-/// the rendering's paths like the version's own configurations, and hashes it.
 /// Whether `state`'s version has `wanted` rendered into it (or needs no rendering).
 fn rendered_there(class: &RuntimeClass, wanted: &[KataSetting], state: &ClassState) -> bool {
-    class.runtime.config_file.as_ref().is_none_or(|config| {
+    config_in_version(class, state).is_none_or(|config| {
         wanted.is_empty()
             || state.files.contains_key(
-                &kataconf::settings_path(config, wanted)
+                &kataconf::settings_path(&config, wanted)
                     .display()
                     .to_string(),
             )
     })
+}
+
+/// The configuration the class's stanza names that `state`'s version provides, relative to the
+/// version: `runtime.configFile`, else `kata-nri-manager.toml` when the install linked it;
+/// `None` when the artifact has none (nothing to render settings into).
+fn config_in_version(class: &RuntimeClass, state: &ClassState) -> Option<PathBuf> {
+    match &class.runtime.config_file {
+        Some(file) => Some(file.clone()),
+        None => state
+            .config_file
+            .is_some()
+            .then(|| PathBuf::from(kataconf::DEFAULT_CONFIG_NAME)),
+    }
+}
+
+/// What the record says the class's stanza names in the version at `version_dir`: its
+/// `runtime.configFile`, else what `kata-nri-manager.toml` links to.
+fn config_file_of(class: &RuntimeClass, version_dir: &Path) -> Option<String> {
+    match &class.runtime.config_file {
+        Some(file) => Some(file.display().to_string()),
+        None => kataconf::default_config_target(version_dir).map(|t| t.display().to_string()),
+    }
+}
+
+/// Whether the version has the configuration a class without `runtime.configFile` reads
+/// (`kata-nri-manager.toml`), or cannot have one (its artifact has no top-level `*.toml`). A
+/// version installed before that link existed, or one that lost it, has neither: it is pulled
+/// again, and the install links it. Other entries of a version are not checked; this one is, as
+/// the stanza names it.
+fn default_config_in_place(class: &RuntimeClass, state: &ClassState) -> bool {
+    class.runtime.config_file.is_some()
+        || state.path.join(kataconf::DEFAULT_CONFIG_NAME).is_file()
+        || (state.config_file.is_none()
+            && kataconf::top_level_configs(&state.path).is_ok_and(|found| found.is_empty()))
 }
 
 /// Runs `work` on a blocking thread, in the caller's span: a file lock another process holds,
@@ -1260,6 +1345,8 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// Renders `settings` into the version at `root` (see [`kataconf::render_settings`]), checks
+/// the rendering's paths like the version's own configurations, and hashes it.
 fn render_checked(
     rule: &hostpaths::HostPathRule<'_>,
     root: &Path,
@@ -1291,19 +1378,37 @@ fn kata_config_error(class: &str, e: kataconf::KataConfigError) -> ArtifactError
             kataconf::KataConfigError::Bad { file, .. }
             | kataconf::KataConfigError::Refused { file, .. } => PathBuf::from(file),
             kataconf::KataConfigError::Missing(file) => PathBuf::from(file),
+            kataconf::KataConfigError::SeveralConfigs(_) | kataconf::KataConfigError::Reserved => {
+                PathBuf::from(kataconf::DEFAULT_CONFIG_NAME)
+            }
         },
         why: match &e {
             kataconf::KataConfigError::Refused {
                 key, value, rule, ..
             } => format!("{key} = {value:?}: {rule}"),
+            // Their message starts with the file name, which the outer one already gives.
+            kataconf::KataConfigError::SeveralConfigs(_) | kataconf::KataConfigError::Reserved => e
+                .to_string()
+                .strip_prefix(&format!("{}: ", kataconf::DEFAULT_CONFIG_NAME))
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.to_string()),
             _ => e.to_string(),
         },
     }
 }
 
 /// Copies the renderings of `existing` (a version directory about to be exchanged for the
-/// staged `root` of the same digest) that `root` lacks: they belong to other classes.
+/// staged `root` of the same digest) that `root` lacks, and its `kata-nri-manager.toml` link:
+/// they belong to other classes (a class with `runtime.configFile` stages no link).
 fn keep_renderings(existing: &Path, root: &Path) -> io::Result<()> {
+    let link = existing.join(kataconf::DEFAULT_CONFIG_NAME);
+    let into = root.join(kataconf::DEFAULT_CONFIG_NAME);
+    if let Ok(target) = fs::read_link(&link)
+        && fs::symlink_metadata(&into).is_err()
+    {
+        // Same digest, same tree: the target means the same file in `root`.
+        std::os::unix::fs::symlink(target, &into)?;
+    }
     let from = existing.join(kataconf::SETTINGS_DIR);
     let Ok(entries) = fs::read_dir(&from) else {
         return Ok(());
@@ -1447,6 +1552,378 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    const DEFAULT: &str = kataconf::DEFAULT_CONFIG_NAME;
+
+    const CONFIG: &str = "[hypervisor.qemu]\nkernel = \"/opt/kata/share/vmlinux.container\"\nimage = \"/opt/kata/share/kata-containers.img\"\n";
+
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn store(dir: &Path) -> ArtifactStore {
+        ArtifactStore::new(StoreSettings {
+            artifacts_dir: dir.join("artifacts"),
+            pull_secrets_dir: dir.join("secrets"),
+            registries: Registries::default(),
+            limits: Limits::default(),
+            parallel_layers: 1,
+            retry: RetryPolicy::default(),
+            allowed_host_paths: Vec::new(),
+            hosts_dirs: Vec::new(),
+        })
+    }
+
+    /// A class as k8s-kata-manager's config gives it (no `runtime`), or with `runtime`.
+    fn class(runtime: &str) -> RuntimeClass {
+        let text = format!(
+            "runtimeClasses:\n- {{name: gpu, artifacts: {{url: nvcr.io/nvidia/kata:1, pullSecret: ngc}}{runtime}}}\n"
+        );
+        let config =
+            crate::config::parse_str(&text, Path::new("c.yaml"), crate::config::FileKind::Trusted)
+                .unwrap_or_else(|e| panic!("{e}"));
+        config.runtime_classes[0].clone()
+    }
+
+    /// A staged tree with `tomls` at its top (each a kata configuration) and the files they name.
+    fn staged(dir: &Path, tomls: &[&str]) -> PathBuf {
+        let root = dir.join("staging/tree");
+        fs::create_dir_all(root.join("share")).expect("mkdir");
+        fs::write(root.join("share/vmlinux.container"), "k").expect("kernel");
+        fs::write(root.join("share/kata-containers.img"), "i").expect("image");
+        for name in tomls {
+            fs::write(root.join(name), CONFIG).expect("toml");
+        }
+        root
+    }
+
+    /// What the install records for the staged tree, as `install` would build it.
+    fn record(
+        class: &RuntimeClass,
+        path: PathBuf,
+        files: BTreeMap<String, FileRecord>,
+    ) -> ClassState {
+        let digest = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        ClassState {
+            class: class.name.clone(),
+            reference: class.artifacts.url.as_str().to_owned(),
+            resolved_digest: digest.clone(),
+            manifest_digest: digest,
+            path,
+            installed_at: 1,
+            files,
+            kata_configs: Vec::new(),
+            kata_version: None,
+            previous: Vec::new(),
+            retired: Vec::new(),
+            versions: BTreeMap::new(),
+            rejected: Vec::new(),
+            served_by: None,
+            kata_settings: Vec::new(),
+            config_file: None,
+        }
+    }
+
+    /// Log lines written while `work` runs (on this thread: a current-thread runtime's).
+    fn logs<T>(work: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, work);
+        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_owned();
+        (out, text)
+    }
+
+    #[tokio::test]
+    async fn a_class_without_config_file_gets_the_one_top_level_toml_through_the_reserved_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let class = class("");
+        let root = staged(dir.path(), &["configuration-qemu.toml"]);
+        let artifacts = &store.settings().artifacts_dir;
+        let final_dir = artifacts.join(".store").join(digest('a'));
+        let settings = [KataSetting::DefaultVcpus(4)];
+        let mut files = BTreeMap::new();
+        let (configs, config_file) = store
+            .inner
+            .rewrite_kata_configs(&class, &root, &final_dir, &settings, &mut files)
+            .await
+            .expect("installed");
+        assert_eq!(configs, ["configuration-qemu.toml"]);
+        assert_eq!(config_file.as_deref(), Some("configuration-qemu.toml"));
+        let rendering = kataconf::settings_path(Path::new(DEFAULT), &settings);
+        assert!(files.contains_key("configuration-qemu.toml"), "{files:?}");
+        assert!(
+            files.contains_key(&rendering.display().to_string()),
+            "{files:?}"
+        );
+
+        // What the commit and the link switch make of it: the stanza's ConfigPath exists.
+        fs::create_dir_all(final_dir.parent().expect("store")).expect("mkdir");
+        fs::rename(&root, &final_dir).expect("commit");
+        std::os::unix::fs::symlink(Path::new(".store").join(digest('a')), artifacts.join("gpu"))
+            .expect("link");
+        for settings in [&settings[..], &[]] {
+            let config_path = kataconf::config_path(artifacts, &class, settings);
+            let text = fs::read_to_string(&config_path).expect("the stanza's file");
+            assert!(
+                text.contains(&format!("{}/share/vmlinux.container", final_dir.display())),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            kataconf::config_path(artifacts, &class, &[]),
+            artifacts.join("gpu/kata-nri-manager.toml")
+        );
+        let mut state = record(&class, final_dir, files);
+        state.config_file = config_file;
+        state.kata_settings = settings.to_vec();
+        assert!(default_config_in_place(&class, &state));
+        assert!(rendered_there(&class, &settings, &state));
+    }
+
+    #[tokio::test]
+    async fn several_top_level_tomls_refuse_the_install_and_list_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let root = staged(
+            dir.path(),
+            &["configuration-qemu.toml", "configuration-clh.toml"],
+        );
+        let final_dir = store
+            .settings()
+            .artifacts_dir
+            .join(".store")
+            .join(digest('a'));
+        let error = store
+            .inner
+            .rewrite_kata_configs(&class(""), &root, &final_dir, &[], &mut BTreeMap::new())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "installing gpu: kata configuration kata-nri-manager.toml: runtime.configFile is unset and the artifact has several *.toml files at its top (configuration-clh.toml, configuration-qemu.toml): set runtime.configFile to the one kata should use"
+        );
+        // Refused before the commit: nothing links, nothing is rewritten, nothing is in the store.
+        assert!(fs::symlink_metadata(root.join(DEFAULT)).is_err());
+        assert_eq!(
+            fs::read_to_string(root.join("configuration-qemu.toml")).expect("read"),
+            CONFIG
+        );
+        assert!(!final_dir.exists());
+
+        // Naming one is the way out.
+        let chosen = class(", runtime: {configFile: configuration-qemu.toml}");
+        let (_, config_file) = store
+            .inner
+            .rewrite_kata_configs(&chosen, &root, &final_dir, &[], &mut BTreeMap::new())
+            .await
+            .expect("installed");
+        assert_eq!(config_file.as_deref(), Some("configuration-qemu.toml"));
+        assert!(fs::symlink_metadata(root.join(DEFAULT)).is_err());
+    }
+
+    #[test]
+    fn no_top_level_toml_installs_with_a_warning_and_records_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let class = class("");
+        let root = staged(dir.path(), &[]);
+        let final_dir = store
+            .settings()
+            .artifacts_dir
+            .join(".store")
+            .join(digest('a'));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (result, log) = logs(|| {
+            runtime.block_on(store.inner.rewrite_kata_configs(
+                &class,
+                &root,
+                &final_dir,
+                &[KataSetting::DefaultVcpus(2)],
+                &mut BTreeMap::new(),
+            ))
+        });
+        let (configs, config_file) = result.expect("installed");
+        assert!(configs.is_empty());
+        assert_eq!(config_file, None);
+        assert!(log.contains("WARN"), "{log}");
+        assert!(
+            log.contains("kata will refuse to start pods of this class"),
+            "{log}"
+        );
+        assert!(log.contains("runtime_class=gpu"), "{log}");
+        assert!(
+            log.contains(&format!(
+                "config_path={}",
+                store
+                    .settings()
+                    .artifacts_dir
+                    .join("gpu/.kata-settings")
+                    .display()
+            )),
+            "{log}"
+        );
+        assert!(log.contains("set runtime.configFile"), "{log}");
+        assert!(
+            log.contains("policies' kata settings not rendered"),
+            "{log}"
+        );
+        let state = record(&class, root, BTreeMap::new());
+        // Nothing to link, nothing to pull again for.
+        assert!(default_config_in_place(&class, &state));
+        assert!(rendered_there(
+            &class,
+            &[KataSetting::DefaultVcpus(2)],
+            &state
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_artifact_with_the_reserved_name_is_refused() {
+        for runtime in ["", ", runtime: {configFile: configuration-qemu.toml}"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = store(dir.path());
+            let root = staged(dir.path(), &["configuration-qemu.toml", DEFAULT]);
+            let final_dir = store
+                .settings()
+                .artifacts_dir
+                .join(".store")
+                .join(digest('a'));
+            let error = store
+                .inner
+                .rewrite_kata_configs(
+                    &class(runtime),
+                    &root,
+                    &final_dir,
+                    &[],
+                    &mut BTreeMap::new(),
+                )
+                .await
+                .expect_err("refused");
+            assert!(
+                error.to_string().starts_with("installing gpu: kata configuration kata-nri-manager.toml: the artifact has an entry of this name at its top, a name kata-nri-manager reserves"),
+                "{error}"
+            );
+        }
+    }
+
+    /// An installed class: `<artifactsDir>/.store/<digest>` with a top-level toml, the link, the
+    /// record.
+    fn installed_version(
+        store: &ArtifactStore,
+        class: &RuntimeClass,
+        c: char,
+        alias: bool,
+    ) -> ClassState {
+        let artifacts = &store.settings().artifacts_dir;
+        let version = artifacts.join(".store").join(digest(c));
+        fs::create_dir_all(&version).expect("version");
+        fs::write(version.join("configuration-qemu.toml"), CONFIG).expect("toml");
+        if alias {
+            std::os::unix::fs::symlink("configuration-qemu.toml", version.join(DEFAULT))
+                .expect("alias");
+        }
+        let link = artifacts.join(&class.name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(Path::new(".store").join(digest(c)), &link).expect("link");
+        let mut state = record(class, version, BTreeMap::new());
+        state.config_file = alias.then(|| "configuration-qemu.toml".to_owned());
+        state::write(artifacts, &state).expect("record");
+        state
+    }
+
+    #[test]
+    fn a_version_without_the_reserved_link_is_pulled_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let class = class("");
+        // Installed by an older kata-nri-manager: the stanza now names a file it lacks.
+        let old = installed_version(&store, &class, 'a', false);
+        assert_eq!(store.verified(&class), None);
+        assert!(!store.inner.usable(&class, &old).expect("usable"));
+        // A class that names its configuration does not care.
+        let named = self::class(", runtime: {configFile: configuration-qemu.toml}");
+        assert!(store.verified(&named).is_some());
+
+        let current = installed_version(&store, &class, 'b', true);
+        assert_eq!(store.verified(&class), Some(current.clone()));
+        // Lost since: pulled again, which links it.
+        fs::remove_file(current.path.join(DEFAULT)).expect("remove");
+        assert_eq!(store.verified(&class), None);
+    }
+
+    #[test]
+    fn a_rollback_keeps_the_reserved_link_and_refuses_a_version_without_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let class = class("");
+        let older = installed_version(&store, &class, 'a', false);
+        let newer = installed_version(&store, &class, 'b', true);
+        let history = |previous: &ClassState| {
+            let mut state = versions::advance(Some(previous.clone()), newer.clone(), 2, 10);
+            state.config_file = newer.config_file.clone();
+            state::write(&store.settings().artifacts_dir, &state).expect("record");
+        };
+        history(&older);
+        let refused = store.rollback(&class).expect_err("refused");
+        assert!(
+            refused
+                .to_string()
+                .contains("has no kata-nri-manager.toml, which the class's stanza names"),
+            "{refused}"
+        );
+        assert_eq!(
+            store.installed("gpu").map(|s| s.manifest_digest),
+            Some(digest('b'))
+        );
+
+        let older = installed_version(&store, &class, 'c', true);
+        history(&older);
+        let back = store.rollback(&class).expect("rolled back");
+        assert_eq!(back.to, digest('c'));
+        let state = store.installed("gpu").expect("record");
+        assert_eq!(
+            state.config_file.as_deref(),
+            Some("configuration-qemu.toml")
+        );
+        assert_eq!(store.verified(&class), Some(state));
+        assert!(
+            fs::read_to_string(kataconf::config_path(
+                &store.settings().artifacts_dir,
+                &class,
+                &[]
+            ))
+            .is_ok(),
+            "the stanza's file is there after the rollback"
+        );
+        // And forward again: the newer version kept its link.
+        store.rollback(&class).expect("undone");
+        assert!(store.verified(&class).is_some());
+    }
+
     #[test]
     fn an_exchanged_version_keeps_the_renderings_of_other_classes() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1462,7 +1939,14 @@ mod tests {
         fs::create_dir_all(&ours).expect("mkdir");
         fs::write(ours.join("configuration.toml"), "ours").expect("write");
 
+        // Another class's link to the artifact's configuration (this one names its own).
+        std::os::unix::fs::symlink("configuration.toml", existing.join(DEFAULT)).expect("alias");
+
         keep_renderings(&existing, &staged).expect("keep");
+        assert_eq!(
+            fs::read_link(staged.join(DEFAULT)).expect("kept"),
+            Path::new("configuration.toml")
+        );
         let read = |p: PathBuf| fs::read_to_string(p).expect("read");
         assert_eq!(
             read(staged.join(".kata-settings/aaaa/sub/configuration.toml")),

@@ -97,6 +97,7 @@ pub fn roll_back(state: ClassState, now_ms: u64) -> Result<ClassState, RollbackR
         kata_configs: record.kata_configs,
         kata_version: record.kata_version,
         served_by: record.served_by,
+        config_file: record.config_file,
         kata_settings: state.kata_settings,
         previous,
         retired: state.retired,
@@ -132,6 +133,7 @@ fn superseded(state: &ClassState, now_ms: u64) -> VersionRecord {
         kata_configs: state.kata_configs.clone(),
         kata_version: state.kata_version.clone(),
         served_by: state.served_by.clone(),
+        config_file: state.config_file.clone(),
     }
 }
 
@@ -164,6 +166,7 @@ mod tests {
             versions: BTreeMap::new(),
             rejected: vec![],
             served_by: None,
+            config_file: Some(format!("configuration-{n}.toml")),
         }
     }
 
@@ -221,6 +224,8 @@ mod tests {
         assert_eq!(back.previous, [digest(2)]);
         assert_eq!(back.rejected, [digest(2)]);
         assert_eq!(back.versions[&digest(2)].superseded_at_ms, 20);
+        // The configuration the stanza names is the version's own.
+        assert_eq!(back.config_file.as_deref(), Some("configuration-1.toml"));
         let forward = roll_back(back, 30).expect("undo");
         assert_eq!(forward.manifest_digest, digest(2));
         assert_eq!(forward.rejected, [digest(1)]);

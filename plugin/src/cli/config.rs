@@ -28,5 +28,49 @@ pub fn check(config: &Path, node_config: Option<&Path>) -> Result<()> {
             format!(": {}", classes.join(", "))
         }
     );
+    for line in notes(&loaded.config) {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// What the config leaves to the artifacts: not problems, but worth knowing before a pull.
+fn notes(config: &crate::config::Config) -> Vec<String> {
+    config
+        .runtime_classes
+        .iter()
+        .filter(|class| class.runtime.config_file.is_none())
+        .map(|class| {
+            format!(
+                "note: {}: runtime.configFile is unset: its ConfigPath will name {}, the artifact's single top-level *.toml (an artifact with several is refused: then set runtime.configFile)",
+                class.name,
+                crate::artifacts::kata_config_path(&config.artifacts_dir, class, &[]).display()
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileKind, parse_str};
+
+    #[test]
+    fn classes_without_config_file_get_a_note_naming_their_config_path() {
+        let config = parse_str(
+            "artifactsDir: /opt/knm/artifacts\n\
+             runtimeClasses:\n\
+             - {name: kata-gpu, artifacts: {url: nvcr.io/nvidia/kata:1, pullSecret: ngc}}\n\
+             - {name: kata-qemu, artifacts: {url: nvcr.io/kata/qemu:1}, runtime: {configFile: configuration-qemu.toml}}\n",
+            Path::new("node.yaml"),
+            FileKind::Trusted,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            notes(&config),
+            [
+                "note: kata-gpu: runtime.configFile is unset: its ConfigPath will name /opt/knm/artifacts/kata-gpu/kata-nri-manager.toml, the artifact's single top-level *.toml (an artifact with several is refused: then set runtime.configFile)"
+            ]
+        );
+    }
 }

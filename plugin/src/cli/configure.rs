@@ -122,14 +122,13 @@ pub fn stanzas(config: &Config) -> Vec<RuntimeStanza> {
             };
             stanza.pod_annotations = runtime.pod_annotations.clone();
             stanza.privileged_without_host_devices = Some(runtime.privileged_without_host_devices);
-            stanza.config_path = runtime.config_file.as_ref().map(|file| {
-                config
-                    .artifacts_dir
-                    .join(&class.name)
-                    .join(file)
+            // The CLI runs no policies: the artifact's own configuration, as the daemon names
+            // it without kata settings.
+            stanza.config_path = Some(
+                crate::artifacts::kata_config_path(&config.artifacts_dir, class, &[])
                     .display()
-                    .to_string()
-            });
+                    .to_string(),
+            );
             stanza
         })
         .collect()
@@ -431,8 +430,48 @@ mod tests {
         let plain = &stanzas[1];
         assert_eq!(plain.runtime_type, "io.containerd.runc.v2");
         assert_eq!(plain.runtime_path, None);
-        assert_eq!(plain.config_path, None);
+        // No runtime.configFile: the link the install makes to the artifact's top-level *.toml.
+        assert_eq!(
+            plain.config_path.as_deref(),
+            Some("/opt/knm/artifacts/plain/kata-nri-manager.toml")
+        );
         assert_eq!(plain.privileged_without_host_devices, Some(false));
+    }
+
+    /// k8s-kata-manager's config has no `runtime`: the stanza still names the artifact's kata
+    /// configuration, an `onDemand` class's included (written before anything is pulled).
+    #[test]
+    fn a_class_without_config_file_names_the_reserved_configuration() {
+        let config = parse_str(
+            "artifactsDir: /opt/nvidia/kata-manager/artifacts\n\
+             runtimeClasses:\n\
+             - name: kata-qemu-nvidia-gpu\n\
+             \x20 nodeSelector: {nvidia.com/gpu.workload.config: vm-passthrough}\n\
+             \x20 artifacts: {url: nvcr.io/nvidia/cloud-native/kata-gpu-artifacts:ubuntu22.04-535, pullSecret: ngc-secret}\n\
+             - name: kata-on-demand\n\
+             \x20 provision: onDemand\n\
+             \x20 artifacts: {url: nvcr.io/nvidia/cloud-native/kata-gpu-artifacts:ubuntu22.04-535-snp}\n",
+            Path::new("node.yaml"),
+            FileKind::Trusted,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let paths: Vec<Option<String>> = stanzas(&config)
+            .into_iter()
+            .map(|s| s.config_path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                Some(
+                    "/opt/nvidia/kata-manager/artifacts/kata-qemu-nvidia-gpu/kata-nri-manager.toml"
+                        .to_owned()
+                ),
+                Some(
+                    "/opt/nvidia/kata-manager/artifacts/kata-on-demand/kata-nri-manager.toml"
+                        .to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

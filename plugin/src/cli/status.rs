@@ -8,10 +8,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::configure::NodeArgs;
-use crate::artifacts::{ArtifactStore, StoreSettings};
-use crate::config::Config;
+use crate::artifacts::{
+    ArtifactStore, ClassState, DEFAULT_CONFIG_NAME, StoreSettings, kata_config_file,
+    kata_config_path,
+};
+use crate::config::{Config, RuntimeClass};
 use crate::reconcile::status::{self, now};
-use crate::reconcile::{ArtifactState, ClassDecision, ClassStatus, StatusReport};
+use crate::reconcile::{ArtifactState, ClassDecision, ClassStatus, KataConfigStatus, StatusReport};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -101,7 +104,13 @@ fn from_disk(config: &Config) -> StatusReport {
                 last_error: None,
                 failures: 0,
                 pods: Vec::new(),
-                updated_at: installed.map(|s| s.installed_at).unwrap_or_default(),
+                updated_at: installed
+                    .as_ref()
+                    .map(|s| s.installed_at)
+                    .unwrap_or_default(),
+                kata_config: installed
+                    .as_ref()
+                    .map(|record| kata_config(config, class, record)),
             }
         })
         .collect();
@@ -122,8 +131,61 @@ fn overlay_records(config: &Config, report: &mut StatusReport) {
     for status in &mut report.classes {
         if let Some(record) = store.installed(&status.class) {
             status.follow_record(&record);
+            if status.decision == ClassDecision::Serve
+                && let Some(class) = config
+                    .runtime_classes
+                    .iter()
+                    .find(|c| c.name == status.class)
+            {
+                status.kata_config = Some(kata_config(config, class, &record));
+            }
         }
     }
+}
+
+/// What the class's stanza names in the version `record` installed, and whether it is there
+/// (looked at through the class's link, as kata looks).
+fn kata_config(config: &Config, class: &RuntimeClass, record: &ClassState) -> KataConfigStatus {
+    let path = kata_config_path(&config.artifacts_dir, class, &record.kata_settings);
+    KataConfigStatus {
+        config_path: path.display().to_string(),
+        file: kata_config_file(&class.runtime).display().to_string(),
+        links_to: class
+            .runtime
+            .config_file
+            .is_none()
+            .then(|| record.config_file.clone())
+            .flatten(),
+        policy_settings: !record.kata_settings.is_empty(),
+        exists: path.is_file(),
+    }
+}
+
+/// The `configuration:` line of a class in the text output.
+fn configuration_line(config: &KataConfigStatus) -> String {
+    if !config.exists {
+        let why = if config.file == DEFAULT_CONFIG_NAME {
+            "the artifact has no *.toml at its top and runtime.configFile is unset, so kata refuses to start this class's pods: set runtime.configFile to a kata configuration inside the artifact"
+        } else {
+            "kata refuses to start this class's pods: pull the class again"
+        };
+        return format!(
+            "  configuration: NONE: {} does not exist: {why}\n",
+            config.config_path
+        );
+    }
+    let mut line = format!("  configuration: {}", config.file);
+    if let Some(target) = &config.links_to {
+        line.push_str(&format!(" -> {target}"));
+    }
+    if config.policy_settings {
+        line.push_str(&format!(
+            " (with policies' kata settings: {})",
+            config.config_path
+        ));
+    }
+    line.push('\n');
+    line
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -218,6 +280,9 @@ fn render(shown: &Shown) -> String {
         if let Some(error) = &class.last_error {
             out.push_str(&format!("  last error: {error}\n"));
         }
+        if let Some(config) = &class.kata_config {
+            out.push_str(&configuration_line(config));
+        }
         if !class.previous.is_empty() {
             out.push_str(&format!(
                 "  previous: {} (kata-nri-manager rollback {})\n",
@@ -264,6 +329,7 @@ mod tests {
             failures: 0,
             pods: vec!["default/p".into()],
             updated_at: 0,
+            kata_config: None,
         };
         let shown = Shown {
             daemon_running: false,
@@ -302,6 +368,114 @@ mod tests {
         assert!(
             text.contains("  version skew: the artifact needs kata 3.3.0;"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn shows_the_kata_configuration_each_installed_stanza_names() {
+        use std::collections::BTreeMap;
+        use std::fs;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let artifacts = dir.path();
+        let config = crate::config::parse_str(
+            &format!(
+                "artifactsDir: {}\n\
+                 runtimeClasses:\n\
+                 - {{name: gpu, artifacts: {{url: nvcr.io/nvidia/kata:1, pullSecret: ngc}}}}\n\
+                 - {{name: bare, artifacts: {{url: nvcr.io/nvidia/kata:2}}}}\n\
+                 - {{name: qemu, artifacts: {{url: nvcr.io/kata/qemu:1}}, runtime: {{configFile: configuration-qemu.toml}}}}\n",
+                artifacts.display()
+            ),
+            std::path::Path::new("node.yaml"),
+            crate::config::FileKind::Trusted,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let install = |class: &str, digest: &str, config_file: Option<&str>| {
+            let version = artifacts.join(".store").join(digest);
+            fs::create_dir_all(&version).expect("version");
+            std::os::unix::fs::symlink(
+                std::path::Path::new(".store").join(digest),
+                artifacts.join(class),
+            )
+            .expect("link");
+            let record = ClassState {
+                class: class.into(),
+                reference: "nvcr.io/nvidia/kata:1".into(),
+                resolved_digest: digest.into(),
+                manifest_digest: digest.into(),
+                path: version,
+                installed_at: 1,
+                files: BTreeMap::new(),
+                kata_configs: Vec::new(),
+                kata_version: None,
+                previous: Vec::new(),
+                retired: Vec::new(),
+                versions: BTreeMap::new(),
+                rejected: Vec::new(),
+                served_by: None,
+                kata_settings: Vec::new(),
+                config_file: config_file.map(str::to_owned),
+            };
+            fs::create_dir_all(artifacts.join(".state")).expect("state dir");
+            fs::write(
+                artifacts.join(".state").join(format!("{class}.json")),
+                serde_json::to_vec(&record).expect("json"),
+            )
+            .expect("record");
+        };
+        let with_config = format!("sha256:{}", "a".repeat(64));
+        let without = format!("sha256:{}", "b".repeat(64));
+        let version = artifacts.join(".store").join(&with_config);
+        fs::create_dir_all(&version).expect("version");
+        fs::write(
+            version.join("configuration-qemu.toml"),
+            "[hypervisor.qemu]\n",
+        )
+        .expect("toml");
+        std::os::unix::fs::symlink("configuration-qemu.toml", version.join(DEFAULT_CONFIG_NAME))
+            .expect("alias");
+        install("gpu", &with_config, Some("configuration-qemu.toml"));
+        install("bare", &without, None);
+        install("qemu", &with_config, Some("configuration-qemu.toml"));
+
+        let report = from_disk(&config);
+        let text = render(&Shown {
+            daemon_running: false,
+            report,
+        });
+        assert!(
+            text.contains("gpu  ")
+                && text.contains(
+                    "  configuration: kata-nri-manager.toml -> configuration-qemu.toml\n"
+                ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "  configuration: NONE: {}/bare/kata-nri-manager.toml does not exist: the artifact has no *.toml at its top and runtime.configFile is unset, so kata refuses to start this class's pods: set runtime.configFile",
+                artifacts.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("  configuration: configuration-qemu.toml\n"),
+            "{text}"
+        );
+        let shown = from_disk(&config);
+        let json = serde_json::to_value(&shown.classes[0]).expect("json");
+        assert_eq!(
+            json["kataConfig"],
+            serde_json::json!({
+                "configPath": format!("{}/gpu/kata-nri-manager.toml", artifacts.display()),
+                "file": "kata-nri-manager.toml",
+                "linksTo": "configuration-qemu.toml",
+                "exists": true,
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(&shown.classes[1]).expect("json")["kataConfig"]["exists"],
+            false
         );
     }
 }

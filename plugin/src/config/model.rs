@@ -535,8 +535,9 @@ pub struct RuntimeSettings {
     /// Patterns of pod annotations passed to kata; each within `annotations.allowed`.
     pub pod_annotations: Vec<String>,
     pub privileged_without_host_devices: bool,
-    /// The kata configuration inside the artifacts (relative); becomes `ConfigPath`. Unset: the
-    /// `*.toml` at the top of the artifact, as k8s-kata-manager does.
+    /// The kata configuration inside the artifacts (relative); becomes `ConfigPath`. Unset:
+    /// `kata-nri-manager.toml`, which the install links to the artifact's one top-level `*.toml`
+    /// (the file k8s-kata-manager used); see `crate::artifacts::kata_config_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_file: Option<PathBuf>,
     /// Node-local. Take over a stanza of this name that kata-nri-manager did not write (the

@@ -47,14 +47,27 @@ pub(super) fn path_inside_artifacts(text: &str) -> Result<(), String> {
         && path
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-    if inside {
-        Ok(())
-    } else {
-        Err(format!(
+    if !inside {
+        return Err(format!(
             "{text:?} must be a relative path inside the artifacts, without '..' \
              (e.g. configuration-qemu.toml)"
-        ))
+        ));
     }
+    // The install never lets an artifact ship this name, and links it only for classes without
+    // configFile: naming it here could never find a file.
+    let reserved = crate::artifacts::DEFAULT_CONFIG_NAME;
+    if path
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .eq([Component::Normal(reserved.as_ref())])
+    {
+        return Err(format!(
+            "{text:?} is the name kata-nri-manager reserves for the artifact's top-level *.toml \
+             of classes without configFile: leave configFile unset for that, or name the \
+             artifact's own file (e.g. configuration-qemu.toml)"
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn positive_duration(text: &str) -> Result<(), String> {
@@ -208,9 +221,12 @@ mod tests {
             "/etc/kata/configuration.toml",
             "../c.toml",
             "a/../../c.toml",
+            "kata-nri-manager.toml",
+            "./kata-nri-manager.toml",
         ] {
             assert!(path_inside_artifacts(bad).is_err(), "{bad}");
         }
+        assert!(path_inside_artifacts("share/kata-nri-manager.toml").is_ok());
     }
 
     #[test]

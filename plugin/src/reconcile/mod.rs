@@ -22,5 +22,7 @@ pub mod triggers;
 
 pub use metrics::Metrics;
 pub use reconciler::{ContainerdSync, GateEnsurer, Ready, Reconciler, SyncOutcome};
-pub use status::{ArtifactState, ClassDecision, ClassStatus, StatusBoard, StatusReport};
+pub use status::{
+    ArtifactState, ClassDecision, ClassStatus, KataConfigStatus, StatusBoard, StatusReport,
+};
 pub use triggers::{NriTriggers, PREPARE_ANNOTATION, PodSignal};

@@ -218,13 +218,6 @@ impl Reconciler {
                 return self.not_served(class, ClassDecision::Deny, denial.to_string());
             }
         };
-        if !overrides.kata_config.is_empty() && class.runtime.config_file.is_none() {
-            warn!(
-                runtime_class = %class.name,
-                settings = ?overrides.kata_config,
-                "policies set kata configuration values, but the class has no runtime.configFile: kata reads its default configuration, which is not ours to change; the values are not applied"
-            );
-        }
         // Rendered into the installed version by the ensures to come (an empty list undoes an
         // earlier one).
         self.store
@@ -234,20 +227,21 @@ impl Reconciler {
         stanza.pod_annotations = overrides.pod_annotations;
         stanza.container_annotations = overrides.container_annotations;
         stanza.privileged_without_host_devices = Some(overrides.privileged_without_host_devices);
-        // The class's link, then the configuration kata reads: the artifact's own, or its
+        // The class's link, then the configuration kata reads: the artifact's own
+        // (`runtime.configFile`, else the `kata-nri-manager.toml` every install links), or its
         // rendering with the policies' settings (a different file per settings list, so a
         // change of settings is a change of stanza, never a file changed under a sandbox).
-        stanza.config_path = class.runtime.config_file.as_ref().map(|file| {
-            self.config
-                .artifacts_dir
-                .join(&class.name)
-                .join(crate::artifacts::kata_settings_path(
-                    file,
-                    &overrides.kata_config,
-                ))
-                .display()
-                .to_string()
-        });
+        // Always set, and known before any pull: without it kata would boot the node's default
+        // configuration, not the artifact's kernel and image.
+        stanza.config_path = Some(
+            crate::artifacts::kata_config_path(
+                &self.config.artifacts_dir,
+                class,
+                &overrides.kata_config,
+            )
+            .display()
+            .to_string(),
+        );
         let real_shim = crate::containerd::real_shim(&class.runtime);
         match class.provision {
             Provision::Eager => {
@@ -779,5 +773,71 @@ impl Ensurer for GateEnsurer {
                 .inc();
             result.map(|_| ())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifacts::StoreSettings;
+    use crate::config::{FileKind, parse_str};
+    use crate::policy::{EngineOptions, Guard, PolicyEngine};
+
+    /// A class as k8s-kata-manager's config gives it (name, url, pull secret) gets a
+    /// `ConfigPath` all the same, before anything is pulled: the link to the artifact's
+    /// top-level `*.toml` every install makes. Without one kata would boot the node's default
+    /// configuration, not the artifact's kernel and image.
+    #[tokio::test]
+    async fn every_served_stanza_names_a_kata_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "artifactsDir: {artifacts}\n\
+             policies: {{dir: {policies}}}\n\
+             runtimeClasses:\n\
+             - name: kata-qemu-nvidia-gpu\n\
+             \x20 artifacts: {{url: nvcr.io/nvidia/cloud-native/kata-gpu-artifacts:ubuntu22.04-535, pullSecret: ngc-secret}}\n\
+             - name: kata-qemu\n\
+             \x20 artifacts: {{url: nvcr.io/kata/qemu:1}}\n\
+             \x20 runtime: {{configFile: share/configuration-qemu.toml}}\n",
+            artifacts = dir.path().join("artifacts").display(),
+            policies = dir.path().join("policies").display(),
+        );
+        let config = Arc::new(
+            parse_str(&text, Path::new("node.yaml"), FileKind::Trusted)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let engine = PolicyEngine::new(EngineOptions::default()).expect("engine");
+        // No policies directory: every class is served as configured.
+        let (policies, _) =
+            PolicyChain::start(engine, config.policies.clone(), Guard::from_config(&config));
+        let board = Arc::new(StatusBoard::new(
+            config
+                .runtime_classes
+                .iter()
+                .map(|c| (c.name.clone(), c.provision)),
+        ));
+        let reconciler = Reconciler::new(
+            config.clone(),
+            ArtifactStore::new(StoreSettings::from_config(&config)),
+            policies,
+            Arc::new(NodeFacts::default()),
+            board,
+            Arc::new(Metrics::new()),
+        );
+        let stanzas = reconciler.plan().await;
+        let config_paths: Vec<(&str, Option<&str>)> = stanzas
+            .iter()
+            .map(|s| (s.name.as_str(), s.config_path.as_deref()))
+            .collect();
+        let artifacts = dir.path().join("artifacts");
+        let gpu = artifacts.join("kata-qemu-nvidia-gpu/kata-nri-manager.toml");
+        let qemu = artifacts.join("kata-qemu/share/configuration-qemu.toml");
+        assert_eq!(
+            config_paths,
+            [
+                ("kata-qemu", qemu.to_str()),
+                ("kata-qemu-nvidia-gpu", gpu.to_str()),
+            ]
+        );
     }
 }

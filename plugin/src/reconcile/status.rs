@@ -92,6 +92,29 @@ pub struct ClassStatus {
     pub pods: Vec<String>,
     /// Seconds since the Unix epoch of the last change.
     pub updated_at: u64,
+    /// The kata configuration the class's stanza names in the installed version: filled by
+    /// `status` from the install record and the disk, not kept by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kata_config: Option<KataConfigStatus>,
+}
+
+/// The kata configuration an installed class's stanza names, and whether kata finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KataConfigStatus {
+    /// The stanza's `ConfigPath`.
+    pub config_path: String,
+    /// The configuration it is, relative to the version: `runtime.configFile`, else
+    /// `kata-nri-manager.toml`.
+    pub file: String,
+    /// The artifact's top-level `*.toml` that `kata-nri-manager.toml` links to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links_to: Option<String>,
+    /// `ConfigPath` is a rendering of `file` with policies' kata settings.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub policy_settings: bool,
+    /// Whether `ConfigPath` exists: kata refuses to start the class's pods when it does not.
+    pub exists: bool,
 }
 
 impl ClassStatus {
@@ -191,6 +214,7 @@ impl StatusBoard {
                     failures: 0,
                     pods: Vec::new(),
                     updated_at: started,
+                    kata_config: None,
                 };
                 (class, status)
             })
