@@ -40,6 +40,14 @@ impl Credentials {
 pub enum AuthFileError {
     #[error("cannot read it: {0}")]
     Read(String),
+    /// Neither `.dockerconfigjson` nor `config.json` is in the secret's directory: the Secret is
+    /// not mounted (or not synced yet), which says more than "no such file".
+    #[error(
+        "no such file (nor a config.json beside it): mount the kubernetes.io/dockerconfigjson \
+         Secret there, at <pullSecretsDir>/<pullSecret>/, or remove artifacts.pullSecret if the \
+         registry needs no credentials"
+    )]
+    Missing,
     #[error("not a docker config (JSON with an `auths` map): {0}")]
     Parse(String),
     #[error("the entry for {0} has an `auth` field that is not base64 of user:password")]
@@ -93,7 +101,10 @@ impl<'de> Deserialize<'de> for Secret {
 
 impl DockerConfig {
     pub fn read(path: &Path) -> Result<Self, AuthFileError> {
-        let text = std::fs::read(path).map_err(|e| AuthFileError::Read(e.to_string()))?;
+        let text = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => AuthFileError::Missing,
+            _ => AuthFileError::Read(e.to_string()),
+        })?;
         Self::parse(&text)
     }
 
@@ -301,6 +312,27 @@ mod tests {
         assert_eq!(canonical_host("registry-1.docker.io"), "docker.io");
         assert_eq!(split_port("[::1]:5000"), ("[::1]", Some("5000")));
         assert_eq!(split_port("host"), ("host", None));
+    }
+
+    #[test]
+    fn a_missing_secret_says_to_mount_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = secret_file(dir.path(), "my-pull-secret").expect("name");
+        assert_eq!(path, dir.path().join("my-pull-secret/.dockerconfigjson"));
+        let error = DockerConfig::read(&path).expect_err("missing");
+        assert_eq!(error, AuthFileError::Missing);
+        assert!(
+            error
+                .to_string()
+                .contains("mount the kubernetes.io/dockerconfigjson Secret there"),
+            "{error}"
+        );
+        // Other read failures keep the system's reason.
+        std::fs::create_dir_all(&path).expect("a directory where the file should be");
+        assert!(matches!(
+            DockerConfig::read(&path),
+            Err(AuthFileError::Read(_))
+        ));
     }
 
     #[test]

@@ -448,6 +448,60 @@ mod tests {
         assert_eq!(reference.tag(), Some("1.0"));
     }
 
+    /// k8s-kata-manager's setup behind a node mirror: the secret holds the upstream's
+    /// credentials only, the mirror is asked anonymously, and a secret that is not mounted stops
+    /// the pull with a message saying so.
+    #[test]
+    fn a_secret_for_the_upstream_leaves_an_anonymous_mirror_anonymous() {
+        let source: OciReference =
+            "stg.nvcr.io/nvidia/cloud-native/kata-gpu-artifacts:ubuntu22.04-525"
+                .parse()
+                .expect("ref");
+        let class: RuntimeClass = serde_yaml::from_str(
+            "{name: kata-qemu-nvidia-gpu, artifacts: {url: \"stg.nvcr.io/nvidia/cloud-native/kata-gpu-artifacts:ubuntu22.04-525\", pullSecret: my-pull-secret}}",
+        )
+        .expect("class");
+        let secrets = tempfile::tempdir().expect("tempdir");
+        let mut mirror = Endpoint::upstream("127.0.0.1:5000", true);
+        mirror.mirror = true;
+        let connect = |endpoint: &Endpoint| {
+            Registry::connect(
+                &class,
+                &source,
+                endpoint,
+                &Registries::default(),
+                secrets.path(),
+                RetryPolicy::default(),
+            )
+        };
+        let error = connect(&mirror).err().expect("no secret mounted");
+        let text = error.to_string();
+        assert!(matches!(error, ArtifactError::PullSecret { .. }), "{text}");
+        assert!(
+            text.starts_with(&format!(
+                "pulling kata-qemu-nvidia-gpu: pullSecret \"my-pull-secret\" ({}): no such file",
+                secrets
+                    .path()
+                    .join("my-pull-secret/.dockerconfigjson")
+                    .display()
+            )),
+            "{text}"
+        );
+
+        std::fs::create_dir_all(secrets.path().join("my-pull-secret")).expect("mkdir");
+        std::fs::write(
+            secrets.path().join("my-pull-secret/.dockerconfigjson"),
+            r#"{"auths": {"stg.nvcr.io": {"username": "$oauthtoken", "password": "p"}}}"#,
+        )
+        .expect("secret");
+        let registry = connect(&mirror).expect("connect");
+        assert!(matches!(registry.auth, RegistryAuth::Anonymous));
+        assert_eq!(registry.scheme(), "http");
+        let upstream = connect(&Endpoint::upstream("stg.nvcr.io", false)).expect("connect");
+        assert!(matches!(upstream.auth, RegistryAuth::Basic(ref user, _) if user == "$oauthtoken"));
+        assert_eq!(upstream.scheme(), "https");
+    }
+
     #[test]
     fn a_mirror_gets_requests_and_credentials_of_its_own() {
         let source: OciReference = "registry.example:5000/kata/artifacts:1.0"

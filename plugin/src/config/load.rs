@@ -13,7 +13,7 @@ use super::model::{Config, RuntimeClass};
 use super::node::{NodeClass, NodeConfig};
 use super::trust;
 use super::validate::{duplicate_names, validate};
-use super::walk::{Role, walk_document};
+use super::walk::{Role, walk_document, walk_operator_document};
 
 /// A config ready to use, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub enum FileKind {
 
 /// Loads `--config` and, when given, `--node-config`.
 ///
-/// With a node file, node-local keys come from it alone and are errors in the operator file.
-/// Without one, the operator file holds them and must be trusted: owned by root and writable by
+/// With a node file, node-local keys come from it alone: in the operator file each is an error
+/// unless the node file sets it to the same value. Without one, the operator file holds them and must be trusted: owned by root and writable by
 /// nobody else, nor swappable through its directories.
 pub fn load(operator: &Path, node: Option<&Path>) -> Result<LoadedConfig> {
     Loader::new().load(operator, node)
@@ -49,7 +49,7 @@ pub fn parse_str(text: &str, file: &Path, kind: FileKind) -> Result<Config> {
         FileKind::Trusted => Role::Trusted,
         FileKind::Operator => Role::Operator,
     };
-    parse_operator(text, file, role)
+    parse_operator(text, file, role, None)
 }
 
 /// [`load`] with a different trusted owner: tests run as any user, and a deployment might run the
@@ -77,16 +77,25 @@ impl Loader {
         } else {
             Role::Trusted
         };
+        // The node file is walked first: the operator file's node-local keys are checked against
+        // what it says.
+        let node_walked = node.map(|path| {
+            let (trusted, text) = self.read(path, true);
+            (path, trusted, text.and_then(|text| walk_node(&text, path)))
+        });
+        let node_document = node_walked
+            .as_ref()
+            .and_then(|(_, _, walked)| walked.as_ref().ok())
+            .map(|walked| &walked.document);
         let (trusted, text) = self.read(operator, role == Role::Trusted);
         let config = both(
             trusted,
-            text.and_then(|text| parse_operator(&text, operator, role)),
+            text.and_then(|text| parse_operator(&text, operator, role, node_document)),
         )
         .map(|((), config)| config);
-        let node_config = node
-            .map(|path| {
-                let (trusted, text) = self.read(path, true);
-                both(trusted, text.and_then(|text| parse_node(&text, path)))
+        let node_config = node_walked
+            .map(|(path, trusted, walked)| {
+                both(trusted, walked.and_then(|walked| decode_node(walked, path)))
                     .map(|((), node_config)| (path, node_config))
             })
             .transpose();
@@ -167,10 +176,16 @@ fn invalid(file: &Path, problems: Problems) -> ConfigError {
     }
 }
 
-fn parse_operator(text: &str, file: &Path, role: Role) -> Result<Config> {
+/// `node`: the node file's walked document, when there is one to check node-local keys against.
+fn parse_operator(text: &str, file: &Path, role: Role, node: Option<&Value>) -> Result<Config> {
     let mut document = parse_yaml(text, file)?;
     let mut problems = Problems::default();
-    walk_document(&mut document, role, &mut problems);
+    match node {
+        Some(node) if role == Role::Operator => {
+            walk_operator_document(&mut document, node, &mut problems);
+        }
+        _ => walk_document(&mut document, role, &mut problems),
+    }
     let Some(Decoded { mut top, classes }) =
         decode::<Config, RuntimeClass>(document, &mut problems)
     else {
@@ -188,11 +203,25 @@ fn parse_operator(text: &str, file: &Path, role: Role) -> Result<Config> {
     }
 }
 
-/// The node config and the file index of each of its runtime classes.
-fn parse_node(text: &str, file: &Path) -> Result<(NodeConfig, Vec<usize>)> {
+/// The node file after the schema walk: what it validly sets, and its problems so far.
+struct WalkedNode {
+    document: Value,
+    problems: Problems,
+}
+
+fn walk_node(text: &str, file: &Path) -> Result<WalkedNode> {
     let mut document = parse_yaml(text, file)?;
     let mut problems = Problems::default();
     walk_document(&mut document, Role::Node, &mut problems);
+    Ok(WalkedNode { document, problems })
+}
+
+/// The node config and the file index of each of its runtime classes.
+fn decode_node(walked: WalkedNode, file: &Path) -> Result<(NodeConfig, Vec<usize>)> {
+    let WalkedNode {
+        document,
+        mut problems,
+    } = walked;
     let Some(Decoded { mut top, classes }) =
         decode::<NodeConfig, NodeClass>(document, &mut problems)
     else {

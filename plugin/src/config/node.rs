@@ -1,6 +1,7 @@
 //! The node config (`--node-config`): the node-local keys, in the same shape as the operator
 //! file, and how they replace the operator file's values.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,8 @@ pub(super) struct NodeConfig {
     pub(super) gate: NodeGate,
     pub(super) policies: NodePolicies,
     pub(super) kata_config: NodeKataConfig,
+    /// Not node-local (the operator file may set it too): a fact of the node, whose value wins.
+    pub(super) listen: Option<SocketAddr>,
     pub(super) runtime_classes: Vec<NodeClass>,
 }
 
@@ -35,6 +38,8 @@ pub(super) struct NodeRegistries {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub(super) struct NodeContainerd {
     pub(super) config_path: Option<PathBuf>,
+    /// Not node-local (the operator file may set it too): a fact of the node, whose value wins.
+    pub(super) address: Option<PathBuf>,
     /// Replaces the operator's `containerd.restart` as a whole: how containerd restarts is a fact
     /// of the node (systemd unit, launched mode's `none`, a command).
     pub(super) restart: Option<Restart>,
@@ -77,7 +82,9 @@ pub(super) struct NodeRuntime {
 
 impl NodeConfig {
     /// Puts the node's values into `config`. Node-local keys of `config` are still defaults here
-    /// (the operator file may not set them), so a key the node file leaves out keeps its default.
+    /// (the walk dropped any the operator file had, after checking they agree with this file),
+    /// so a key the node file leaves out keeps its default. `listen` and `containerd.address`
+    /// replace the operator file's values when set.
     /// `origins` are the file indexes of `runtime_classes`, for the warnings' paths.
     pub(super) fn apply(self, config: &mut Config, origins: &[usize], file: &Path) -> Vec<Warning> {
         fn set<T>(target: &mut T, value: Option<T>) {
@@ -94,6 +101,7 @@ impl NodeConfig {
             &mut config.containerd.config_path,
             self.containerd.config_path,
         );
+        set(&mut config.containerd.address, self.containerd.address);
         set(&mut config.containerd.restart, self.containerd.restart);
         set(&mut config.gate.dir, self.gate.dir);
         set(&mut config.gate.socket, self.gate.socket);
@@ -103,6 +111,7 @@ impl NodeConfig {
             &mut config.kata_config.allowed_host_paths,
             self.kata_config.allowed_host_paths,
         );
+        set(&mut config.listen, self.listen);
 
         let mut warnings = Vec::new();
         for (node_class, origin) in self.runtime_classes.into_iter().zip(origins) {
@@ -151,6 +160,7 @@ mod tests {
             artifacts_dir: Some("/var/lib/kata-artifacts".into()),
             containerd: NodeContainerd {
                 config_path: None,
+                address: None,
                 restart: Some(Restart::Command(CommandRestart {
                     command: vec!["/usr/local/bin/restart-containerd".into()],
                     timeout: Duration::from_secs(30),

@@ -208,7 +208,9 @@ pub(super) const CONFIG: Shape = Shape::Struct(&[
         Shape::Struct(&[
             key("configPath", PATH, NodeLocal),
             key("mode", Shape::Enum(&["auto", "inline", "dropin"]), Shared),
-            key("address", PATH, Shared),
+            // containerd's socket is where the node's containerd listens (k3s has its own): the
+            // node file may say it too, and its value wins.
+            key("address", PATH, Both),
             key("restart", RESTART, Both),
         ]),
         Both,
@@ -286,7 +288,9 @@ pub(super) const CONFIG: Shape = Shape::Struct(&[
         )]),
         NodeLocal,
     ),
-    key("listen", Shape::Text(values::listen_address), Shared),
+    // One address per node (the DaemonSet shares the host's network): the node file may set it
+    // too, and its value wins.
+    key("listen", Shape::Text(values::listen_address), Both),
     key(
         "fleet",
         Shape::Struct(&[key("maxConcurrentRestarts", Shape::Count, Shared)]),

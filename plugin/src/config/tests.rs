@@ -467,7 +467,11 @@ fn with_a_node_file_node_local_keys_in_the_operator_file_are_errors() {
         &format!("artifactsDir: /tmp/evil\ncontainerd: {{configPath: /etc/passwd}}\n{OPERATOR}"),
         0o644,
     );
-    let node = files.write("node.yaml", "listen: 0.0.0.0:9464\n", 0o600);
+    let node = files.write(
+        "node.yaml",
+        "artifactsDir: /var/lib/kata-artifacts\nnri: {pluginIdx: \"51\"}\n",
+        0o600,
+    );
     let err = files
         .loader()
         .load(&operator, Some(&node))
@@ -475,12 +479,106 @@ fn with_a_node_file_node_local_keys_in_the_operator_file_are_errors() {
     assert_eq!(
         err.to_string(),
         format!(
-            "{op}: artifactsDir: node-local key not allowed in the operator config (set it in the --node-config file)\n\
-             {op}: containerd.configPath: node-local key not allowed in the operator config (set it in the --node-config file)\n\
-             {node}: listen: not allowed in the node config, which holds only node-local keys (set it in the operator config, --config)",
+            "{op}: artifactsDir: node-local key not allowed in the operator config unless the --node-config file sets it to the same value; the node file sets it to \"/var/lib/kata-artifacts\" (set the same value in the node file, or remove it here)\n\
+             {op}: containerd.configPath: node-local key not allowed in the operator config unless the --node-config file sets it to the same value; the node file does not set it (set the same value in the node file, or remove it here)\n\
+             {node}: nri: not allowed in the node config, which holds only node-local keys (set it in the operator config, --config)",
             op = operator.display(),
             node = node.display(),
         )
+    );
+}
+
+#[test]
+fn node_local_keys_the_node_file_sets_alike_load_from_the_operator_file() {
+    let files = Files::new();
+    let operator = files.write(
+        "operator.yaml",
+        "artifactsDir: /var/lib/kata-artifacts\n\
+         containerd: {restart: {method: command, command: [/usr/local/bin/restart-containerd]}}\n\
+         runtimeClasses:\n\
+         - name: kata-qemu\n\
+         \x20 artifacts: {url: nvcr.io/kata/qemu:1}\n\
+         \x20 runtime: {runtimePath: /opt/kata/bin/containerd-shim-kata-v2}\n",
+        0o644,
+    );
+    let node = files.write(
+        "node.yaml",
+        "artifactsDir: /var/lib/kata-artifacts\n\
+         containerd: {restart: {method: command, command: [/usr/local/bin/restart-containerd], timeout: 30s}}\n\
+         runtimeClasses:\n\
+         - name: kata-qemu\n\
+         \x20 runtime: {runtimePath: /opt/kata/bin/containerd-shim-kata-v2}\n",
+        0o600,
+    );
+    let config = files
+        .loader()
+        .load(&operator, Some(&node))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    assert_eq!(
+        config.artifacts_dir,
+        PathBuf::from("/var/lib/kata-artifacts")
+    );
+    // The node file's restart, as a whole: the operator's said nothing it does not.
+    assert_eq!(
+        config.containerd.restart,
+        Restart::Command(CommandRestart {
+            command: vec!["/usr/local/bin/restart-containerd".into()],
+            timeout: Duration::from_secs(30),
+        })
+    );
+    assert_eq!(
+        config.runtime_classes[0].runtime.runtime_path,
+        Some(PathBuf::from("/opt/kata/bin/containerd-shim-kata-v2"))
+    );
+}
+
+#[test]
+fn the_node_file_sets_the_nodes_listen_address_and_containerd_socket() {
+    let files = Files::new();
+    let operator = files.write(
+        "operator.yaml",
+        &format!(
+            "listen: 127.0.0.1:9464\ncontainerd: {{address: /run/containerd/containerd.sock, restart: {{method: systemd, unit: containerd.service}}}}\n{OPERATOR}"
+        ),
+        0o644,
+    );
+    let node = files.write(
+        "node.yaml",
+        "listen: 10.0.0.7:9464\ncontainerd: {address: /run/k3s/containerd/containerd.sock, restart: {method: none}}\n",
+        0o600,
+    );
+    let config = files
+        .loader()
+        .load(&operator, Some(&node))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    assert_eq!(config.listen, "10.0.0.7:9464".parse().expect("address"));
+    assert_eq!(
+        config.containerd.address,
+        PathBuf::from("/run/k3s/containerd/containerd.sock")
+    );
+    // The node's restart replaces the operator's systemd one as a whole.
+    assert_eq!(config.containerd.restart, Restart::None);
+
+    // Left out of the node file, the operator file's values stand.
+    let empty = files.write("empty.yaml", "{}\n", 0o600);
+    let config = files
+        .loader()
+        .load(&operator, Some(&empty))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    assert_eq!(config.listen, "127.0.0.1:9464".parse().expect("address"));
+    assert_eq!(
+        config.containerd.address,
+        PathBuf::from("/run/containerd/containerd.sock")
+    );
+    assert_eq!(
+        config.containerd.restart,
+        Restart::Systemd(SystemdRestart {
+            unit: "containerd.service".into(),
+            timeout: Duration::from_secs(60),
+        })
     );
 }
 
@@ -603,18 +701,42 @@ fn adopting_a_stanza_is_the_node_files_decision() {
     );
 }
 
+/// A ConfigMap written for k8s-kata-manager loads unchanged next to a node file that sets its
+/// `artifactsDir` to the same value, and only then.
 #[test]
-fn a_k8s_kata_manager_configmap_needs_its_artifacts_dir_moved_to_the_node_file() {
+fn a_k8s_kata_manager_configmap_loads_unchanged_when_the_node_file_agrees_on_artifacts_dir() {
     let files = Files::new();
     let (_, text) = example("k8s-kata-manager-config.yaml");
     let operator = files.write("operator.yaml", &text, 0o644);
-    let node = files.write("node.yaml", "", 0o600);
-    let err = files
+    for node_text in ["", "artifactsDir: /opt/kata-nri-manager/artifacts\n"] {
+        let node = files.write("node.yaml", node_text, 0o600);
+        let err = files
+            .loader()
+            .load(&operator, Some(&node))
+            .expect_err("artifactsDir");
+        assert_eq!(err.problems().len(), 1, "{err}");
+        assert_eq!(err.problems()[0].1.path, "artifactsDir");
+        assert!(
+            err.to_string()
+                .contains("(set the same value in the node file, or remove it here)"),
+            "{err}"
+        );
+    }
+    let node = files.write(
+        "node.yaml",
+        "artifactsDir: /opt/nvidia-gpu-operator/artifacts/runtimeclasses\n",
+        0o600,
+    );
+    let loaded = files
         .loader()
         .load(&operator, Some(&node))
-        .expect_err("artifactsDir");
-    assert_eq!(err.problems().len(), 1);
-    assert_eq!(err.problems()[0].1.path, "artifactsDir");
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded.config,
+        parse_str(&text, Path::new("k8s.yaml"), FileKind::Trusted)
+            .unwrap_or_else(|e| panic!("{e}")),
+        "the same config as the file alone, trusted"
+    );
 }
 
 #[test]
@@ -789,6 +911,7 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
         },
         containerd: NodeContainerd {
             config_path: Some("/c".into()),
+            address: Some("/run/k3s/containerd/containerd.sock".into()),
             restart: Some(Restart::Command(CommandRestart {
                 command: vec!["/bin/true".into()],
                 timeout: Duration::from_secs(1),
@@ -805,6 +928,7 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
         kata_config: NodeKataConfig {
             allowed_host_paths: Some(vec!["/usr/bin/qemu-kvm".into(), "/srv/kata/".into()]),
         },
+        listen: Some("0.0.0.0:9464".parse().expect("address")),
         runtime_classes: vec![NodeClass {
             name: "kata".into(),
             runtime: NodeRuntime {

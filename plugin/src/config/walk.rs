@@ -21,8 +21,10 @@ pub(super) enum Role {
     Node,
 }
 
-pub(super) const NODE_LOCAL_IN_OPERATOR: &str =
-    "node-local key not allowed in the operator config (set it in the --node-config file)";
+pub(super) const NODE_LOCAL_IN_OPERATOR: &str = "node-local key not allowed in the operator \
+     config unless the --node-config file sets it to the same value";
+/// What to do about a node-local key in the operator file, after each of its messages.
+const NODE_LOCAL_FIX: &str = "set the same value in the node file, or remove it here";
 pub(super) const SHARED_IN_NODE: &str = "not allowed in the node config, which holds only \
      node-local keys (set it in the operator config, --config)";
 
@@ -38,12 +40,29 @@ impl Role {
 
 /// Walks a whole file. An empty file is an empty mapping: every key takes its default.
 pub(super) fn walk_document(document: &mut Value, role: Role, problems: &mut Problems) {
+    walk(document, role, None, problems);
+}
+
+/// Walks the operator file next to `node`, the node file's document as its own walk left it. A
+/// node-local key of the operator file passes when the node file sets it to the same value (so a
+/// file written for k8s-kata-manager, which carries `artifactsDir`, loads unchanged) and is then
+/// removed: the node's value is the one used, and the operator file still chooses nothing the
+/// node did not.
+pub(super) fn walk_operator_document(document: &mut Value, node: &Value, problems: &mut Problems) {
+    walk(document, Role::Operator, Some(node), problems);
+}
+
+fn walk(document: &mut Value, role: Role, node: Option<&Value>, problems: &mut Problems) {
     if document.is_null() {
         *document = Value::Mapping(Mapping::new());
         return;
     }
-    let mut walker = Walker { role, problems };
-    if !walker.walk(document, &CONFIG, "") && !document.is_mapping() {
+    let mut walker = Walker {
+        role,
+        problems,
+        node_file: node.is_some(),
+    };
+    if !walker.walk(document, &CONFIG, "", node) && !document.is_mapping() {
         *document = Value::Mapping(Mapping::new());
     }
 }
@@ -68,16 +87,37 @@ pub(super) fn index(path: &str, i: usize) -> String {
 struct Walker<'a> {
     role: Role,
     problems: &'a mut Problems,
+    /// In the operator role: whether a node file's document is there to compare with. The walk
+    /// carries the node's value at the place it is at (`node` of the walk functions).
+    node_file: bool,
+}
+
+/// Whether the operator's `value` says nothing the node file's `node` does not: the same value,
+/// or, for a mapping (`gate`, `kataConfig`, a `restart`), every entry the same in the node's.
+fn covered(value: &Value, node: &Value) -> bool {
+    match (value, node) {
+        (Value::Mapping(ours), Value::Mapping(theirs)) => ours
+            .iter()
+            .all(|(key, v)| theirs.get(key).is_some_and(|t| covered(v, t))),
+        _ => value == node,
+    }
+}
+
+/// A value for a message, compact: `"/var/lib/x"`, `{"timeout":"60s"}`.
+fn show(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "a different value".into())
 }
 
 impl Walker<'_> {
     /// Checks `value` against `shape`. Returns whether serde can decode it; when not, the caller
     /// removes it (the problem is already reported).
-    fn walk(&mut self, value: &mut Value, shape: &Shape, path: &str) -> bool {
+    /// `node`: the node file's value at the same place, when the operator file is walked next to
+    /// one.
+    fn walk(&mut self, value: &mut Value, shape: &Shape, path: &str, node: Option<&Value>) -> bool {
         match shape {
-            Shape::Struct(keys) => self.walk_struct(value, keys, path, None),
-            Shape::Tagged { tag, variants } => self.walk_tagged(value, tag, variants, path),
-            Shape::List { item, partial } => self.walk_list(value, item, *partial, path),
+            Shape::Struct(keys) => self.walk_struct(value, keys, path, None, node),
+            Shape::Tagged { tag, variants } => self.walk_tagged(value, tag, variants, path, node),
+            Shape::List { item, partial } => self.walk_list(value, item, *partial, path, node),
             Shape::Dict { key, value: shape } => self.walk_dict(value, *key, shape, path),
             Shape::Text(check) => match self.text(value, path) {
                 Some(text) => self.checked(check(text), path),
@@ -109,12 +149,31 @@ impl Walker<'_> {
         }
     }
 
+    /// The problem with a node-local key of the operator file, or `None` when the node file
+    /// sets it to the same value.
+    fn node_local_in_operator(&self, value: &Value, node: Option<&Value>) -> Option<String> {
+        if !self.node_file {
+            return Some(format!("{NODE_LOCAL_IN_OPERATOR} ({NODE_LOCAL_FIX})"));
+        }
+        match node {
+            Some(node) if covered(value, node) => None,
+            Some(node) => Some(format!(
+                "{NODE_LOCAL_IN_OPERATOR}; the node file sets it to {} ({NODE_LOCAL_FIX})",
+                show(node)
+            )),
+            None => Some(format!(
+                "{NODE_LOCAL_IN_OPERATOR}; the node file does not set it ({NODE_LOCAL_FIX})"
+            )),
+        }
+    }
+
     fn walk_struct(
         &mut self,
         value: &mut Value,
         keys: &[Key],
         path: &str,
         variant: Option<&str>,
+        node: Option<&Value>,
     ) -> bool {
         let Value::Mapping(map) = value else {
             return self.mismatch(path, "a mapping", value);
@@ -136,8 +195,17 @@ impl Walker<'_> {
                 remove.push(name.clone());
                 continue;
             };
+            let node_child = node.and_then(|n| n.get(name_text));
             if let Some(refusal) = self.role.refusal(key.scope) {
-                self.problems.push(child_path, refusal);
+                let problem = match self.role {
+                    Role::Operator => self.node_local_in_operator(child, node_child),
+                    _ => Some(refusal.to_owned()),
+                };
+                if let Some(problem) = problem {
+                    self.problems.push(child_path, problem);
+                }
+                // Agreeing or not, the value is dropped: node-local values come from the node
+                // file alone.
                 remove.push(name.clone());
                 continue;
             }
@@ -147,7 +215,7 @@ impl Walker<'_> {
                 continue;
             }
             present.insert(key.name);
-            if !self.walk(child, &key.shape, &child_path) {
+            if !self.walk(child, &key.shape, &child_path, node_child) {
                 remove.push(name.clone());
                 complete &= !key.required;
             }
@@ -172,6 +240,7 @@ impl Walker<'_> {
         tag: &str,
         variants: &[Variant],
         path: &str,
+        node: Option<&Value>,
     ) -> bool {
         let Value::Mapping(map) = value else {
             return self.mismatch(path, "a mapping", value);
@@ -197,39 +266,66 @@ impl Walker<'_> {
             return false;
         };
         if let Some(refusal) = self.role.refusal(variant.scope) {
+            let problem = match self.role {
+                Role::Operator => {
+                    // The node file's `restart` replaces the operator's as a whole, so the
+                    // whole mapping, method included, is what must agree.
+                    let mut whole = map.clone();
+                    whole.insert(Value::from(tag), tag_value.clone());
+                    self.node_local_in_operator(&Value::Mapping(whole), node)
+                }
+                _ => Some(refusal.to_owned()),
+            };
+            let Some(problem) = problem else {
+                // Agrees with the node file, whose value is used: dropped without a problem.
+                return false;
+            };
             // Point at the key that carries the node-local value when there is one.
             let carrier = variant
                 .keys
                 .iter()
                 .find(|k| k.scope == variant.scope && map.contains_key(k.name));
             match carrier {
-                Some(key) => self.problems.push(join(path, key.name), refusal),
+                Some(key) => self.problems.push(join(path, key.name), problem),
                 None => self
                     .problems
-                    .push(tag_path, format!("{chosen:?}: {refusal}")),
+                    .push(tag_path, format!("{chosen:?}: {problem}")),
             }
             return false;
         }
         let label = format!("{tag} {chosen:?}");
-        let complete = self.walk_struct(value, variant.keys, path, Some(&label));
+        let complete = self.walk_struct(value, variant.keys, path, Some(&label), node);
         if let Value::Mapping(map) = value {
             map.insert(Value::from(tag), tag_value);
         }
         complete
     }
 
-    fn walk_list(&mut self, value: &mut Value, item: &Shape, partial: bool, path: &str) -> bool {
+    fn walk_list(
+        &mut self,
+        value: &mut Value,
+        item: &Shape,
+        partial: bool,
+        path: &str,
+        node: Option<&Value>,
+    ) -> bool {
         let Value::Sequence(items) = value else {
             return self.mismatch(path, "a list", value);
         };
+        let node_items = node.and_then(Value::as_sequence);
         let mut all_ok = true;
         for (i, entry) in items.iter_mut().enumerate() {
             let entry_path = index(path, i);
+            // The node file names its runtime classes; its entry for this one is the one of the
+            // same name, wherever it is in the list.
+            let node_entry = entry
+                .get("name")
+                .and_then(|name| node_items?.iter().find(|n| n.get("name") == Some(name)));
             let ok = if entry.is_null() {
                 self.problems.push(entry_path, "empty list entry");
                 false
             } else {
-                self.walk(entry, item, &entry_path)
+                self.walk(entry, item, &entry_path, node_entry)
             };
             if !ok {
                 all_ok = false;
@@ -268,7 +364,7 @@ impl Walker<'_> {
                 }
                 _ => true,
             };
-            if !(name_ok && self.walk(child, shape, &child_path)) {
+            if !(name_ok && self.walk(child, shape, &child_path, None)) {
                 remove.push(name.clone());
             }
         }
@@ -471,23 +567,101 @@ mod tests {
         assert_eq!(value["runtimeClasses"][1]["name"], "ok");
     }
 
+    /// The operator file walked next to the node file `node` (itself walked first, as `load` does).
+    fn walk_next_to(yaml: &str, node: &str) -> (Value, Vec<String>) {
+        let mut node: Value = serde_yaml::from_str(node).expect("test YAML");
+        let mut node_problems = Problems::default();
+        walk_document(&mut node, Role::Node, &mut node_problems);
+        assert!(node_problems.is_empty(), "the node file is valid");
+        let mut value: Value = serde_yaml::from_str(yaml).expect("test YAML");
+        let mut problems = Problems::default();
+        walk_operator_document(&mut value, &node, &mut problems);
+        let lines = problems.into_vec().iter().map(Problem::to_string).collect();
+        (value, lines)
+    }
+
+    fn unset(path: &str) -> String {
+        format!(
+            "{path}: {NODE_LOCAL_IN_OPERATOR}; the node file does not set it ({NODE_LOCAL_FIX})"
+        )
+    }
+
+    const NODE_LOCAL_KEYS: &str = "artifactsDir: /x\ngate: {timeout: 10s}\ncontainerd: {configPath: /c, restart: {method: command, command: [/bin/true]}}\n\
+         runtimeClasses:\n- name: k\n  artifacts: {url: nvcr.io/x}\n  runtime: {runtimePath: /opt/kata/bin/shim}\n";
+
     #[test]
     fn node_local_keys_are_refused_in_the_operator_file() {
-        let (_, problems) = walk(
-            "artifactsDir: /x\ngate: {timeout: 10s}\ncontainerd: {configPath: /c, restart: {method: command, command: [/bin/true]}}\n\
-             runtimeClasses:\n- name: k\n  artifacts: {url: nvcr.io/x}\n  runtime: {runtimePath: /opt/kata/bin/shim}\n",
-            Role::Operator,
-        );
+        let (_, problems) = walk(NODE_LOCAL_KEYS, Role::Operator);
+        let refused = |path: &str| format!("{path}: {NODE_LOCAL_IN_OPERATOR} ({NODE_LOCAL_FIX})");
         assert_eq!(
             problems,
             [
-                format!("artifactsDir: {NODE_LOCAL_IN_OPERATOR}"),
-                format!("gate: {NODE_LOCAL_IN_OPERATOR}"),
-                format!("containerd.configPath: {NODE_LOCAL_IN_OPERATOR}"),
-                format!("containerd.restart.command: {NODE_LOCAL_IN_OPERATOR}"),
-                format!("runtimeClasses[0].runtime.runtimePath: {NODE_LOCAL_IN_OPERATOR}"),
+                refused("artifactsDir"),
+                refused("gate"),
+                refused("containerd.configPath"),
+                refused("containerd.restart.command"),
+                refused("runtimeClasses[0].runtime.runtimePath"),
             ]
         );
+        let (_, problems) = walk_next_to(NODE_LOCAL_KEYS, "{}");
+        assert_eq!(
+            problems,
+            [
+                unset("artifactsDir"),
+                unset("gate"),
+                unset("containerd.configPath"),
+                unset("containerd.restart.command"),
+                unset("runtimeClasses[0].runtime.runtimePath"),
+            ]
+        );
+    }
+
+    #[test]
+    fn node_local_keys_the_node_file_sets_to_the_same_value_pass_and_are_dropped() {
+        // The node file lists its classes in another order and sets more than the operator's.
+        let node = "artifactsDir: /x\ngate: {timeout: 10s, dir: /g}\n\
+                    containerd: {configPath: /c, restart: {method: command, command: [/bin/true], timeout: 30s}}\n\
+                    runtimeClasses:\n- name: other\n- name: k\n  runtime: {runtimePath: /opt/kata/bin/shim}\n";
+        let (value, problems) = walk_next_to(NODE_LOCAL_KEYS, node);
+        assert_eq!(problems, Vec::<String>::new());
+        assert!(value.get("artifactsDir").is_none(), "{value:?}");
+        assert!(value.get("gate").is_none());
+        assert!(value["containerd"].get("configPath").is_none());
+        assert!(value["containerd"].get("restart").is_none());
+        assert!(
+            value["runtimeClasses"][0]["runtime"]
+                .get("runtimePath")
+                .is_none()
+        );
+        assert_eq!(value["runtimeClasses"][0]["name"], "k");
+    }
+
+    #[test]
+    fn node_local_keys_the_node_file_sets_otherwise_are_refused_with_its_value() {
+        let node = "artifactsDir: /y\ngate: {dir: /g}\ncontainerd: {restart: {method: systemd}}\n\
+                    runtimeClasses:\n- name: k\n  runtime: {runtimePath: /usr/bin/shim}\n";
+        let (_, problems) = walk_next_to(NODE_LOCAL_KEYS, node);
+        let differs = |path: &str, node: &str| {
+            format!(
+                "{path}: {NODE_LOCAL_IN_OPERATOR}; the node file sets it to {node} ({NODE_LOCAL_FIX})"
+            )
+        };
+        assert_eq!(
+            problems,
+            [
+                differs("artifactsDir", "\"/y\""),
+                differs("gate", "{\"dir\":\"/g\"}"),
+                unset("containerd.configPath"),
+                differs("containerd.restart.command", "{\"method\":\"systemd\"}"),
+                differs("runtimeClasses[0].runtime.runtimePath", "\"/usr/bin/shim\""),
+            ]
+        );
+        // A class the node file does not name sets nothing for it.
+        let (_, problems) = walk_next_to(
+            "runtimeClasses:\n- name: k\n  artifacts: {url: nvcr.io/x}\n  runtime: {adopt: true}\n",
+            "runtimeClasses:\n- name: j\n  runtime: {adopt: true}\n",
+        );
+        assert_eq!(problems, [unset("runtimeClasses[0].runtime.adopt")]);
     }
 
     #[test]
@@ -496,24 +670,31 @@ mod tests {
         assert_eq!(
             problems,
             [format!(
-                "containerd.restart.method: \"command\": {NODE_LOCAL_IN_OPERATOR}"
+                "containerd.restart.method: \"command\": {NODE_LOCAL_IN_OPERATOR} ({NODE_LOCAL_FIX})"
             )]
         );
     }
 
     #[test]
-    fn the_node_file_takes_only_node_local_keys() {
-        let (_, problems) = walk(
-            "artifactsDir: /var/lib/kata\nlisten: 0.0.0.0:1\nruntimeClasses:\n- name: k\n  provision: eager\n  runtime: {runtimePath: /opt/kata/bin/shim, runtimeType: io.containerd.kata.v2}\n",
+    fn the_node_file_takes_only_node_local_keys_and_the_nodes_facts() {
+        let (value, problems) = walk(
+            "artifactsDir: /var/lib/kata\nlisten: 127.0.0.1:0\ncontainerd: {address: /run/k3s/containerd/containerd.sock, mode: inline}\n\
+             log: {format: json}\nruntimeClasses:\n- name: k\n  provision: eager\n  runtime: {runtimePath: /opt/kata/bin/shim, runtimeType: io.containerd.kata.v2}\n",
             Role::Node,
         );
         assert_eq!(
             problems,
             [
-                format!("listen: {SHARED_IN_NODE}"),
+                format!("containerd.mode: {SHARED_IN_NODE}"),
+                format!("log: {SHARED_IN_NODE}"),
                 format!("runtimeClasses[0].provision: {SHARED_IN_NODE}"),
                 format!("runtimeClasses[0].runtime.runtimeType: {SHARED_IN_NODE}"),
             ]
+        );
+        assert_eq!(value["listen"], "127.0.0.1:0");
+        assert_eq!(
+            value["containerd"]["address"],
+            "/run/k3s/containerd/containerd.sock"
         );
     }
 
