@@ -214,12 +214,13 @@ if ((${#missing[@]})); then
       # apt names the file PKG_VERSION_ARCH.deb, the epoch's colon as %3a (busybox-static_1%3a1.35…)
       found=("$debs/${p}_${v/:/%3a}"_*.deb)
       [[ -f ${found[0]} ]] || die "no .deb for $p $v in $debs"
-      dpkg-deb -x "${found[0]}" "$prefix.tmp"
+      if [[ $name == kernel ]]; then
+        # Only /boot (vmlinuz, config, System.map) is used; the modules are ~390 MB unpacked.
+        dpkg-deb --fsys-tarfile "${found[0]}" | tar -x -C "$prefix.tmp" ./boot
+      else
+        dpkg-deb -x "${found[0]}" "$prefix.tmp"
+      fi
     done
-    if [[ $name == kernel ]]; then
-      # Only /boot (vmlinuz, config, System.map) is used; the modules are ~390 MB unpacked.
-      find "$prefix.tmp" -mindepth 1 -maxdepth 1 ! -name boot -exec rm -rf {} +
-    fi
     echo "$version" >"$prefix.tmp/.version"
     mv "$prefix.tmp" "$prefix"
     echo "$prefix" >"$stamps/$name"
@@ -257,8 +258,9 @@ if [[ ! -f $pause_tar || $(cat "$cache/pause/.key" 2>/dev/null) != "$pause_key" 
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Test guest: Debian's kernel and an initramfs whose /init is busybox printing a marker and powering
-# off (build-guest.sh rebuilds only when an input changes).
+# Test guest: Debian's kernel (as vmlinuz, and decompressed as vmlinux for a PVH boot) and an
+# initramfs whose /init is busybox printing a marker and powering off (build-guest.sh rebuilds
+# only when an input changes).
 # ---------------------------------------------------------------------------------------------
 kernel_src=$(compgen -G "$(prefix_of kernel)/boot/vmlinuz-*" | head -n1) ||
   die "no boot/vmlinuz-* in $(prefix_of kernel)"
@@ -286,8 +288,9 @@ check "$(prefix_of registry)/usr/bin/docker-registry" --version
 check "$(prefix_of oras)/usr/bin/oras" version
 check "$ht/bin/htpasswd" -nbB user pass
 check "$busybox_src" echo "busybox $(version_of busybox)"
-printf '  guest: vmlinuz %s (%s B), initrd.img %s B\n' "$(basename "$kernel_src")" \
-  "$(stat -c %s "$guest_dir/vmlinuz")" "$(stat -c %s "$guest_dir/initrd.img")" >&2
+printf '  guest: %s: vmlinuz %s B, vmlinux %s B, initrd.img %s B\n' "$(basename "$kernel_src")" \
+  "$(stat -c %s "$guest_dir/vmlinuz")" "$(stat -c %s "$guest_dir/vmlinux")" \
+  "$(stat -c %s "$guest_dir/initrd.img")" >&2
 if [[ -x $qemu ]]; then
   check "$qemu" --version
 else
@@ -314,6 +317,7 @@ tmp_env=$cache/env.sh.tmp
   printf "export KNM_PAUSE_IMAGE='%s'\n" "$pause_tar"
   printf "export KNM_PAUSE_IMAGE_REF='%s'\n" "registry.k8s.io/pause:3.10"
   printf "export KNM_GUEST_KERNEL='%s'\n" "$guest_dir/vmlinuz"
+  printf "export KNM_GUEST_VMLINUX='%s'\n" "$guest_dir/vmlinux"
   printf "export KNM_GUEST_INITRD='%s'\n" "$guest_dir/initrd.img"
   if [[ -x $qemu ]]; then printf "export KNM_QEMU='%s'\n" "$qemu"; fi
 } >"$tmp_env"

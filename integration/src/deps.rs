@@ -38,6 +38,22 @@ pub struct Deps {
     pub pause_image_ref: String,
     /// Debian package versions of the containerds, when env.sh names them.
     pub versions: HashMap<Version, String>,
+    /// A real guest to boot, or why there is none.
+    pub guest: Result<Guest, SkipReason>,
+}
+
+/// A guest that really boots (`integration/scripts/build-guest.sh`): Debian's kernel and a
+/// busybox initramfs whose `/init` prints `KNM-GUEST-BOOTED` and powers off; and the hypervisor.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// `KNM_GUEST_VMLINUX`: Debian bookworm's kernel (package `linux-image-*-amd64`),
+    /// uncompressed as kata's guest kernels are (`vmlinux`: qemu boots it directly, through
+    /// its PVH entry).
+    pub kernel: PathBuf,
+    /// `KNM_GUEST_INITRD`.
+    pub initrd: PathBuf,
+    /// `KNM_QEMU`: bookworm's `qemu-system-x86_64`.
+    pub qemu: PathBuf,
 }
 
 /// Why the e2e tests cannot run here.
@@ -178,6 +194,13 @@ impl Deps {
             pause_image_ref: get("KNM_PAUSE_IMAGE_REF").unwrap_or_else(|_| PAUSE_IMAGE_REF.into()),
             cache: get("KNM_CACHE").map(PathBuf::from).unwrap_or(cache),
             versions,
+            guest: (|| {
+                Ok(Guest {
+                    kernel: path("KNM_GUEST_VMLINUX", &[])?,
+                    initrd: path("KNM_GUEST_INITRD", &[])?,
+                    qemu: path("KNM_QEMU", &[])?,
+                })
+            })(),
         })
     }
 

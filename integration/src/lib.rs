@@ -38,7 +38,7 @@ pub use cri::{
 };
 pub use dbus::PrivateBus;
 pub use deps::{
-    Deps, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, built_policy, repo_root, require_e2e,
+    Deps, Guest, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, built_policy, repo_root, require_e2e,
 };
 pub use lying::LyingRegistry;
 pub use node::{Daemon, KataNode};

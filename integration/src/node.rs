@@ -28,6 +28,9 @@ pub const ROOTFS: &[u8] = b"stand-in guest rootfs image\n";
 /// The artifact's kata configuration: its files named relative to it, as kata's artifacts ship
 /// them (the store points them at the installed version); no shared filesystem, so no virtiofsd.
 pub const KATA_TOML: &[u8] = b"[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"vmlinux\"\nimage = \"rootfs.img\"\nshared_fs = \"none\"\n";
+/// The kata configuration of a real guest ([`KataNode::push_guest`]): Debian's kernel and a
+/// busybox initramfs, which the stand-in boots under KVM when asked to.
+pub const GUEST_TOML: &[u8] = b"[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"vmlinux\"\ninitrd = \"initrd.img\"\nshared_fs = \"none\"\n";
 /// The kata version the stand-in shim says it is (`--version`).
 pub const STAND_IN_KATA_VERSION: &str = "3.2.0";
 /// The stand-in's binary name (this crate's `src/bin/kata-shim-stand-in`).
@@ -185,8 +188,38 @@ impl KataNode {
             &self.stand_in_dir(),
             &self.deps.runc_shim_bin(self.cd.version()),
             Some(&self.cd.layout().runc_root),
+            false,
         )?;
         self.set_kata_version(STAND_IN_KATA_VERSION)
+    }
+
+    /// Pushes a real guest as the artifact (the tag moves): Debian's kernel, the busybox
+    /// initramfs and [`GUEST_TOML`]; from now on the stand-in boots what kata would boot before
+    /// it lets a sandbox start. Returns the kernel's bytes.
+    pub fn push_guest(&self) -> Result<Vec<u8>> {
+        let guest = self
+            .deps
+            .guest
+            .as_ref()
+            .map_err(|r| anyhow::anyhow!("{r}"))?;
+        let kernel = std::fs::read(&guest.kernel)?;
+        let initrd = std::fs::read(&guest.initrd)?;
+        self.registry.push_files(
+            ARTIFACT,
+            &[
+                ("vmlinux", &kernel),
+                ("initrd.img", &initrd),
+                ("configuration-guest.toml", GUEST_TOML),
+            ],
+        )?;
+        write_stand_in_wrapper(
+            &self.shim(),
+            &self.stand_in_dir(),
+            &self.deps.runc_shim_bin(self.cd.version()),
+            Some(&self.cd.layout().runc_root),
+            true,
+        )?;
+        Ok(kernel)
     }
 
     /// Operator config serving [`CLASS`] from `registry` (a `host:port`), `provision` `eager` or
@@ -422,17 +455,21 @@ impl Daemon {
 
 /// Writes `path`, a kata shim for a stanza's `runtime_path`: a script that runs the stand-in
 /// with its records in `dir`, ending in `runc_shim` (runc's root `runc_root`, runc's default
-/// without one).
+/// without one); with `boot`, it boots the resolved guest under KVM first.
 pub fn write_stand_in_wrapper(
     path: &Path,
     dir: &Path,
     runc_shim: &Path,
     runc_root: Option<&Path>,
+    boot: bool,
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    let root = runc_root
+    let mut root = runc_root
         .map(|r| format!(" KNM_STANDIN_RUNC_ROOT={}", r.display()))
         .unwrap_or_default();
+    if boot {
+        root.push_str(" KNM_STANDIN_BOOT=1");
+    }
     let script = format!(
         "#!/bin/sh\n\
          # A kata shim on this test node: the stand-in, with the node's settings.\n\

@@ -6,6 +6,9 @@
 //! - an installed kernel replaced after the install (not the bytes the store recorded).
 //!
 //! Each refusal is one line in the pod's error and a `refused` record.
+//!
+//! And the positive control that matters most: a real guest (Debian's kernel and a busybox
+//! initramfs) pulled from the registry is what the stand-in boots before the sandbox starts.
 
 use std::path::Path;
 
@@ -50,7 +53,8 @@ async fn stanzas_without_config_path_or_naming_host_files_are_refused(version: V
     let dir = tempfile::tempdir().unwrap();
     let records = dir.path().join("stand-in");
     let shim = dir.path().join("containerd-shim-kata-v2");
-    node::write_stand_in_wrapper(&shim, &records, &deps.runc_shim_bin(version), None).unwrap();
+    node::write_stand_in_wrapper(&shim, &records, &deps.runc_shim_bin(version), None, false)
+        .unwrap();
     // A configuration kata would happily boot, but of host files: nothing the store installed.
     let kernel = dir.path().join("vmlinuz-host");
     let image = dir.path().join("host.img");
@@ -166,5 +170,53 @@ async fn a_kernel_replaced_after_install_is_refused() {
         "is not the file the store installed",
     )
     .await;
+    cri.remove_all_pods().await.unwrap();
+}
+
+/// The artifact is a real guest: the onDemand pod starts only after the kernel and initrd kata
+/// resolved from the pulled version booted and the guest's `/init` printed its marker. Under KVM
+/// with hardware virtualization, else under qemu's software emulation (`guest.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guest_pulled_from_the_registry_boots_before_its_sandbox_starts() {
+    let Some(deps) = require_e2e() else {
+        return;
+    };
+    if let Err(reason) = &deps.guest {
+        assert!(
+            std::env::var(kata_nri_integration::REQUIRE_E2E_ENV).as_deref() != Ok("1"),
+            "no guest to boot: {reason}"
+        );
+        eprintln!(
+            "SKIPPED: a_guest_pulled_from_the_registry_boots_before_its_sandbox_starts: {reason}"
+        );
+        return;
+    }
+    let mut node = KataNode::start(deps, Version::V2_1).await.unwrap();
+    let kernel = node.push_guest().unwrap();
+    let operator = node.operator_config(&node.registry.host(), "onDemand", "");
+    let node_config = node.node_config(None);
+    let daemon = node
+        .daemon(Path::new(PLUGIN), operator, node_config, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut cri = node.cd.cri().await.unwrap();
+    cri.run_pod(&PodSpec::new("booted").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", daemon.process.log()));
+    let record = node
+        .kata_used("booted", None, &kernel)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let guest = &record["guest"];
+    assert_eq!(guest["marker"], "KNM-GUEST-BOOTED", "{record}");
+    assert!(
+        guest["kernel"]
+            .as_str()
+            .is_some_and(|k| k.ends_with("-amd64")),
+        "the guest reported the kernel it runs: {record}"
+    );
+    assert!(
+        record["resolution"]["files"]["initrd"]["recorded"] == true,
+        "{record}"
+    );
     cri.remove_all_pods().await.unwrap();
 }

@@ -1,7 +1,10 @@
 //! The README's end-to-end demo: a real containerd 2.1 with NRI, a local registry holding a
-//! runtime class's artifacts, the kata-nri-manager daemon, and a pod of that `onDemand` class
-//! that starts on its first try, its artifacts pulled while the sandbox start waits at the gate;
-//! then `status`.
+//! runtime class's artifacts (a real guest: Debian's kernel and a busybox initramfs), the
+//! kata-nri-manager daemon, and a pod of that `onDemand` class that starts on its first try, its
+//! artifacts pulled while the sandbox start waits at the gate. The class's shim is the kata
+//! stand-in: it resolves the configuration as kata does, checks every file against the store's
+//! record, and boots the resolved kernel and initrd under KVM before the sandbox starts. The
+//! demo prints what kata would load and the guest's boot; then `status`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,8 +27,9 @@ async fn main() -> Result<()> {
         "==> starting a registry with the artifacts of runtime class {CLASS}, and containerd 2.1 (NRI on)"
     );
     let mut node = KataNode::start(deps, Version::V2_1).await?;
+    let kernel = node.push_guest()?;
     println!(
-        "    artifacts: {}/{ARTIFACT} (vmlinux, rootfs.img, configuration-test.toml)",
+        "    artifacts: {}/{ARTIFACT} (vmlinux: Debian's kernel, initrd.img: a busybox guest, configuration-guest.toml)",
         node.registry.host()
     );
 
@@ -63,6 +67,39 @@ async fn main() -> Result<()> {
     println!(
         "    artifacts installed: {}",
         node.artifacts().join(CLASS).display()
+    );
+    let record = node
+        .kata_used("demo", None, &kernel)
+        .context("what kata would have loaded")?;
+    let r = &record["resolution"];
+    let file = |role: &str| r["files"][role]["path"].as_str().unwrap_or("?").to_owned();
+    let name = |role: &str| {
+        let path = file(role);
+        path.rsplit('/').next().unwrap_or(&path).to_owned()
+    };
+    println!(
+        "    kata would load configuration {} (the stanza's {}),",
+        file("configuration"),
+        r["source"].as_str().unwrap_or("?"),
+    );
+    println!(
+        "      boot kernel {} and initrd {} with {}, all from version {},",
+        name("kernel"),
+        name("initrd"),
+        file("hypervisor"),
+        r["version"].as_str().unwrap_or("?"),
+    );
+    println!("      each file's sha256 as the store recorded it at install");
+    let guest = &record["guest"];
+    let accel = match guest["accel"].as_str() {
+        Some("kvm") => "under KVM",
+        // This machine kind's /dev/kvm is paravirtual and cannot run a stock kernel.
+        _ => "under qemu's software emulation (no hardware KVM here)",
+    };
+    println!(
+        "    the guest kernel pulled from the registry booted: Linux {} {accel}, /init's marker after {} ms",
+        guest["kernel"].as_str().unwrap_or("?"),
+        guest["bootMs"],
     );
 
     // The status file is written within a second of a change.
