@@ -1,24 +1,30 @@
 //! Which kata configuration a sandbox gets, and which files it makes kata open, in kata's own
 //! order and with kata's own checks, then checked against what kata-nri-manager's store recorded.
+//! Line numbers are kata-containers 3.32.0's (the last 3.x; `main` is 4.x).
 //!
-//! The order is the Go runtime's as of kata 3.x (`src/runtime/pkg/containerd-shim-v2/create.go`,
-//! `loadRuntimeConfig`, run at the sandbox's `Create`, never at `start`): the
-//! `io.katacontainers.config_path` annotation (`oci.GetSandboxConfigPath`), then `ConfigPath` of
-//! the `runtimeoptions.v1.Options` in `CreateTaskRequest.options`, then `KATA_CONF_FILE`, then the
-//! first default path that exists (`katautils.GetDefaultConfigFilePaths`). A path that is named but
-//! missing fails the sandbox; kata never falls back to the defaults then (`katautils.ResolvePath`).
+//! The order is the Go runtime's, `src/runtime/pkg/containerd-shim-v2/create.go`
+//! `loadRuntimeConfig` (lines 259-307), run at the sandbox's `Create` (`service.Create` →
+//! `create()`), never at `start`: the `io.katacontainers.config_path` annotation
+//! (`oci.GetSandboxConfigPath`), then `ConfigPath` of the `runtimeoptions.v1.Options` in
+//! `CreateTaskRequest.options`, then `KATA_CONF_FILE` (293-295), then the first default path that
+//! exists (`src/runtime/pkg/katautils/config.go` `getDefaultConfigFile`, 2182, over
+//! `GetDefaultConfigFilePaths`, 2169). A path that is named but missing fails the sandbox:
+//! `decodeConfig` (1783) resolves it with `ResolvePath` and never falls back to the defaults.
 //! kata 4.x dropped the annotation and accepts `KATA_CONF_FILE` only for its shipped files, and
-//! the Rust runtime (`runtime-rs/crates/runtimes/src/manager.rs`, `load_config`) reads the
-//! environment before the options; a stanza's `ConfigPath` wins in every one of them when no pod
-//! annotation and no environment override it, which is what kata-nri-manager relies on.
+//! the Rust runtime (`src/runtime-rs/crates/runtimes/src/manager.rs` `load_config`, 810-855)
+//! reads the environment before the options; a stanza's `ConfigPath` wins in every one of them
+//! when no pod annotation and no environment override it, which is what kata-nri-manager relies
+//! on (it never lets `io.katacontainers.config_path` through a stanza).
 //!
-//! The hypervisor table and its file keys are read as `updateRuntimeConfigHypervisor` and
-//! `newQemuHypervisorConfig` (`src/runtime/pkg/katautils/config.go`) do: every non-empty file key
-//! must resolve; an empty `shared_fs` means `virtio-fs`, which needs `virtio_fs_daemon`; image
-//! and initrd together, or neither, fail the sandbox (`validateHypervisorConfig`). Kata checks
-//! `valid_*_paths` only against pod annotations that override a path, so they are recorded here,
-//! not enforced. One check of kata's is left out: `/dev/vhost-vsock` must exist, which the test
-//! machines lack (the module is not loaded there).
+//! The hypervisor table and its file keys are read as `updateRuntimeConfigHypervisor` (1431) and
+//! `newQemuHypervisorConfig` (926) do: every non-empty file key must resolve; an empty
+//! `shared_fs` means `virtio-fs` (`sharedFS`, 644), which needs `virtio_fs_daemon` (1005); image
+//! and initrd together, or neither, fail the sandbox (`src/runtime/virtcontainers/
+//! hypervisor_config_linux.go` `validateHypervisorConfig`, 31-32). Kata checks `valid_*_paths`
+//! only against pod annotations that override a path (`pkg/oci/utils.go`
+//! `addHypervisorPathOverrides`), so they are recorded here, not enforced. One check of kata's
+//! is left out: `/dev/vhost-vsock` must exist (`utils.SupportsVsocks`), which the test machines
+//! lack (the module is not loaded there).
 
 use std::collections::BTreeMap;
 use std::fs;
