@@ -4,13 +4,15 @@
 # keep the classes' artifacts installed) as one idempotent command. Run as root on each node:
 #
 #   sudo bash deploy/systemd/install.sh --binary target/release/kata-nri-manager \
-#        --config /path/to/config.yaml [--policies DIR [--policies-dir DIR]] [--no-start]
+#        --config /path/to/config.yaml [--gate-binary FILE] [--policies DIR [--policies-dir DIR]] [--no-start]
 #   sudo bash deploy/systemd/install.sh --uninstall [--purge]
 #
 # --config is the node's whole config (deploy/examples/config.yaml shows every key), node-local
 # keys included: it becomes /etc/kata-nri-manager/config.yaml, root-owned, mode 0600.
 # --policies DIR copies DIR/*.wasm into the config's policies directory (keep the NN- prefixes).
-# Steps: binary to /usr/local/bin, config check, policies + policy check, `configure` (stanzas
+# --gate-binary is the shim gate the daemon installs for onDemand classes (default
+# kata-nri-shim-gate beside --binary); it goes beside the daemon, where the daemon looks for it.
+# Steps: binaries to /usr/local/bin, config check, policies + policy check, `configure` (stanzas
 # and NRI on, in one edit of containerd's config), one containerd restart if the config changed
 # (refused unless containerd's unit has KillMode=process or mixed, so running pods survive), then
 # the kata-nri-manager.service unit enabled and started. Guide: docs/operator-guide.md.
@@ -18,6 +20,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
 binary=""
+gate_binary=""
 config=""
 policies=""
 # The config's policies.dir; pass --policies-dir when the config sets another.
@@ -30,7 +33,7 @@ etc=/etc/kata-nri-manager
 unit_dir=/etc/systemd/system
 containerd_unit=containerd.service
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 die() {
   echo "install.sh: $*" >&2
   exit 1
@@ -39,6 +42,7 @@ die() {
 while (($#)); do
   case "$1" in
     --binary) binary="$2"; shift 2 ;;
+    --gate-binary) gate_binary="$2"; shift 2 ;;
     --config) config="$2"; shift 2 ;;
     --policies) policies="$2"; shift 2 ;;
     --policies-dir) policies_dir="$2"; shift 2 ;;
@@ -53,6 +57,7 @@ done
 
 [ "$(id -u)" -eq 0 ] || die "run as root: this changes containerd's config and installs a root service"
 knm="$prefix/kata-nri-manager"
+gate="$prefix/kata-nri-shim-gate"
 
 # containerd's unit must spare the shims (and so the running pods) when it restarts.
 check_kill_mode() {
@@ -81,27 +86,33 @@ if ((uninstall)); then
   rm -f "$unit_dir/kata-nri-manager.service"
   systemctl daemon-reload
   if ((purge)); then
-    rm -f "$knm"
+    rm -f "$knm" "$gate"
     rm -rf "$etc" /var/lib/kata-nri-manager
     echo "purged; the artifacts under the config's artifactsDir (default /opt/kata-nri-manager) are left for you to remove"
   fi
   exit 0
 fi
 
-[ -n "$binary" ] || die "--binary FILE is required (build: cargo build --release -p kata-nri-manager)"
+[ -n "$binary" ] || die "--binary FILE is required (build: cargo build --release -p kata-nri-manager -p kata-nri-shim-gate)"
 [ -n "$config" ] || die "--config FILE is required (start from deploy/examples/config.yaml)"
 "$binary" --version >/dev/null || die "$binary --version failed"
+gate_binary="${gate_binary:-$(dirname "$binary")/kata-nri-shim-gate}"
+[ -x "$gate_binary" ] || die "$gate_binary is not an executable file: build it with \`cargo build --release -p kata-nri-shim-gate\` or pass --gate-binary FILE"
+"$gate_binary" --version >/dev/null || die "$gate_binary --version failed"
 
 install -d -m 0755 "$etc"
 install -d -m 0700 "$etc/pull-secrets"
-# Atomic replacement: a running daemon or gate may be executing the old binary.
+# Atomic replacement: a running daemon may be executing the old binary. The gate first, so the
+# daemon finds it beside itself when it starts.
+install -m 0755 -o root -g root "$gate_binary" "$prefix/.kata-nri-shim-gate.new"
+mv -f "$prefix/.kata-nri-shim-gate.new" "$gate"
 install -m 0755 -o root -g root "$binary" "$prefix/.kata-nri-manager.new"
 mv -f "$prefix/.kata-nri-manager.new" "$knm"
 
 tmp="$(mktemp "$etc/.config.yaml.XXXXXX")"
 trap 'rm -f "$tmp"' EXIT
 install -m 0600 -o root -g root "$config" "$tmp"
-"$knm" config check --config "$tmp" || die "$config does not pass config check (above); nothing changed but the binary"
+"$knm" config check --config "$tmp" || die "$config does not pass config check (above); nothing changed but the binaries"
 mv -f "$tmp" "$etc/config.yaml"
 trap - EXIT
 

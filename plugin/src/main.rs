@@ -2,19 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kata_nri_manager::cli::{self, Cli, Command, ConfigCommand};
-use kata_nri_manager::gate;
 use kata_nri_manager::nri::LaunchEnv;
 
 fn main() -> ExitCode {
-    // containerd runs the gate as a class's shim, through a link named kata-nri-gate.<class>: no
-    // async runtime, no output of our own before exec.
-    if let Some(argv0) = std::env::args_os().next()
-        && let Some((gate_dir, class)) = gate::run::from_invocation(std::path::Path::new(&argv0))
-    {
-        let err = gate::run::run(&gate_dir, &class, std::env::args_os().skip(1).collect());
-        eprintln!("{err}");
-        return ExitCode::FAILURE;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,11 +28,6 @@ fn main() -> ExitCode {
             Command::Status(args) => cli::status::run(args),
             Command::Rollback(args) => cli::rollback::run(args),
             Command::Runtimeclass(args) => cli::runtimeclass::run(args),
-            Command::ShimGate {
-                gate_dir,
-                class,
-                args,
-            } => Err(gate::run::run(&gate_dir, &class, args).into()),
             Command::Config(ConfigCommand::Check {
                 config,
                 node_config,

@@ -1,7 +1,8 @@
-//! DESIGN.md "Trust boundary": an installed kata configuration may name only files of its own
-//! version or host files the node allowlists (`kataConfig.allowedHostPaths`). The shim runs as
-//! root and execs the hypervisor, jailer and virtiofsd it is told, and feeds the kernel, image and
-//! firmware to the guest: a path outside those would let an artifact run or read any host file.
+//! An installed kata configuration may name only files of its own version or host files the node
+//! allowlists (`kataConfig.allowedHostPaths`; `docs/architecture.md`, "Trust boundary"). The shim
+//! runs as root and execs the hypervisor, jailer and virtiofsd it is told, and feeds the kernel,
+//! image and firmware to the guest: a path outside those would let an artifact run or read any
+//! host file.
 //! Checked after the rewrite (`kataconf.rs`), before the version becomes current.
 
 use std::fs;

@@ -1,5 +1,6 @@
 //! Runtime class artifacts: pulled from OCI registries, verified while they stream to disk,
-//! and installed atomically (DESIGN.md "Artifact store and lifecycle", `docs/artifacts.md`).
+//! and installed atomically (`docs/artifacts.md`; the layout is drawn in `docs/architecture.md`,
+//! "Store layout").
 //!
 //! Layout under `artifactsDir`:
 //! - `.store/<manifest digest>/`: one installed version, immutable once renamed into place;

@@ -93,8 +93,8 @@ fn io_at<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> 
     }
 }
 
-/// DESIGN.md "Trust boundary": no setuid/setgid file from an artifact. Refused, not dropped: a
-/// kata bundle never needs one, so its presence means the artifact was not built for us.
+/// No setuid/setgid file from an artifact (`docs/architecture.md`, "Trust boundary"). Refused, not
+/// dropped: a kata bundle never needs one, so its presence means the artifact was not built for us.
 fn refuse_special_bits(name: &Path, mode: u32) -> Result<(), UnpackError> {
     let what = match (mode & 0o4000 != 0, mode & 0o2000 != 0) {
         (true, true) => "setuid and setgid",
@@ -175,8 +175,8 @@ impl Unpacker<'_> {
                     .into_owned();
                 self.hard_link(&name, &rel, &target)
             }
-            // DESIGN.md "Trust boundary": a kata bundle has no device nodes or FIFOs; one in a
-            // layer is a crafted artifact, so the whole install is refused rather than patched.
+            // A kata bundle has no device nodes or FIFOs; one in a layer is a crafted artifact, so
+            // the whole install is refused rather than patched (`docs/security.md`, artifacts).
             tar::EntryType::Char => Err(unsafe_entry(
                 &name,
                 "character device node: artifacts may not carry device nodes",

@@ -1,4 +1,5 @@
-//! The command line (contract in DESIGN.md "Command line").
+//! The command line: clap types and the commands (which module serves which command:
+//! `docs/architecture.md`, "Modules"; flags and output: the README, "Using it").
 
 use std::path::PathBuf;
 
@@ -50,18 +51,6 @@ pub enum Command {
     Uninstall(configure::UninstallArgs),
     /// Print the Kubernetes RuntimeClass objects (YAML) for the config's runtime classes.
     Runtimeclass(runtimeclass::RuntimeClassArgs),
-    /// Serve as a runtime class's shim gate. containerd runs the gate through the per-class links
-    /// (`<gate.dir>/kata-nri-gate.<class>`); this form is for trying it by hand.
-    #[command(hide = true)]
-    ShimGate {
-        #[arg(long, value_name = "DIR")]
-        gate_dir: PathBuf,
-        #[arg(long, value_name = "CLASS")]
-        class: String,
-        /// The shim's arguments, passed to the real shim unchanged.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<std::ffi::OsString>,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +88,10 @@ pub struct RunArgs {
     /// How long a class that left the config stays unused before its artifacts are removed.
     #[arg(long, value_name = "DURATION", hide = true, env = "KATA_NRI_MANAGER_GC_GRACE", value_parser = parse_duration)]
     pub gc_grace: Option<std::time::Duration>,
+    /// The shim gate binary installed for onDemand classes [default: kata-nri-shim-gate beside
+    /// this executable].
+    #[arg(long, value_name = "PATH")]
+    pub gate_binary: Option<PathBuf>,
     #[command(flatten)]
     pub node: configure::NodeArgs,
 }

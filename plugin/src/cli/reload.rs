@@ -1,5 +1,6 @@
-//! A changed config, picked up while the daemon runs (DESIGN.md "Fleet safety": a config change
-//! reaches every node within a minute; kubelet updates a mounted ConfigMap in place).
+//! A changed config, picked up while the daemon runs (`docs/daemon.md`, "A changed config"): a
+//! ConfigMap change reaches every node within a minute, because kubelet updates a mounted
+//! ConfigMap in place.
 //!
 //! Every part of the daemon holds the config it started with, so a change is applied the way a
 //! start applies it: the daemon replaces itself with a fresh run of the same binary and

@@ -80,7 +80,7 @@ pub async fn external(args: RunArgs) -> Result<()> {
     // A containerd restart waits for this socket to come back.
     config.nri.socket = socket.clone();
 
-    let daemon = Daemon::start(config, args.node, args.gc_grace, true).await?;
+    let daemon = Daemon::start(config, args.node, args.gc_grace, true, args.gate_binary).await?;
     tokio::select! {
         result = nri::run_external(&socket, &identity, daemon.triggers.clone(), daemon.triggers.clone()) => {
             result.context("NRI connection")?;
@@ -129,7 +129,10 @@ pub async fn launched(launch: nri::Result<LaunchEnv>) -> Result<()> {
                 state_dir: None,
                 containerd_binary: None,
             };
-            Daemon::start(config, node, None, false).await?.triggers
+            // No flags here: the gate binary is looked for beside our own executable.
+            Daemon::start(config, node, None, false, None)
+                .await?
+                .triggers
         }
         None => {
             warn!(
@@ -209,6 +212,7 @@ impl Daemon {
         node: NodeArgs,
         gc_grace: Option<Duration>,
         may_restart: bool,
+        gate_binary: Option<PathBuf>,
     ) -> Result<Self> {
         let config = Arc::new(config);
         let state_dir = configure::state_dir(&config, &node);
@@ -270,9 +274,9 @@ impl Daemon {
             metrics.clone(),
         );
         let stanzas = reconciler.plan().await;
-        let gate_binary =
-            std::env::current_exe().context("locating our own binary for the gate")?;
-        if let Err(e) = reconciler.prepare_gate(&gate_binary) {
+        let locate_gate =
+            || gate::binary::locate(gate_binary.as_deref()).map_err(|e| e.to_string());
+        if let Err(e) = reconciler.prepare_gate(locate_gate) {
             error!(error = %e, gate_dir = %config.gate.dir.display(), "gate not installed: onDemand classes cannot start");
         }
 

@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::config::{Config, FileKind, RuntimeClass, parse_str};
 
-/// The node label the daemon sets once a class is servable on the node (DESIGN, "The job").
+/// The node label the daemon sets once a class is servable on the node (`docs/daemon.md`, "Node
+/// labels").
 pub const SERVABLE_LABEL_PREFIX: &str = "kata-nri-manager.io/";
 pub const SERVABLE_VALUE: &str = "servable";
 

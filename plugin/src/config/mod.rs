@@ -1,5 +1,5 @@
-//! The operator config (DESIGN.md, "Operator config") and the node config: types, defaults,
-//! loading, and every check an operator's file must pass before anything acts on it.
+//! The operator config and the node config: types, defaults, loading, and every check an
+//! operator's file must pass before anything acts on it.
 //!
 //! Loading reports every problem of both files at once, each with its path in the file
 //! (`runtimeClasses[2].artifacts.url: …`). Keys that name host files or programs are node-local:

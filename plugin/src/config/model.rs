@@ -349,8 +349,8 @@ impl Annotations {
 }
 
 /// The host files an installed kata configuration may name besides its own version's files
-/// (DESIGN.md "Trust boundary"). Node-local: which hypervisor binaries a node has is a fact of the
-/// node, and widening the list lets an artifact pick what root runs.
+/// (`docs/architecture.md`, "Trust boundary"). Node-local: which hypervisor binaries a node has is
+/// a fact of the node, and widening the list lets an artifact pick what root runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct KataConfig {

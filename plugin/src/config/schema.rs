@@ -4,7 +4,7 @@
 
 use super::values;
 
-/// Which file may set a key (DESIGN, "Trust boundary").
+/// Which file may set a key (`docs/configuration.md`, "Which file holds what").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Scope {
     /// Decided by the operator (the ConfigMap); not in the node file.

@@ -1,23 +1,16 @@
-//! The gate: the binary containerd runs as a class's shim (`runtime_path`), the only code that
-//! runs before a kata VM boots. For a sandbox start of a class that is not ready it asks the
-//! daemon to prepare the class and waits (bounded); then it `exec`s the real shim with the same
-//! argv, environment, working directory and descriptors. Everything else goes straight through.
-//!
-//! It prints nothing of its own before `exec` (containerd parses the shim's output) and never
-//! reads stdin (the shim's options arrive there).
+//! The daemon's side of the shim gate. The gate itself is a program of its own
+//! (`plugin/shim-gate`, the `kata-nri-shim-gate` crate): containerd runs it as an `onDemand`
+//! class's shim, so it carries none of the daemon (no async runtime, no registry or policy code).
+//! Here: the socket the gate asks (`server`), and where to find the gate binary to install
+//! (`binary`). The protocol, the state file and the names on the host are the gate crate's
+//! `shared` module, re-exported so the daemon and the gate cannot drift apart.
 
-pub mod args;
-pub mod client;
-pub mod error;
-pub mod links;
-pub mod pod_identity;
-pub mod protocol;
-pub mod run;
+pub mod binary;
 pub mod server;
-pub mod state;
 
-pub use error::{GateError, Result};
-pub use links::{GATE_BINARY, GATE_LINK_PREFIX, link_path};
+pub use kata_nri_shim_gate::shared::{links, protocol, state};
+pub use kata_nri_shim_gate::{GateError, Result};
+pub use links::{GATE_BINARY, GATE_LINK_PREFIX, GATE_PROGRAM, link_path};
 pub use protocol::{EnsureReply, EnsureRequest};
 pub use server::{Ensurer, serve};
 pub use state::GateState;

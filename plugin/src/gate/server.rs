@@ -11,8 +11,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
-use super::error::{GateError, Result};
 use super::protocol::{EnsureReply, EnsureRequest, MAX_LINE};
+use super::{GateError, Result};
 
 /// Makes a class ready for a waiting gate.
 ///
@@ -133,7 +133,7 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gate::client;
+    use kata_nri_shim_gate::client;
 
     struct Scripted;
 

@@ -1,5 +1,5 @@
-//! The host's check of every policy answer (DESIGN.md "Trust boundary"). A policy can only
-//! express closed records; the guard bounds what is inside them: sources must be valid
+//! The host's check of every policy answer (`docs/architecture.md`, "Trust boundary"). A policy
+//! can only express closed records; the guard bounds what is inside them: sources must be valid
 //! references within `registries.allowed`, annotation patterns within the operator's allowlist
 //! (and never reaching `io.katacontainers.config_path`), kata settings within their ranges,
 //! every text within a size. A violation is the policy's invalid result.

@@ -1,5 +1,5 @@
-//! The WebAssembly policy host (DESIGN.md "Policy contract", "Trust boundary"; the contract is
-//! `policies-wasm/wit/policy.wit`).
+//! The WebAssembly policy host. The contract is `policies-wasm/wit/policy.wit`; where the host
+//! stands in the trust boundary is in `docs/architecture.md`, "Trust boundary".
 //!
 //! Policies are components in the policies directory, run as a [`Chain`] in file-name order,
 //! each seeing the previous result. [`PolicyEngine`] owns the one wasmtime `Engine` (epoch

@@ -1,6 +1,6 @@
-//! The daemon's brain (DESIGN.md "Data flow of one decision"): the policies decide what this
-//! node serves, the artifact store makes classes ready, containerd gets the stanzas in one
-//! edit and one restart, and the gate, NRI and the operations endpoint see the result.
+//! The daemon's brain (`docs/architecture.md`, "Data flow of one decision"): the policies decide
+//! what this node serves, the artifact store makes classes ready, containerd gets the stanzas in
+//! one edit and one restart, and the gate, NRI and the operations endpoint see the result.
 //!
 //! - [`Reconciler`]: the plan per class and one ensure per class at a time.
 //! - [`NriTriggers`]: the NRI handler; records pods and hands their requests over.

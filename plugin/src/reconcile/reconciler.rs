@@ -4,7 +4,7 @@
 //! use); the work runs on its own task, so a caller that goes away cancels nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -295,11 +295,15 @@ impl Reconciler {
         }
     }
 
-    /// Installs the gate (`binary` as `<gate.dir>/shim-gate`, a link per `onDemand` class) and
-    /// writes each gated class's state file. Classes gated before but no longer served keep
-    /// their link (containerd may still run their sandboxes' `delete` through it) and are
-    /// marked not ready, so a start asks the daemon, which refuses it.
-    pub fn prepare_gate(&self, binary: &Path) -> Result<(), String> {
+    /// Installs the gate (the binary `locate` finds as `<gate.dir>/shim-gate`, a link per
+    /// `onDemand` class) and writes each gated class's state file. `locate` is asked only when a
+    /// class is gated: a node with no `onDemand` class needs no gate binary. Classes gated before
+    /// but no longer served keep their link (containerd may still run their sandboxes' `delete`
+    /// through it) and are marked not ready, so a start asks the daemon, which refuses it.
+    pub fn prepare_gate(
+        &self,
+        locate: impl FnOnce() -> Result<PathBuf, String>,
+    ) -> Result<(), String> {
         let gated: Vec<(String, PathBuf)> = lock(&self.plans)
             .values()
             .filter_map(|plan| match plan {
@@ -313,7 +317,8 @@ impl Reconciler {
         let gate_dir = &self.config.gate.dir;
         if !gated.is_empty() {
             let names: Vec<&str> = gated.iter().map(|(name, _)| name.as_str()).collect();
-            gate::links::install(gate_dir, binary, &names).map_err(|e| e.to_string())?;
+            let binary = locate()?;
+            gate::links::install(gate_dir, &binary, &names).map_err(|e| e.to_string())?;
         }
         for (name, real_shim) in &gated {
             let ready = self.board.class(name).map(|s| s.state) == Some(ArtifactState::Ready);
@@ -803,7 +808,7 @@ mod tests {
             policies = dir.path().join("policies").display(),
         );
         let config = Arc::new(
-            parse_str(&text, Path::new("node.yaml"), FileKind::Trusted)
+            parse_str(&text, std::path::Path::new("node.yaml"), FileKind::Trusted)
                 .unwrap_or_else(|e| panic!("{e}")),
         );
         let engine = PolicyEngine::new(EngineOptions::default()).expect("engine");

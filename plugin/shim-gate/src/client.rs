@@ -8,8 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::error::{GateError, Result};
-use super::protocol::{EnsureReply, EnsureRequest, MAX_LINE};
+use crate::error::{GateError, Result};
+use crate::shared::protocol::{EnsureReply, EnsureRequest, MAX_LINE};
 
 /// Asks the daemon at `socket` to make `request.class` ready, waiting at most `timeout`.
 pub fn ensure(socket: &Path, request: &EnsureRequest, timeout: Duration) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+/// What stops the gate, and what goes wrong with the files it shares with the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
     #[error(
@@ -40,7 +41,9 @@ pub enum GateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("kata-nri-manager gate: cannot tell the runtime class from the gate path {0}")]
+    #[error(
+        "kata-nri-manager gate: cannot tell the runtime class from the gate path {0}: containerd runs the gate through a class's link, <gate.dir>/kata-nri-gate.<class>, which the kata-nri-manager daemon makes"
+    )]
     UnknownClass(String),
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{GateError, Result};
+use crate::error::{GateError, Result};
 
 /// Subdirectory of the gate directory holding the state files.
 pub const STATE_DIR: &str = "state";

@@ -5,13 +5,13 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::args::{ShimCall, classify};
-use super::client;
-use super::error::{GateError, Result};
-use super::links::GATE_LINK_PREFIX;
-use super::pod_identity;
-use super::protocol::EnsureRequest;
-use super::state::GateState;
+use crate::args::{ShimCall, classify};
+use crate::client;
+use crate::error::{GateError, Result};
+use crate::pod_identity;
+use crate::shared::links::GATE_LINK_PREFIX;
+use crate::shared::protocol::EnsureRequest;
+use crate::shared::state::GateState;
 
 /// Where a gate invoked as `<gate dir>/kata-nri-gate.<class>` serves: (gate dir, class).
 pub fn from_invocation(argv0: &Path) -> Option<(PathBuf, String)> {

@@ -8,9 +8,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::error::{GateError, Result};
+use crate::error::{GateError, Result};
 
-/// File name of the gate binary inside the gate directory.
+/// The gate program's file name as built and shipped: the daemon installs the copy it finds beside
+/// its own executable under this name.
+pub const GATE_PROGRAM: &str = "kata-nri-shim-gate";
+/// File name of the installed gate binary inside the gate directory.
 pub const GATE_BINARY: &str = "shim-gate";
 /// Per-class links are named `kata-nri-gate.<class>`; the gate reads its class from the name.
 pub const GATE_LINK_PREFIX: &str = "kata-nri-gate.";
