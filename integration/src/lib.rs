@@ -29,6 +29,9 @@ pub mod plugin;
 pub mod proxy;
 pub mod registry;
 pub mod systemd;
+/// Test tar layers with raw headers: the plugin's own unit-test helper, one file for both.
+#[path = "../../plugin/src/tarball.rs"]
+pub mod tarball;
 pub mod token;
 
 pub use config::{ContainerdOptions, FileSource, Layout, RuntimeHandler, TEST_HANDLER, Version};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kata_nri_integration::registry::layer;
+use kata_nri_integration::tarball;
 use kata_nri_integration::{
     Account, CutProxy, LyingRegistry, Registry, RegistryOptions, TokenService, e2e_guard,
 };
@@ -924,23 +925,19 @@ impl Entry {
 }
 
 fn tar_of(entries: &[Entry]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for entry in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(entry.kind);
-        header.set_mode(entry.mode);
-        header.set_size(entry.data.len() as u64);
-        header.set_mtime(1_700_000_000);
-        header.as_old_mut().name[..entry.name.len()].copy_from_slice(entry.name.as_bytes());
-        if let Some(link) = &entry.link {
-            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        }
-        header.set_cksum();
-        builder
-            .append(&header, entry.data.as_slice())
-            .expect("append");
-    }
-    builder.into_inner().expect("tar")
+    let raw: Vec<tarball::Entry<'_>> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.kind,
+                e.mode,
+                e.data.as_slice(),
+                e.link.as_deref(),
+            )
+        })
+        .collect();
+    tarball::tar_of(&raw)
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

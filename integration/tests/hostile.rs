@@ -11,32 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kata_nri_integration::registry::layer;
+use kata_nri_integration::tarball::{Entry, tar_of};
 use kata_nri_integration::{Registry, RegistryOptions, e2e_guard};
 
 const KNM: &str = env!("CARGO_BIN_EXE_knm-under-test");
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const CLASS: &str = "kata-hostile";
-
-/// One tar entry: name, type, mode, contents, link target.
-type Entry<'a> = (&'a str, tar::EntryType, u32, &'a [u8], Option<&'a str>);
-
-/// A tar with raw headers, so hostile names and modes reach the archive unchanged.
-fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, kind, mode, data, link) in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(*kind);
-        header.set_mode(*mode);
-        header.set_size(data.len() as u64);
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(link) = link {
-            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        }
-        header.set_cksum();
-        builder.append(&header, *data).expect("append");
-    }
-    builder.into_inner().expect("tar")
-}
 
 fn write(path: &Path, text: &str, mode: u32) {
     fs::write(path, text).expect("write");

@@ -6,9 +6,14 @@ pub mod cli;
 
 pub mod config;
 pub mod containerd;
+pub mod daemon;
 pub mod errors;
 pub mod gate;
+pub mod kata;
 pub mod nri;
 pub mod pods;
 pub mod policy;
 pub mod reconcile;
+mod single_flight;
+#[cfg(test)]
+mod tarball;

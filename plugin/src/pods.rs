@@ -10,6 +10,17 @@ use tracing::info;
 
 use crate::nri::{Container, Event, EventMask, NriHandler, PodEvent, PodSandbox, RuntimeInfo};
 
+/// A pod annotation naming classes to prepare ahead of time: `"<class>[,<class>…]"`.
+pub const PREPARE_ANNOTATION: &str = "kata-nri-manager.io/prepare";
+
+/// The NRI events the daemon subscribes to: the pods' own. The launched plugin's first handler
+/// (`reconcile::deferred`) subscribes to the same before the daemon exists.
+pub const SUBSCRIPTIONS: [Event; 3] = [
+    Event::RunPodSandbox,
+    Event::StopPodSandbox,
+    Event::RemovePodSandbox,
+];
+
 /// What we remember of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRecord {
@@ -81,18 +92,14 @@ fn log_pod(event: &str, pod: &PodRecord) {
         pod = %format_args!("{}/{}", pod.namespace, pod.name),
         runtime_handler = %pod.runtime_handler,
         annotation_keys = ?keys,
-        prepare = pod.annotations.get(crate::reconcile::PREPARE_ANNOTATION).map(String::as_str),
+        prepare = pod.annotations.get(PREPARE_ANNOTATION).map(String::as_str),
         "pod"
     );
 }
 
 impl NriHandler for PodInventory {
     fn subscriptions(&self) -> EventMask {
-        EventMask::of(&[
-            Event::RunPodSandbox,
-            Event::StopPodSandbox,
-            Event::RemovePodSandbox,
-        ])
+        EventMask::of(&SUBSCRIPTIONS)
     }
 
     fn configured(&self, runtime: &RuntimeInfo) {

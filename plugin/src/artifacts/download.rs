@@ -64,7 +64,7 @@ impl Writer {
                 }
             }
             start_writeback(&file, flushed, written - flushed);
-            Ok(format!("sha256:{}", super::hex(&hasher.finalize())))
+            Ok(format!("sha256:{}", super::digest::hex(&hasher.finalize())))
         });
         Self { queue, done }
     }

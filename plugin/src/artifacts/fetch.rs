@@ -1,4 +1,5 @@
-//! The manifest request, sent by us rather than by oci-client.
+//! The manifest request, sent by us rather than by oci-client, and its retries
+//! ([`Registry::manifest`]).
 //!
 //! oci-client's `pull_manifest_raw` reads the whole body into memory whatever its size, so a
 //! hostile registry could make us buffer gigabytes. We send the GET on our own HTTP client (same
@@ -38,8 +39,39 @@ const MAX_ERROR_BODY: u64 = 64 << 10;
 /// A token service's answer is a JWT of a few KiB.
 const MAX_TOKEN_BODY: u64 = 1 << 20;
 
+impl Registry {
+    /// Fetches a manifest (by tag or digest), at most [`MAX_MANIFEST_BYTES`]; returns its
+    /// body and digest, checked against the reference's digest and the registry's
+    /// `Docker-Content-Digest`.
+    pub async fn manifest(
+        &self,
+        reference: &Reference,
+    ) -> super::error::Result<(bytes::Bytes, String)> {
+        // The blobs that follow go through oci-client, which authenticates on its own with
+        // these credentials.
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
+            .await;
+        let mut attempt = 1;
+        loop {
+            match manifest(self, reference).await {
+                Ok(found) => return Ok(found),
+                Err(Failure::Permanent(e)) => return Err(e),
+                Err(Failure::Transient(why)) if attempt >= self.retry.attempts => {
+                    return Err(self.context.unreachable(attempt, why));
+                }
+                Err(Failure::Transient(why)) => {
+                    tracing::warn!(runtime_class = %self.context.class, registry = %self.context.registry, attempt, error = %why, "manifest request failed; retrying");
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
 /// One manifest request (with at most one authorization round): the body and its digest.
-pub(crate) async fn manifest(
+async fn manifest(
     registry: &Registry,
     reference: &Reference,
 ) -> Result<(bytes::Bytes, String), Failure> {
@@ -332,7 +364,7 @@ fn verify_digest(
     }
     Ok(match reference.or(header) {
         Some(digest) => digest.to_owned(),
-        None => format!("sha256:{}", super::hex(&sha2::Sha256::digest(body))),
+        None => format!("sha256:{}", super::digest::hex(&sha2::Sha256::digest(body))),
     })
 }
 
@@ -342,9 +374,9 @@ fn digest_of(body: &[u8], like: &str) -> Result<String, String> {
         .split_once(':')
         .ok_or_else(|| format!("{like:?} is not a digest"))?;
     let hex = match algorithm {
-        "sha256" => super::hex(&sha2::Sha256::digest(body)),
-        "sha384" => super::hex(&sha2::Sha384::digest(body)),
-        "sha512" => super::hex(&sha2::Sha512::digest(body)),
+        "sha256" => super::digest::hex(&sha2::Sha256::digest(body)),
+        "sha384" => super::digest::hex(&sha2::Sha384::digest(body)),
+        "sha512" => super::digest::hex(&sha2::Sha512::digest(body)),
         other => return Err(format!("unsupported digest algorithm {other:?}")),
     };
     Ok(format!("{algorithm}:{hex}"))
@@ -362,7 +394,10 @@ mod tests {
     #[test]
     fn digests_are_checked_against_the_reference_and_the_header() {
         let body = b"{}";
-        let good = format!("sha256:{}", super::super::hex(&sha2::Sha256::digest(body)));
+        let good = format!(
+            "sha256:{}",
+            super::super::digest::hex(&sha2::Sha256::digest(body))
+        );
         assert_eq!(verify_digest(body, None, None), Ok(good.clone()));
         assert_eq!(
             verify_digest(body, Some(&good), Some(&good)),

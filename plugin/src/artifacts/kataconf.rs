@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use toml_edit::{DocumentMut, Item, Table, Value};
 
 use crate::config::{RuntimeClass, RuntimeSettings};
-use crate::policy::{KataSection, KataSetting, validate_kata_settings};
+use crate::kata::{KataSection, KataSetting, validate_kata_settings};
 
 /// The keys of a hypervisor section that name files of the artifact.
 pub const PATH_KEYS: [&str; 4] = ["kernel", "image", "initrd", "firmware"];
@@ -630,7 +630,7 @@ enable_debug = false
 
     #[test]
     fn applies_policy_settings_in_place_and_keeps_the_rest() {
-        use crate::policy::VfioPort;
+        use crate::kata::VfioPort;
         let settings = [
             KataSetting::DefaultVcpus(4),
             KataSetting::DefaultMemoryMib(8192),

@@ -8,7 +8,7 @@ use oci_client::Reference;
 use super::error::{ArtifactError, Result};
 use super::hosts::{self, Endpoint};
 use super::registry::{Registry, RetryPolicy};
-use super::store::StoreSettings;
+use super::settings::StoreSettings;
 use crate::config::{OciReference, RuntimeClass};
 
 /// Attempts at an endpoint that has another after it: a mirror that is down should cost a

@@ -17,6 +17,7 @@
 
 mod auth;
 mod challenge;
+mod digest;
 mod download;
 mod error;
 mod fetch;
@@ -29,6 +30,7 @@ mod paths;
 mod progress;
 mod registry;
 mod secret;
+mod settings;
 mod skew;
 mod staging;
 mod state;
@@ -48,18 +50,8 @@ pub use kataconf::{
 pub use progress::{NoProgress, PullObserver};
 pub use registry::RetryPolicy;
 pub use secret::Secret;
+pub use settings::StoreSettings;
 pub use skew::{KATA_VERSION_ANNOTATION, Skew};
 pub use state::{ClassState, FileRecord, VersionRecord};
-pub use store::{ArtifactStore, Freshness, Installed, RolledBack, StoreSettings};
+pub use store::{ArtifactStore, Freshness, Installed, RolledBack};
 pub use versions::SandboxAge;
-
-/// Lowercase hex of a digest's bytes.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
-}

@@ -1,7 +1,7 @@
 //! Talking to one registry endpoint for one class: the clients (TLS, CA bundles, plain HTTP only
 //! for `registries.insecure` or an `http://` host of containerd's `hosts.toml`), credentials from
-//! the class's pull secret for the host contacted, manifest requests with retries (sent by
-//! [`super::fetch`]), and the translation of registry answers into [`ArtifactError`]s.
+//! the class's pull secret for the host contacted, and the translation of registry answers
+//! into [`ArtifactError`]s. Manifest requests, with their retries, are `fetch.rs`'s.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -14,7 +14,6 @@ use oci_client::{Client, Reference};
 
 use super::auth::{self, Credentials, DockerConfig};
 use super::error::{ArtifactError, AuthHint, Result};
-use super::fetch;
 use super::hosts::Endpoint;
 use super::secret::Secret;
 use crate::config::{OciReference, Registries, RuntimeClass};
@@ -311,32 +310,6 @@ impl Registry {
             reference.set_mirror_registry(self.context.registry.clone());
         }
         reference
-    }
-
-    /// Fetches a manifest (by tag or digest), at most [`fetch::MAX_MANIFEST_BYTES`]; returns its
-    /// body and digest, checked against the reference's digest and the registry's
-    /// `Docker-Content-Digest`.
-    pub async fn manifest(&self, reference: &Reference) -> Result<(bytes::Bytes, String)> {
-        // The blobs that follow go through oci-client, which authenticates on its own with
-        // these credentials.
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
-        let mut attempt = 1;
-        loop {
-            match fetch::manifest(self, reference).await {
-                Ok(found) => return Ok(found),
-                Err(Failure::Permanent(e)) => return Err(e),
-                Err(Failure::Transient(why)) if attempt >= self.retry.attempts => {
-                    return Err(self.context.unreachable(attempt, why));
-                }
-                Err(Failure::Transient(why)) => {
-                    tracing::warn!(runtime_class = %self.context.class, registry = %self.context.registry, attempt, error = %why, "manifest request failed; retrying");
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
-                    attempt += 1;
-                }
-            }
-        }
     }
 
     /// `http` or `https`, as oci-client chooses for this endpoint.

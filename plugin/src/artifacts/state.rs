@@ -63,7 +63,7 @@ pub struct ClassState {
     /// version beside `runtime.configFile` (see `kataconf::SETTINGS_DIR`). Kept for callers
     /// that run no policies (the CLI), so what they install gets the same rendering.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kata_settings: Vec<crate::policy::KataSetting>,
+    pub kata_settings: Vec<crate::kata::KataSetting>,
     /// The artifact's kata configuration the class's stanza names, relative to the version:
     /// `runtime.configFile`, or the file `kata-nri-manager.toml` links to when it is unset.
     /// `None`: the artifact has none, so kata refuses to start the class's pods (`status` says

@@ -260,7 +260,7 @@ impl Unpacker<'_> {
             rel.display().to_string(),
             FileRecord {
                 size,
-                sha256: super::hex(&hasher.finalize()),
+                sha256: super::digest::hex(&hasher.finalize()),
             },
         );
         Ok(())
@@ -328,30 +328,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    /// Builds a tar with raw headers, so that hostile names reach the archive unchanged.
-    /// name, type, mode, contents, link target.
-    type Spec<'a> = (&'a str, tar::EntryType, u32, &'a [u8], Option<&'a str>);
-
-    fn tar_of(entries: &[Spec<'_>]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (name, kind, mode, data, link) in entries {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(*kind);
-            header.set_mode(*mode);
-            header.set_size(data.len() as u64);
-            {
-                let bytes = header.as_old_mut().name.as_mut();
-                bytes[..name.len()].copy_from_slice(name.as_bytes());
-            }
-            if let Some(link) = link {
-                let bytes = header.as_old_mut().linkname.as_mut();
-                bytes[..link.len()].copy_from_slice(link.as_bytes());
-            }
-            header.set_cksum();
-            builder.append(&header, *data).expect("append");
-        }
-        builder.into_inner().expect("tar")
-    }
+    use crate::tarball::tar_of;
 
     fn run(tar: &[u8]) -> (tempfile::TempDir, Result<Unpacked, UnpackError>) {
         let dir = tempfile::tempdir().expect("tempdir");

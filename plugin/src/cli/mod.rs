@@ -10,7 +10,6 @@ pub mod configure;
 pub mod logging;
 pub mod policy;
 pub mod pull;
-mod reload;
 pub mod rollback;
 pub mod run;
 pub mod runtimeclass;

@@ -51,7 +51,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
     let config = loaded.config;
-    let file = super::run::status_file(&config, &args.node);
+    let file = crate::daemon::status_file(&config, &args.node.paths());
     let shown = match status::read(&file) {
         Ok(mut report) if process_alive(report.pid) => {
             overlay_records(&config, &mut report);

@@ -11,7 +11,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use super::atomic::{AtomicWriter, FileMode};
-use super::editor::{DropinChange, Edit};
+use super::dropin::DropinChange;
+use super::edit::Edit;
 use super::error::{ContainerdError, Result};
 use super::ownership::OwnershipRecord;
 
@@ -129,7 +130,8 @@ fn create_config_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containerd::editor::{EditOptions, Mode, apply};
+    use crate::containerd::edit::{EditOptions, Mode};
+    use crate::containerd::editor::apply;
     use crate::containerd::schema::ContainerdVersion;
     use crate::containerd::stanza::RuntimeStanza;
 

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use similar::TextDiff;
 
-use super::editor::{DropinChange, Edit};
+use super::dropin::DropinChange;
+use super::edit::Edit;
 
 /// Lines of context around each change, as `diff -u` shows.
 const CONTEXT: usize = 3;

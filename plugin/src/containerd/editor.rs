@@ -6,119 +6,24 @@
 //! and the NRI `disable` flag are copied as they are, CRLF line ends and header quoting included.
 //! A stanza that already says what we want is left alone, so a second run changes no byte.
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use toml_edit::{Document, Item, Table, Value};
 
-use super::dropin::{self, recognised_dropin, render_dropin};
-pub use super::dropin::{DROPIN_MARKER, DropinChange, default_dropin_path};
+use super::dropin::{self, DropinChange, recognised_dropin, render_dropin};
+use super::edit::{Change, Edit, EditOptions, Mode, Placement};
 use super::error::{ContainerdError, Result};
 use super::imports;
 use super::layout::{self, Lookup};
 use super::ownership::{DropinRecord, OwnershipRecord};
 use super::render::{self, Look};
-use super::schema::{self, ContainerdVersion, NRI_PLUGIN, Schema};
+use super::schema::{self, NRI_PLUGIN, Schema};
 use super::splice::{self, Splice};
 use super::stanza::RuntimeStanza;
-use super::template;
+use super::template::mask;
 use super::verify::verify;
-
-/// Where the operator wants the stanzas (the config's `containerd.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// A drop-in where containerd deep-merges imports (config version 3, containerd 2.x), else
-    /// inline: containerd 1.x replaces whole plugin sections from a drop-in.
-    #[default]
-    Auto,
-    Inline,
-    Dropin,
-}
-
-/// Where the stanzas end up after `Mode::Auto` is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    Inline,
-    Dropin,
-}
-
-/// What the editor needs besides the text: paths, containerd's version, and the operator's say.
-#[derive(Debug, Clone, Default)]
-pub struct EditOptions {
-    /// The main config file (messages, the k3s template check, relative `imports`).
-    pub config_path: PathBuf,
-    /// Our drop-in; [`default_dropin_path`] when unset.
-    pub dropin_path: Option<PathBuf>,
-    /// The drop-in's current text, when the file exists.
-    pub dropin_text: Option<String>,
-    /// The running containerd's version: decides the schema of a file without `version`.
-    pub containerd_version: Option<ContainerdVersion>,
-    /// Stanzas we did not create that we may take over (replace, and later remove).
-    pub adopt: BTreeSet<String>,
-    /// Make sure containerd runs NRI (1.7 needs `disable = false`; on 2.x an explicit
-    /// `disable = true` is flipped).
-    pub enable_nri: bool,
-}
-
-impl EditOptions {
-    pub fn new(config_path: impl Into<PathBuf>) -> Self {
-        Self {
-            config_path: config_path.into(),
-            ..Self::default()
-        }
-    }
-
-    pub fn dropin_path(&self) -> PathBuf {
-        self.dropin_path
-            .clone()
-            .unwrap_or_else(|| default_dropin_path(&self.config_path))
-    }
-}
-
-/// One thing the edit does, for logs and the CLI's summary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    Added(String),
-    Updated(String),
-    Adopted(String),
-    Removed(String),
-    /// Moved between the main file and the drop-in (the mode changed).
-    Moved(String),
-    NriEnabled,
-    VersionAdded(i64),
-    ImportAdded(String),
-    ImportRemoved(String),
-    DropinWritten(PathBuf),
-    DropinRemoved(PathBuf),
-}
-
-/// The result of [`apply`]: new texts, and the ownership record to store once they are written.
-#[derive(Debug, Clone)]
-pub struct Edit {
-    pub schema: Schema,
-    pub placement: Placement,
-    /// The main file as it was.
-    pub original: String,
-    /// The main file as it should be (equal to `original` when nothing changes there).
-    pub main: String,
-    pub dropin: DropinChange,
-    /// What we own once the edit is written.
-    pub owned: OwnershipRecord,
-    pub changes: Vec<Change>,
-}
-
-impl Edit {
-    pub fn main_changed(&self) -> bool {
-        self.main != self.original
-    }
-
-    /// Whether writing the edit would change no file (the ownership record may still change).
-    pub fn is_noop(&self) -> bool {
-        !self.main_changed() && self.dropin == DropinChange::Untouched
-    }
-}
 
 /// Computes the edit that makes containerd's config serve exactly `desired` among the stanzas we
 /// own. `original` is the main file's text ("" when it does not exist); an empty `desired`
@@ -215,14 +120,6 @@ pub fn apply(
     };
     verify(&edit, desired, owned, opts)?;
     Ok(edit)
-}
-
-pub(crate) fn mask<'t>(path: &Path, text: &'t str, template: bool) -> Result<Cow<'t, str>> {
-    if template {
-        template::mask_actions(path, text)
-    } else {
-        Ok(Cow::Borrowed(text))
-    }
 }
 
 fn parse<'t>(path: &Path, text: &'t str) -> Result<Document<&'t str>> {
@@ -777,6 +674,8 @@ fn shape_of(item: &Item) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containerd::dropin::DROPIN_MARKER;
+    use crate::containerd::schema::ContainerdVersion;
 
     const V21_DEFAULT: &str =
         include_str!("../../tests/containerd_golden/inputs/containerd-2.1-default.toml");

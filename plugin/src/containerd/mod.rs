@@ -1,43 +1,57 @@
 //! containerd's side of a runtime class: its handler stanza in containerd's config.
 //!
-//! - [`schema`]: which config layout (version 2 or 3) a file uses, and k3s/rke2 generated files.
-//! - [`stanza`]: the stanza the rest of the product asks for.
-//! - [`editor`]: the format-preserving edit of the main file; [`dropin`]: our drop-in.
-//! - [`ownership`]: the record of what we wrote, so that we change nothing else.
+//! - `schema`: which config layout (version 2 or 3) a file uses, and k3s/rke2 generated files.
+//! - `stanza`: the stanza the rest of the product asks for.
+//! - `edit`: what an edit is; `editor`: the format-preserving edit of the main file, read back
+//!   by `verify`; `dropin`: our drop-in.
+//! - `ownership`: the record of what we wrote, so that we change nothing else.
 //! - [`atomic`] and [`fault`]: atomic file replacement with a backup, and its test fault points.
 //! - [`validate`]: does the result parse, and does containerd accept it (`config dump`).
 //! - [`diff`]: the unified diff `configure --dry-run` prints.
-//! - [`commit`]: writes an edit's files in a crash-safe order and can roll them back.
-//! - [`restart`]: the restart strategies and the rollback; [`systemd`]: the unit over D-Bus.
+//! - `commit`: writes an edit's files in a crash-safe order and can roll them back.
+//! - [`restart`]: the restart strategies and the rollback; [`systemd`]: the unit over D-Bus;
+//!   `child`: the wait for a child process with a deadline, which both run.
+//! - [`certs`]: containerd's registry config directories; [`cri`]: the CRI client.
+//! - [`ConfigSync`] and [`sync()`]: all of the above in order, for `configure`, `uninstall` and
+//!   the daemon ([`ContainerdSync`]).
 
 pub mod atomic;
 pub mod certs;
-pub mod commit;
+mod child;
+mod commit;
 pub mod cri;
 pub mod diff;
-pub mod dropin;
-pub mod editor;
-pub mod error;
+mod dropin;
+mod edit;
+mod editor;
+mod error;
 pub mod fault;
 mod imports;
 mod layout;
-pub mod ownership;
+mod ownership;
 mod render;
 pub mod restart;
-pub mod schema;
+mod schema;
 mod splice;
-pub mod stanza;
+mod stanza;
+mod sync;
 pub mod systemd;
 mod template;
 pub mod validate;
 mod verify;
 
 pub use atomic::{AtomicWriter, FileMode};
-pub use editor::{Change, DropinChange, Edit, EditOptions, Mode, Placement, apply};
+pub use dropin::DropinChange;
+pub use edit::{Change, Edit, EditOptions, Mode, Placement};
+pub use editor::apply;
 pub use error::{ContainerdError, Result};
 pub use ownership::{DropinRecord, OwnershipRecord};
 pub use schema::{ContainerdVersion, Schema};
 pub use stanza::{OptionValue, RuntimeStanza};
+pub use sync::{
+    Applied, ConfigSync, ContainerdSync, NodePaths, OWNERSHIP_FILE, Planned, RestartPermit,
+    SyncOutcome, ownership_path, plan, state_dir, sync, write_and_restart,
+};
 
 /// Where `binary` is on `PATH`, as containerd looks up its own helpers and shims.
 pub fn find_on_path(binary: &str) -> Option<std::path::PathBuf> {

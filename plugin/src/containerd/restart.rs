@@ -25,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::atomic::AtomicWriter;
+use super::child::wait_with_deadline;
 use super::commit::Committed;
 use super::error::ContainerdError;
 use super::systemd::{self, SystemdError};
@@ -462,20 +463,13 @@ pub fn run_command(argv: &[String], timeout: Duration) -> Result<(), RestartErro
             text
         })
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().map_err(spawn_error)? {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(RestartError::CommandTimeout {
-                    argv: argv.to_vec(),
-                    timeout,
-                });
-            }
-            None => thread::sleep(Duration::from_millis(20)),
-        }
+    let Some(status) =
+        wait_with_deadline(&mut child, timeout, Duration::from_millis(20)).map_err(spawn_error)?
+    else {
+        return Err(RestartError::CommandTimeout {
+            argv: argv.to_vec(),
+            timeout,
+        });
     };
     if status.success() {
         return Ok(());

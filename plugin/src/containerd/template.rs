@@ -7,6 +7,15 @@ use std::path::Path;
 
 use super::error::{ContainerdError, Result};
 
+/// `text` with its template actions blanked out when it is a template, else as it is.
+pub(crate) fn mask<'t>(path: &Path, text: &'t str, template: bool) -> Result<Cow<'t, str>> {
+    if template {
+        mask_actions(path, text)
+    } else {
+        Ok(Cow::Borrowed(text))
+    }
+}
+
 /// `text` with every `{{ … }}` replaced by spaces (newlines inside kept), same length.
 pub(crate) fn mask_actions<'t>(path: &Path, text: &'t str) -> Result<Cow<'t, str>> {
     if !text.contains("{{") {

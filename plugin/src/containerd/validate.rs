@@ -10,21 +10,18 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use toml_edit::DocumentMut;
 
+use super::child::wait_with_deadline;
 use super::error::{ContainerdError, Result};
 use super::schema::{self, Schema};
 use super::template;
 
 /// Checks that `text` parses as TOML (a template's `{{ … }}` actions blanked first).
 pub fn parses(path: &Path, text: &str) -> Result<()> {
-    let masked = if schema::is_template(path) {
-        template::mask_actions(path, text)?
-    } else {
-        text.into()
-    };
+    let masked = template::mask(path, text, schema::is_template(path))?;
     toml_edit::Document::parse(masked.as_ref())
         .map(|_| ())
         .map_err(|e| ContainerdError::Parse {
@@ -141,21 +138,14 @@ impl ContainerdCheck {
         // Read both pipes while waiting: a full pipe would block containerd forever.
         let stdout = child.stdout.take().map(drain);
         let stderr = child.stderr.take().map(drain);
-        let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait().map_err(spawn_error)? {
-                Some(status) => break status,
-                None if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(ContainerdError::ValidatorTimeout {
-                        binary: self.binary.clone(),
-                        path: real.to_path_buf(),
-                        timeout: self.timeout,
-                    });
-                }
-                None => thread::sleep(Duration::from_millis(10)),
-            }
+        let Some(status) = wait_with_deadline(&mut child, self.timeout, Duration::from_millis(10))
+            .map_err(spawn_error)?
+        else {
+            return Err(ContainerdError::ValidatorTimeout {
+                binary: self.binary.clone(),
+                path: real.to_path_buf(),
+                timeout: self.timeout,
+            });
         };
         let join = |handle: Option<thread::JoinHandle<String>>| {
             handle.and_then(|h| h.join().ok()).unwrap_or_default()

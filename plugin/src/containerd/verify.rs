@@ -6,12 +6,13 @@ use std::collections::BTreeSet;
 use toml_edit::{Document, Table};
 
 use super::dropin::DropinChange;
-use super::editor::{Edit, EditOptions, Placement, mask};
+use super::edit::{Edit, EditOptions, Placement};
 use super::error::{ContainerdError, Result};
 use super::ownership::OwnershipRecord;
 use super::render;
 use super::schema::{self, Schema};
 use super::stanza::RuntimeStanza;
+use super::template::mask;
 
 /// Reads the result back and checks it says what was asked: a failed check is a bug of the
 /// editor, caught before anything is written.

@@ -1,9 +1,9 @@
 //! The generated bindings of `policies-wasm/wit/policy.wit` and the conversions between them
 //! and our own types. Nothing here is public outside the policy module.
 
-use super::types::{
-    KataSetting, NodeFacts, PodInfo, Request, RuntimeOverrides, SourceSpec, Trigger, VfioPort,
-};
+use crate::kata::{KataSetting, VfioPort};
+
+use super::types::{NodeFacts, PodInfo, Request, RuntimeOverrides, SourceSpec, Trigger};
 
 /// In a module of its own: `use types.{…}` in the world puts the WIT types at the top level of
 /// the generated code, where they would clash with ours.

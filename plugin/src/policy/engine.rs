@@ -17,10 +17,8 @@ use crate::config::PolicyLimits;
 
 use super::bindings::{Policy, PolicyPre, wit};
 use super::cache::{CompileCache, Lookup};
-use super::error::{FailureKind, PolicyError, PolicyFailure};
+use super::error::{FailureKind, PolicyError, PolicyFailure, bounded};
 use super::limits::StoreState;
-use super::loaded::bounded;
-use super::store::INSTANCES_PER_STORE;
 
 /// How the engine is set up.
 #[derive(Debug, Clone, Default)]
@@ -66,6 +64,10 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 /// that fails to load. It gets the call deadline, but at least this; a guest that loops there
 /// is still stopped.
 pub(crate) const MIN_LOAD_DEADLINE: Duration = Duration::from_secs(1);
+/// Instances one decision's store holds before it is dropped and a new one begun. A store frees
+/// its instances' pool slots only when it drops, so this bounds the slots one decision can hold;
+/// the pool is sized for it (`POOL_INSTANCES`). Three example policies fit in one store.
+pub(crate) const INSTANCES_PER_STORE: u32 = 4;
 /// Decisions that run at once (the daemon's semaphore).
 pub(crate) const MAX_CONCURRENT_CALLS: u32 = 16;
 /// Component instances the pooling allocator keeps slots for, in stores of up to

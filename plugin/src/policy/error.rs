@@ -117,3 +117,19 @@ fn describe(kind: FailureKind, message: &str) -> String {
         FailureKind::Unloadable => format!("could not be loaded: {message}"),
     }
 }
+
+/// Longest text of a policy's we repeat in a message.
+const MAX_MESSAGE: usize = 1024;
+
+/// Text from a policy, cut to a size fit for a log line.
+pub(crate) fn bounded(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}

@@ -12,7 +12,7 @@ use super::bindings::{
 };
 use super::cache::hex_sha256;
 use super::engine::PolicyEngine;
-use super::error::{PolicyError, PolicyFailure};
+use super::error::{PolicyError, PolicyFailure, bounded};
 use super::limits::StoreState;
 use super::store::{DecisionStore, MakeAheadError, PolicyId};
 
@@ -259,19 +259,3 @@ impl LoadedPolicy {
 /// An instance without an export its component had at load: a host and SDK out of step.
 const MISSING_EXPORT: &str =
     "the instance lacks an export found at load: rebuild the policy against this release's SDK";
-
-/// Longest text of a policy's we repeat in a message.
-const MAX_MESSAGE: usize = 1024;
-
-/// Text from a policy, cut to a size fit for a log line.
-pub(crate) fn bounded(mut text: String) -> String {
-    if text.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
-}

@@ -27,12 +27,11 @@ pub use cache::CompileCache;
 pub use chain::{Chain, PolicySummary, policy_files, policy_name};
 pub use engine::{EngineOptions, PolicyEngine};
 pub use error::{CacheError, FailureKind, PolicyError, PolicyFailure, Result};
-pub use guard::{Guard, validate_kata_settings};
+pub use guard::Guard;
 pub use loaded::LoadedPolicy;
 pub use store::DecisionStore;
 pub use types::{
-    AdmitOutcome, ArtifactSource, Decision, Denial, IgnoredFailure, KataSection, KataSetting,
-    NodeFacts, PciGpu, PodInfo, Request, RuntimeOutcome, RuntimeOverrides, SourceOutcome,
-    SourceSpec, Trigger, VfioPort,
+    AdmitOutcome, ArtifactSource, Decision, Denial, IgnoredFailure, NodeFacts, PciGpu, PodInfo,
+    Request, RuntimeOutcome, RuntimeOverrides, SourceOutcome, SourceSpec, Trigger,
 };
 pub use watch::{PolicyChain, ReloadOutcome, WATCH_INTERVAL};

@@ -14,14 +14,9 @@ use std::sync::{Mutex, PoisonError};
 use wasmtime::component::Instance;
 use wasmtime::{Engine, Store};
 
-use super::engine::PolicyEngine;
+use super::engine::{INSTANCES_PER_STORE, PolicyEngine};
 use super::error::PolicyFailure;
 use super::limits::StoreState;
-
-/// Instances one decision's store holds before it is dropped and a new one begun. A store frees
-/// its instances' pool slots only when it drops, so this bounds the slots one decision can hold;
-/// the pool is sized for it (`engine.rs`). Three example policies fit in one store.
-pub(crate) const INSTANCES_PER_STORE: u32 = 4;
 
 /// Which loaded policy an instance made ahead is of: unique per load in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Digest, OciReference};
+use crate::kata::KataSetting;
 
 use super::error::{FailureKind, PolicyFailure};
 
@@ -90,80 +91,6 @@ pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub annotations: BTreeMap<String, String>,
-}
-
-/// How kata plugs VFIO devices (`hot_plug_vfio` / `cold_plug_vfio`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VfioPort {
-    NoPort,
-    BridgePort,
-    RootPort,
-    SwitchPort,
-}
-
-impl VfioPort {
-    /// The value kata's configuration spells.
-    pub fn kata_value(self) -> &'static str {
-        match self {
-            VfioPort::NoPort => "no-port",
-            VfioPort::BridgePort => "bridge-port",
-            VfioPort::RootPort => "root-port",
-            VfioPort::SwitchPort => "switch-port",
-        }
-    }
-}
-
-/// Which table of kata's configuration a [`KataSetting`] goes into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KataSection {
-    /// `[hypervisor.<name>]`, whichever hypervisor the class's configuration has.
-    Hypervisor,
-    /// `[runtime]`.
-    Runtime,
-    /// `[agent.kata]`.
-    Agent,
-}
-
-/// One allowlisted change to a class's kata configuration (the WIT `kata-setting`), checked by
-/// the guard. No variant names a path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "key", content = "value")]
-pub enum KataSetting {
-    DefaultVcpus(u32),
-    DefaultMaxVcpus(u32),
-    DefaultMemoryMib(u32),
-    MemorySlots(u32),
-    EnableIommu(bool),
-    HotPlugVfio(VfioPort),
-    ColdPlugVfio(VfioPort),
-    PcieRootPorts(u32),
-    GuestKernelParams(String),
-    StaticSandboxResourceMgmt(bool),
-    SandboxCgroupOnly(bool),
-    AgentDialTimeoutSecs(u32),
-}
-
-impl KataSetting {
-    /// The table and key this setting writes in kata's `configuration-*.toml`.
-    pub fn toml_key(&self) -> (KataSection, &'static str) {
-        use KataSection::*;
-        match self {
-            KataSetting::DefaultVcpus(_) => (Hypervisor, "default_vcpus"),
-            KataSetting::DefaultMaxVcpus(_) => (Hypervisor, "default_maxvcpus"),
-            KataSetting::DefaultMemoryMib(_) => (Hypervisor, "default_memory"),
-            KataSetting::MemorySlots(_) => (Hypervisor, "memory_slots"),
-            KataSetting::EnableIommu(_) => (Hypervisor, "enable_iommu"),
-            KataSetting::HotPlugVfio(_) => (Hypervisor, "hot_plug_vfio"),
-            KataSetting::ColdPlugVfio(_) => (Hypervisor, "cold_plug_vfio"),
-            KataSetting::PcieRootPorts(_) => (Hypervisor, "pcie_root_port"),
-            KataSetting::GuestKernelParams(_) => (Hypervisor, "kernel_params"),
-            KataSetting::StaticSandboxResourceMgmt(_) => (Runtime, "static_sandbox_resource_mgmt"),
-            KataSetting::SandboxCgroupOnly(_) => (Runtime, "sandbox_cgroup_only"),
-            KataSetting::AgentDialTimeoutSecs(_) => (Agent, "dial_timeout"),
-        }
-    }
 }
 
 /// The runtime settings policies may change (the WIT `runtime-settings`): a closed record. The

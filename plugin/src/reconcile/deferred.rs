@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::triggers::NriTriggers;
 use crate::nri::{
-    ConnectionObserver, Container, Event, EventMask, NriHandler, PodEvent, PodSandbox, RuntimeInfo,
+    ConnectionObserver, Container, EventMask, NriHandler, PodEvent, PodSandbox, RuntimeInfo,
 };
 
 enum Held {
@@ -72,11 +72,7 @@ impl DeferredHandler {
 impl NriHandler for DeferredHandler {
     fn subscriptions(&self) -> EventMask {
         // The daemon's handler wants the same (PodInventory's events); fixed before it exists.
-        EventMask::of(&[
-            Event::RunPodSandbox,
-            Event::StopPodSandbox,
-            Event::RemovePodSandbox,
-        ])
+        EventMask::of(&crate::pods::SUBSCRIPTIONS)
     }
 
     fn configured(&self, runtime: &RuntimeInfo) {

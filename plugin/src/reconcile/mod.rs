@@ -21,7 +21,7 @@ pub mod status;
 pub mod triggers;
 
 pub use metrics::Metrics;
-pub use reconciler::{ContainerdSync, GateEnsurer, Ready, Reconciler, SyncOutcome};
+pub use reconciler::{GateEnsurer, Ready, Reconciler};
 pub use status::{
     ArtifactState, ClassDecision, ClassStatus, KataConfigStatus, StatusBoard, StatusReport,
 };

@@ -3,12 +3,12 @@
 //! ensure per class at a time, whoever asks (start-up, a gate, a pod's annotation, a pod in
 //! use); the work runs on its own task, so a caller that goes away cancels nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::BoxFuture;
 use tracing::{info, warn};
 
 use super::metrics::{ClassLabels, GateLabels, Metrics, PullLabels};
@@ -22,23 +22,7 @@ use crate::policy::{
     AdmitOutcome, IgnoredFailure, NodeFacts, PodInfo, PolicyChain, Request, RuntimeOutcome,
     RuntimeOverrides, SourceOutcome, Trigger,
 };
-
-/// Writes containerd's config with exactly the given stanzas of ours and restarts it once if
-/// anything changed. Blocking; the daemon runs it on a blocking thread.
-pub trait ContainerdSync: Send + Sync + 'static {
-    fn sync(&self, desired: &[RuntimeStanza]) -> Result<SyncOutcome, String>;
-}
-
-/// What a containerd sync did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncOutcome {
-    /// The config already said this: no write, no restart.
-    Unchanged,
-    /// Written, containerd restarted and serving.
-    Restarted { took: Duration },
-    /// Written; containerd runs the old config until someone restarts it.
-    Pending,
-}
+use crate::single_flight::SingleFlight;
 
 /// A class made ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +53,6 @@ struct Served {
     real_shim: Option<PathBuf>,
 }
 
-type SharedEnsure = Shared<BoxFuture<'static, Result<Ready, String>>>;
-
 /// First wait after a failed eager ensure; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(300);
@@ -83,7 +65,7 @@ pub struct Reconciler {
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
     plans: Mutex<BTreeMap<String, Plan>>,
-    inflight: Mutex<HashMap<String, SharedEnsure>>,
+    inflight: SingleFlight<String, Result<Ready, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,7 +90,7 @@ impl Reconciler {
             board,
             metrics,
             plans: Mutex::new(BTreeMap::new()),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: SingleFlight::new(),
         })
     }
 
@@ -118,7 +100,7 @@ impl Reconciler {
 
     /// Whether an ensure of `class` runs now (a gate may be waiting on it).
     pub fn busy(&self, class: &str) -> bool {
-        lock(&self.inflight).contains_key(class)
+        self.inflight.is_running(class)
     }
 
     /// Names of the classes this node serves.
@@ -419,18 +401,15 @@ impl Reconciler {
                 }
             }
         }
-        let shared = {
-            let mut inflight = lock(&self.inflight);
-            match inflight.get(class) {
-                Some(running) => running.clone(),
-                None => {
-                    let freshness = freshness.unwrap_or_else(|| freshness_for(&planned, trigger));
-                    let started = self.start(planned, trigger, freshness);
-                    inflight.insert(class.to_owned(), started.clone());
-                    started
-                }
-            }
-        };
+        let name = planned.name.clone();
+        let shared = self.inflight.run(
+            class,
+            || {
+                let freshness = freshness.unwrap_or_else(|| freshness_for(&planned, trigger));
+                self.start(planned, trigger, freshness)
+            },
+            move |e| Err(format!("ensuring {name} did not finish: {e}")),
+        );
         shared.await
     }
 
@@ -439,10 +418,9 @@ impl Reconciler {
         class: RuntimeClass,
         trigger: Trigger,
         freshness: Freshness,
-    ) -> SharedEnsure {
+    ) -> impl Future<Output = Result<Ready, String>> + Send + 'static {
         let this = Arc::clone(self);
-        let name = class.name.clone();
-        let task = tokio::spawn(async move {
+        async move {
             this.board.update_class(&class.name, |s| {
                 if s.state != ArtifactState::Ready {
                     s.state = ArtifactState::Pulling;
@@ -457,15 +435,8 @@ impl Reconciler {
             .await
             .unwrap_or((None, None));
             this.record(&class, &result, on_disk);
-            lock(&this.inflight).remove(&class.name);
             result
-        });
-        async move {
-            task.await
-                .unwrap_or_else(|e| Err(format!("ensuring {name} did not finish: {e}")))
         }
-        .boxed()
-        .shared()
     }
 
     async fn pull(
@@ -716,7 +687,7 @@ impl Reconciler {
                     Some(Plan::Serve(served)) => served.class.clone(),
                     _ => return,
                 };
-                if lock(&self.inflight).contains_key(&class) {
+                if self.inflight.is_running(&class) {
                     return;
                 }
                 let this = Arc::clone(self);

@@ -16,8 +16,7 @@ use crate::nri::{
 use crate::pods::PodInventory;
 use crate::policy::PodInfo;
 
-/// A pod annotation naming classes to prepare ahead of time: `"<class>[,<class>…]"`.
-pub const PREPARE_ANNOTATION: &str = "kata-nri-manager.io/prepare";
+pub use crate::pods::PREPARE_ANNOTATION;
 
 /// Work a pod hands to the reconciler.
 #[derive(Debug, Clone, PartialEq, Eq)]

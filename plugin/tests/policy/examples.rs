@@ -1,8 +1,8 @@
 //! Each example policy's behaviour through the real host.
 
+use kata_nri_manager::kata::{KataSetting, VfioPort};
 use kata_nri_manager::policy::{
-    AdmitOutcome, Chain, KataSetting, PodInfo, RuntimeOutcome, RuntimeOverrides, SourceOutcome,
-    VfioPort,
+    AdmitOutcome, Chain, PodInfo, RuntimeOutcome, RuntimeOverrides, SourceOutcome,
 };
 use serde_json::json;
 

@@ -7,9 +7,9 @@
 //! use kata_policy_sdk::*;
 //!
 //! struct MyPolicy;
+//! impl settings::PolicySettings for MySettings {} // `check` what serde cannot
 //! impl Policy for MyPolicy {
 //!     type Settings = MySettings;
-//!     fn parse_settings(text: &str) -> Result<MySettings, String> { settings::parse(text) }
 //!     // select_source, mutate_runtime, admit: only those the policy decides
 //! }
 //! kata_policy_sdk::export!(MyPolicy);
@@ -38,6 +38,7 @@ pub mod runtime;
 pub mod settings;
 
 pub use policy::Policy;
+pub use settings::PolicySettings;
 
 /// The generated bindings of `wit/policy.wit`.
 #[allow(missing_docs, clippy::all)]

@@ -7,20 +7,25 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::settings::PolicySettings;
 use crate::{
     Admission, Guest, Node, Pod, Request, RuntimeDecision, RuntimeSettings, Source, SourceDecision,
     keep_runtime, keep_sources,
 };
 
-/// A policy over its own settings type. Only `parse_settings` is required; every decision left
-/// out keeps what the previous policy of the chain answered (or admits, for `admit`).
+/// A policy over its own settings type. Nothing is required but the settings type; every
+/// decision left out keeps what the previous policy of the chain answered (or admits, for
+/// `admit`).
 pub trait Policy {
     /// The policy's settings, as [`parse_settings`](Self::parse_settings) makes them.
-    type Settings;
+    type Settings: PolicySettings;
 
-    /// Parses and checks the JSON text of the policy's `policies.settings` entry. An error here
-    /// refuses the policy at load (`validate-settings`) and denies a decision.
-    fn parse_settings(text: &str) -> Result<Self::Settings, String>;
+    /// Parses and checks the JSON text of the policy's `policies.settings` entry
+    /// ([`PolicySettings::parse`]). An error here refuses the policy at load
+    /// (`validate-settings`) and denies a decision.
+    fn parse_settings(text: &str) -> Result<Self::Settings, String> {
+        Self::Settings::parse(text)
+    }
 
     /// `select-source`: the sources to pull from, in order, or skip or deny.
     fn select_source(
@@ -95,14 +100,17 @@ mod tests {
     /// Overrides `admit` only; its settings are a namespace.
     struct OnlyIn;
 
+    #[derive(serde::Deserialize)]
+    #[serde(transparent)]
+    struct Namespace(String);
+
+    impl PolicySettings for Namespace {}
+
     impl Policy for OnlyIn {
-        type Settings = String;
+        type Settings = Namespace;
 
-        fn parse_settings(text: &str) -> Result<String, String> {
-            crate::settings::parse(text)
-        }
-
-        fn admit(namespace: &String, _request: Request, _node: Node, pod: Pod) -> Admission {
+        fn admit(settings: &Namespace, _request: Request, _node: Node, pod: Pod) -> Admission {
+            let Namespace(namespace) = settings;
             if pod.namespace == *namespace {
                 Admission::Allow
             } else {

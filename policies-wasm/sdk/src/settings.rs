@@ -11,6 +11,25 @@ pub fn parse<T: DeserializeOwned>(settings: &str) -> Result<T, String> {
     serde_json::from_str(settings).map_err(|e| format!("settings: {e}"))
 }
 
+/// A policy's settings type: read from the JSON text with [`parse`], then [`check`]ed for what
+/// the type itself cannot say (formats, references, ranges). [`Policy`](crate::Policy) reads its
+/// settings this way unless it overrides `parse_settings`.
+///
+/// [`check`]: PolicySettings::check
+pub trait PolicySettings: DeserializeOwned {
+    /// What serde cannot check; an error refuses the policy at load and denies a decision.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Parses and checks `text`.
+    fn parse(text: &str) -> Result<Self, String> {
+        let settings: Self = parse(text)?;
+        settings.check()?;
+        Ok(settings)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,8 +25,8 @@ use alloc::vec::Vec;
 use alloc::collections::BTreeMap;
 
 use kata_policy_sdk::{
-    Gpu, KataSetting, Node, Policy, Request, RuntimeDecision, RuntimeSettings, Source,
-    SourceDecision, VfioPort, reference, settings,
+    Gpu, KataSetting, Node, Policy, PolicySettings, Request, RuntimeDecision, RuntimeSettings,
+    Source, SourceDecision, VfioPort, reference,
 };
 use serde::Deserialize;
 
@@ -42,24 +42,25 @@ pub struct Settings {
     pub cold_plug_vfio: bool,
 }
 
-impl Settings {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let settings: Settings = settings::parse(text)?;
+impl PolicySettings for Settings {
+    fn check(&self) -> Result<(), String> {
         let tag_word = |v: &str| {
             !v.is_empty()
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         };
-        for (key, variant) in settings.vendors.iter().chain(&settings.devices) {
+        for (key, variant) in self.vendors.iter().chain(&self.devices) {
             if !tag_word(variant) {
                 return Err(format!(
                     "settings: variant {variant:?} of {key:?} may only have letters, digits, '.', '_', '-'"
                 ));
             }
         }
-        Ok(settings)
+        Ok(())
     }
+}
 
+impl Settings {
     fn variant_of(&self, gpu: &Gpu) -> Option<&str> {
         let device = format!("{:04x}:{:04x}", gpu.vendor_id, gpu.device_id);
         self.devices
@@ -136,10 +137,6 @@ struct GpuVariant;
 
 impl Policy for GpuVariant {
     type Settings = Settings;
-
-    fn parse_settings(text: &str) -> Result<Settings, String> {
-        Settings::parse(text)
-    }
 
     fn select_source(
         settings: &Settings,

@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use alloc::collections::BTreeMap;
 
 use kata_policy_sdk::{
-    KataSetting, Node, Policy, Request, RuntimeDecision, RuntimeSettings, settings,
+    KataSetting, Node, Policy, PolicySettings, Request, RuntimeDecision, RuntimeSettings,
 };
 use serde::Deserialize;
 
@@ -44,11 +44,7 @@ pub struct ClassSettings {
     pub agent_dial_timeout_secs: Option<u32>,
 }
 
-impl Settings {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        settings::parse(text)
-    }
-}
+impl PolicySettings for Settings {}
 
 impl ClassSettings {
     /// The settings in the host's order (hypervisor, then runtime, then agent).
@@ -102,10 +98,6 @@ struct KataSettings;
 
 impl Policy for KataSettings {
     type Settings = Settings;
-
-    fn parse_settings(text: &str) -> Result<Settings, String> {
-        Settings::parse(text)
-    }
 
     fn mutate_runtime(
         settings: &Settings,

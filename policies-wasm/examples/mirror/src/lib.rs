@@ -13,7 +13,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use kata_policy_sdk::{Node, Policy, Request, Source, SourceDecision, reference, settings};
+use kata_policy_sdk::{Node, Policy, PolicySettings, Request, Source, SourceDecision, reference};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -25,17 +25,16 @@ pub struct Settings {
     pub fallback: bool,
 }
 
-impl Settings {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let settings: Settings = settings::parse(text)?;
-        for (key, value) in [("from", &settings.from), ("to", &settings.to)] {
+impl PolicySettings for Settings {
+    fn check(&self) -> Result<(), String> {
+        for (key, value) in [("from", &self.from), ("to", &self.to)] {
             if value.is_empty() || value.contains("://") || value.contains(char::is_whitespace) {
                 return Err(format!(
                     "settings: {key} {value:?} must be a registry host[:port][/path], without a scheme"
                 ));
             }
         }
-        Ok(settings)
+        Ok(())
     }
 }
 
@@ -63,10 +62,6 @@ struct Mirror;
 
 impl Policy for Mirror {
     type Settings = Settings;
-
-    fn parse_settings(text: &str) -> Result<Settings, String> {
-        Settings::parse(text)
-    }
 
     fn select_source(
         settings: &Settings,

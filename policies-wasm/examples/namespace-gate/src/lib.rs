@@ -12,7 +12,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use kata_policy_sdk::{Admission, Node, Pod, Policy, Request, settings};
+use kata_policy_sdk::{Admission, Node, Pod, Policy, PolicySettings, Request};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -23,19 +23,20 @@ pub struct Settings {
     pub classes: Option<Vec<String>>,
 }
 
-impl Settings {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let settings: Settings = settings::parse(text)?;
-        if let Some(bad) = settings
+impl PolicySettings for Settings {
+    fn check(&self) -> Result<(), String> {
+        if let Some(bad) = self
             .namespaces
             .iter()
             .find(|n| n.is_empty() || n[..n.len() - 1].contains('*'))
         {
             return Err(format!("settings: namespaces: {bad:?} may only end in '*'"));
         }
-        Ok(settings)
+        Ok(())
     }
+}
 
+impl Settings {
     fn gates(&self, class: &str) -> bool {
         self.classes
             .as_ref()
@@ -68,10 +69,6 @@ struct NamespaceGate;
 
 impl Policy for NamespaceGate {
     type Settings = Settings;
-
-    fn parse_settings(text: &str) -> Result<Settings, String> {
-        Settings::parse(text)
-    }
 
     fn admit(settings: &Settings, request: Request, _node: Node, pod: Pod) -> Admission {
         admit(settings, &request.class_name, &pod)

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 use alloc::collections::BTreeMap;
 
-use kata_policy_sdk::{Node, Policy, Request, Source, SourceDecision, reference, settings};
+use kata_policy_sdk::{Node, Policy, PolicySettings, Request, Source, SourceDecision, reference};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -26,10 +26,9 @@ pub struct Settings {
     pub deny_unpinned: bool,
 }
 
-impl Settings {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let settings: Settings = settings::parse(text)?;
-        for (key, digest) in &settings.pins {
+impl PolicySettings for Settings {
+    fn check(&self) -> Result<(), String> {
+        for (key, digest) in &self.pins {
             if reference::split(key).1.is_none() {
                 return Err(format!("settings: pins: {key:?} has no tag to pin"));
             }
@@ -39,7 +38,7 @@ impl Settings {
                 ));
             }
         }
-        Ok(settings)
+        Ok(())
     }
 }
 
@@ -72,10 +71,6 @@ struct PinDigests;
 
 impl Policy for PinDigests {
     type Settings = Settings;
-
-    fn parse_settings(text: &str) -> Result<Settings, String> {
-        Settings::parse(text)
-    }
 
     fn select_source(
         settings: &Settings,
