@@ -12,7 +12,7 @@ use kata_nri_integration::{
     Containerd, ContainerdOptions, Deps, PodSandboxState, PodSpec, RuntimeHandler, Version,
     cri_status, e2e_guard,
 };
-use kata_nri_manager::gate::{self, EnsureRequest, Ensurer, GateState};
+use kata_nri_manager::gate::{self, EnsureRequest, Ensurer, GateState, Refusal};
 
 const GATE_BINARY: &str = env!("CARGO_BIN_EXE_kata-nri-shim-gate");
 const CLASS: &str = "kata-gated";
@@ -29,13 +29,13 @@ struct Script {
 struct ScriptedDaemon(Arc<Script>);
 
 impl Ensurer for ScriptedDaemon {
-    fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), String>> {
+    fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), Refusal>> {
         self.0.asked.lock().unwrap().push(request.clone());
         let me = self.0.clone();
         Box::pin(async move {
             tokio::time::sleep(me.delay).await;
             if let Some(reason) = &me.deny {
-                return Err(reason.clone());
+                return Err(reason.clone().into());
             }
             let mut state =
                 GateState::read(&me.gate_dir, &request.class).map_err(|e| e.to_string())?;

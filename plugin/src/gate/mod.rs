@@ -12,5 +12,5 @@ pub use kata_nri_shim_gate::shared::{links, protocol, state};
 pub use kata_nri_shim_gate::{GateError, Result};
 pub use links::{GATE_BINARY, GATE_LINK_PREFIX, GATE_PROGRAM, link_path};
 pub use protocol::{EnsureReply, EnsureRequest};
-pub use server::{Ensurer, serve};
+pub use server::{Ensurer, Refusal, serve};
 pub use state::GateState;

@@ -19,7 +19,37 @@ use super::{GateError, Result};
 /// Implementations run the work in a task of their own: a gate that gives up (its sandbox start
 /// timed out, or containerd killed it) drops this future, and that must never cancel a pull.
 pub trait Ensurer: Send + Sync + 'static {
-    fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), String>>;
+    fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), Refusal>>;
+}
+
+/// Why an [`Ensurer`] refused a gate: the reason goes on the wire as it is; the kind (a short
+/// stable label, such as the reconciler's `EnsureError::kind`) is for the daemon's own logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// A bare reason: a refusal of no particular kind.
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Self {
+            kind: "refused",
+            reason,
+        }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Self {
+        reason.to_owned().into()
+    }
 }
 
 /// Binds the gate socket (root-only) and answers gates until the future is dropped.
@@ -115,8 +145,8 @@ async fn answer(
             let class = request.class.clone();
             match ensurer.ensure(request).await {
                 Ok(()) => EnsureReply::Ready,
-                Err(reason) => {
-                    warn!(runtime_class = %class, %reason, "gate refused");
+                Err(Refusal { kind, reason }) => {
+                    warn!(runtime_class = %class, kind, %reason, "gate refused");
                     EnsureReply::Failed { reason }
                 }
             }
@@ -138,7 +168,7 @@ mod tests {
     struct Scripted;
 
     impl Ensurer for Scripted {
-        fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), String>> {
+        fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), Refusal>> {
             Box::pin(async move {
                 match request.class.as_str() {
                     "ready" => Ok(()),

@@ -9,6 +9,7 @@
 //! - [`gc::Collector`]: when the artifacts of a class that left may go.
 
 pub mod deferred;
+mod error;
 pub mod gc;
 pub mod http;
 #[cfg(feature = "kube")]
@@ -20,6 +21,7 @@ mod reconciler;
 pub mod status;
 pub mod triggers;
 
+pub use error::EnsureError;
 pub use metrics::Metrics;
 pub use reconciler::{GateEnsurer, Ready, Reconciler};
 pub use status::{

@@ -11,13 +11,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tracing::{info, warn};
 
+use super::error::EnsureError;
 use super::metrics::{ClassLabels, GateLabels, Metrics, PullLabels};
 use super::status::{ArtifactState, ClassDecision, StatusBoard};
 use super::triggers::PodSignal;
 use crate::artifacts::{ArtifactStore, ClassState, Freshness};
 use crate::config::{Config, Provision, RuntimeClass, UpdatePolicy};
 use crate::containerd::RuntimeStanza;
-use crate::gate::{self, EnsureRequest, Ensurer, GateState};
+use crate::gate::{self, EnsureRequest, Ensurer, GateState, Refusal};
 use crate::policy::{
     AdmitOutcome, IgnoredFailure, NodeFacts, PodInfo, PolicyChain, Request, RuntimeOutcome,
     RuntimeOverrides, SourceOutcome, Trigger,
@@ -65,7 +66,7 @@ pub struct Reconciler {
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
     plans: Mutex<BTreeMap<String, Plan>>,
-    inflight: SingleFlight<String, Result<Ready, String>>,
+    inflight: SingleFlight<String, Result<Ready, EnsureError>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -356,7 +357,7 @@ impl Reconciler {
         class: &str,
         trigger: Trigger,
         pod: Option<PodInfo>,
-    ) -> Result<Ready, String> {
+    ) -> Result<Ready, EnsureError> {
         self.ensure_fresh(class, trigger, pod, None).await
     }
 
@@ -368,17 +369,18 @@ impl Reconciler {
         trigger: Trigger,
         pod: Option<PodInfo>,
         freshness: Option<Freshness>,
-    ) -> Result<Ready, String> {
+    ) -> Result<Ready, EnsureError> {
         let planned = match lock(&self.plans).get(class) {
             None => {
-                return Err(format!(
-                    "runtime class {class:?} is not in kata-nri-manager's config on this node"
-                ));
+                return Err(EnsureError::NotConfigured {
+                    class: class.to_owned(),
+                });
             }
             Some(Plan::NotServed { reason }) => {
-                return Err(format!(
-                    "runtime class {class} is not served on this node: {reason}"
-                ));
+                return Err(EnsureError::NotServed {
+                    class: class.to_owned(),
+                    reason: reason.clone(),
+                });
             }
             Some(Plan::Serve(served)) => served.class.clone(),
         };
@@ -397,7 +399,7 @@ impl Reconciler {
                 AdmitOutcome::Allow => self.metrics.decision(class, "admit", "allow"),
                 AdmitOutcome::Deny(denial) => {
                     self.metrics.decision(class, "admit", "deny");
-                    return Err(format!("pod {who}: {denial}"));
+                    return Err(EnsureError::PodDenied { pod: who, denial });
                 }
             }
         }
@@ -408,7 +410,12 @@ impl Reconciler {
                 let freshness = freshness.unwrap_or_else(|| freshness_for(&planned, trigger));
                 self.start(planned, trigger, freshness)
             },
-            move |e| Err(format!("ensuring {name} did not finish: {e}")),
+            move |e| {
+                Err(EnsureError::Interrupted {
+                    class: name,
+                    reason: e.to_string(),
+                })
+            },
         );
         shared.await
     }
@@ -418,7 +425,7 @@ impl Reconciler {
         class: RuntimeClass,
         trigger: Trigger,
         freshness: Freshness,
-    ) -> impl Future<Output = Result<Ready, String>> + Send + 'static {
+    ) -> impl Future<Output = Result<Ready, EnsureError>> + Send + 'static {
         let this = Arc::clone(self);
         async move {
             this.board.update_class(&class.name, |s| {
@@ -444,7 +451,7 @@ impl Reconciler {
         class: &RuntimeClass,
         trigger: Trigger,
         freshness: Freshness,
-    ) -> Result<Ready, String> {
+    ) -> Result<Ready, EnsureError> {
         let decision = self
             .policies
             .select_source(Request::for_class(class, trigger), self.node.clone())
@@ -457,11 +464,11 @@ impl Reconciler {
             }
             SourceOutcome::Skip { policy, reason } => {
                 self.metrics.decision(&class.name, "select-source", "skip");
-                return Err(format!("skipped by policy {policy}: {reason}"));
+                return Err(EnsureError::SkippedByPolicy { policy, reason });
             }
             SourceOutcome::Deny(denial) => {
                 self.metrics.decision(&class.name, "select-source", "deny");
-                return Err(denial.to_string());
+                return Err(EnsureError::DeniedByPolicy(denial));
             }
         };
         let mut sources = sources;
@@ -511,10 +518,10 @@ impl Reconciler {
                 }
             }
         }
-        Err(match failures.len() {
-            0 => "the policies returned no source".to_owned(),
-            1 => failures.remove(0),
-            n => format!("all {n} sources failed: {}", failures.join("; ")),
+        Err(if failures.is_empty() {
+            EnsureError::NoSource
+        } else {
+            EnsureError::PullFailed { failures }
         })
     }
 
@@ -532,7 +539,7 @@ impl Reconciler {
     fn record(
         &self,
         class: &RuntimeClass,
-        result: &Result<Ready, String>,
+        result: &Result<Ready, EnsureError>,
         on_disk: (Option<ClassState>, Option<ClassState>),
     ) {
         let (recorded, intact) = on_disk;
@@ -582,7 +589,7 @@ impl Reconciler {
                         None if s.state != ArtifactState::Ready => s.state = ArtifactState::Failed,
                         None => {}
                     }
-                    s.last_error = Some(e.clone());
+                    s.last_error = Some(e.to_string());
                     s.failures += 1;
                 });
             }
@@ -727,7 +734,7 @@ fn freshness_for(class: &RuntimeClass, trigger: Trigger) -> Freshness {
 pub struct GateEnsurer(pub Arc<Reconciler>);
 
 impl Ensurer for GateEnsurer {
-    fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), String>> {
+    fn ensure(&self, request: EnsureRequest) -> BoxFuture<'static, Result<(), Refusal>> {
         let reconciler = Arc::clone(&self.0);
         Box::pin(async move {
             // An unknown identity is an empty one: a namespace rule then denies, never admits.
@@ -747,7 +754,7 @@ impl Ensurer for GateEnsurer {
                     result: if result.is_ok() { "ready" } else { "failed" },
                 })
                 .inc();
-            result.map(|_| ())
+            result.map(|_| ()).map_err(Refusal::from)
         })
     }
 }

@@ -1,0 +1,134 @@
+//! Why an ensure did not make a class ready. `Display` is the text the gate prints, the status
+//! shows and the logs carry; [`EnsureError::kind`] is a short stable label to branch on.
+
+use crate::gate::Refusal;
+use crate::policy::Denial;
+
+/// An ensure that did not make its class ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnsureError {
+    /// The class is not in this node's config.
+    #[error("runtime class {class:?} is not in kata-nri-manager's config on this node")]
+    NotConfigured { class: String },
+    /// The plan does not serve the class (a policy said so, or its stanza is unusable).
+    #[error("runtime class {class} is not served on this node: {reason}")]
+    NotServed { class: String, reason: String },
+    /// `admit` refused the asking pod.
+    #[error("pod {pod}: {denial}")]
+    PodDenied { pod: String, denial: Denial },
+    /// `select-source` skipped the class.
+    #[error("skipped by policy {policy}: {reason}")]
+    SkippedByPolicy { policy: String, reason: String },
+    /// `select-source` denied the class.
+    #[error("{0}")]
+    DeniedByPolicy(Denial),
+    /// `select-source` allowed the class but named no source.
+    #[error("the policies returned no source")]
+    NoSource,
+    /// Every source failed; one error chain per source, in the order tried.
+    #[error("{}", pull_failures(.failures))]
+    PullFailed { failures: Vec<String> },
+    /// The ensure's task ended before it answered (it panicked or was aborted).
+    #[error("ensuring {class} did not finish: {reason}")]
+    Interrupted { class: String, reason: String },
+}
+
+fn pull_failures(failures: &[String]) -> String {
+    match failures {
+        [one] => one.clone(),
+        all => format!("all {} sources failed: {}", all.len(), all.join("; ")),
+    }
+}
+
+impl EnsureError {
+    /// A short stable label of what happened, for metrics, status and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotConfigured { .. } => "not_configured",
+            Self::NotServed { .. } => "not_served",
+            Self::PodDenied { .. } => "pod_denied",
+            Self::SkippedByPolicy { .. } => "skipped_by_policy",
+            Self::DeniedByPolicy(_) => "denied_by_policy",
+            Self::NoSource => "no_source",
+            Self::PullFailed { .. } => "pull_failed",
+            Self::Interrupted { .. } => "interrupted",
+        }
+    }
+}
+
+impl From<EnsureError> for Refusal {
+    fn from(error: EnsureError) -> Self {
+        Self {
+            kind: error.kind(),
+            reason: error.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_the_texts_callers_print() {
+        let denial = Denial {
+            policy: "10-namespace-gate".into(),
+            reason: "namespace not allowed".into(),
+            failure: None,
+        };
+        let cases = [
+            (
+                EnsureError::NotConfigured { class: "k".into() },
+                "runtime class \"k\" is not in kata-nri-manager's config on this node",
+            ),
+            (
+                EnsureError::NotServed {
+                    class: "k".into(),
+                    reason: "why".into(),
+                },
+                "runtime class k is not served on this node: why",
+            ),
+            (
+                EnsureError::PodDenied {
+                    pod: "ns/p".into(),
+                    denial: denial.clone(),
+                },
+                "pod ns/p: denied by policy 10-namespace-gate: namespace not allowed",
+            ),
+            (
+                EnsureError::SkippedByPolicy {
+                    policy: "p".into(),
+                    reason: "r".into(),
+                },
+                "skipped by policy p: r",
+            ),
+            (
+                EnsureError::DeniedByPolicy(denial),
+                "denied by policy 10-namespace-gate: namespace not allowed",
+            ),
+            (EnsureError::NoSource, "the policies returned no source"),
+            (
+                EnsureError::PullFailed {
+                    failures: vec!["a".into()],
+                },
+                "a",
+            ),
+            (
+                EnsureError::PullFailed {
+                    failures: vec!["a".into(), "b".into()],
+                },
+                "all 2 sources failed: a; b",
+            ),
+            (
+                EnsureError::Interrupted {
+                    class: "k".into(),
+                    reason: "panicked".into(),
+                },
+                "ensuring k did not finish: panicked",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text, "{}", error.kind());
+        }
+    }
+}
