@@ -160,6 +160,10 @@ async fn a_kernel_replaced_after_install_is_refused() {
     node.kata_used("intact", None, VMLINUX)
         .unwrap_or_else(|e| panic!("{e:#}"));
 
+    // The daemon repairs a class in use whose files changed (the intact pod's NRI event starts
+    // that check): stopped, it cannot race the replacement. The eager class's stanza names the
+    // shim directly, so pods still start without it.
+    daemon.process.stop().await.unwrap();
     let kernel = node.artifacts().join(CLASS).join("vmlinux");
     std::fs::write(&kernel, b"a kernel nobody installed\n").unwrap();
     refused(
