@@ -362,6 +362,7 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
         .unwrap_or_else(|e| panic!("{e:#}"));
 
     let mut error = String::new();
+    let mut kind = String::new();
     daemon
         .wait_until("the hostile class failed", async || {
             let text = node
@@ -375,6 +376,10 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
             match class {
                 Some(class) if class["state"] == "failed" => {
                     error = class["lastError"].as_str().unwrap_or_default().to_owned();
+                    kind = class["lastErrorKind"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     true
                 }
                 _ => false,
@@ -386,6 +391,15 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
     assert!(
         error.contains("refused \"vmlinux\": setuid file"),
         "{error}"
+    );
+    // Typed, not text: the artifact arrived whole and its content was refused.
+    assert_eq!(kind, "install_refused", "{error}");
+    let refused = format!(
+        "kata_nri_manager_ensure_failures_total{{class=\"{CLASS}\",kind=\"install_refused\"}}"
+    );
+    assert!(
+        daemon.metric(&refused).await.expect("metrics") >= 1.0,
+        "{refused} not counted"
     );
     assert!(fs::symlink_metadata(node.artifacts().join(CLASS)).is_err());
 

@@ -338,4 +338,21 @@ impl ArtifactError {
             | ArtifactError::Task { class, .. } => class,
         }
     }
+
+    /// The artifact reached the node whole and as its manifest says, and its content is
+    /// refused: pulling it again fails the same way, from any mirror that serves the same bytes.
+    /// Everything else (the registry, the network, the node's pull settings, the disk) may pass
+    /// on another try or another source.
+    pub fn refused_at_install(&self) -> bool {
+        matches!(
+            self,
+            ArtifactError::TooLarge { .. }
+                | ArtifactError::NoPlatform { .. }
+                | ArtifactError::BadManifest { .. }
+                | ArtifactError::UnsafeEntry { .. }
+                | ArtifactError::BadLayer { .. }
+                | ArtifactError::KataConfig { .. }
+                | ArtifactError::VersionSkew { .. }
+        )
+    }
 }

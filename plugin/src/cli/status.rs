@@ -102,6 +102,7 @@ fn from_disk(config: &Config) -> StatusReport {
                     ArtifactState::Absent
                 },
                 last_error: None,
+                last_error_kind: None,
                 failures: 0,
                 pods: Vec::new(),
                 updated_at: installed
@@ -278,7 +279,10 @@ fn render(shown: &Shown) -> String {
             out.push_str(&format!("  reason: {reason}\n"));
         }
         if let Some(error) = &class.last_error {
-            out.push_str(&format!("  last error: {error}\n"));
+            match &class.last_error_kind {
+                Some(kind) => out.push_str(&format!("  last error ({kind}): {error}\n")),
+                None => out.push_str(&format!("  last error: {error}\n")),
+            }
         }
         if let Some(config) = &class.kata_config {
             out.push_str(&configuration_line(config));
@@ -326,6 +330,7 @@ mod tests {
             ),
             state,
             last_error: None,
+            last_error_kind: None,
             failures: 0,
             pods: vec!["default/p".into()],
             updated_at: 0,

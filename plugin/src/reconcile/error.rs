@@ -25,22 +25,61 @@ pub enum EnsureError {
     /// `select-source` allowed the class but named no source.
     #[error("the policies returned no source")]
     NoSource,
-    /// Every source failed; one error chain per source, in the order tried.
+    /// Every source failed, at least one before its artifact was whole on the node (the
+    /// registry, the network, the node's pull settings, the disk); one per source, in the order
+    /// tried.
     #[error("{}", pull_failures(.failures))]
-    PullFailed { failures: Vec<String> },
+    PullFailed { failures: Vec<SourceFailure> },
+    /// Every source's artifact reached the node intact and was refused at install: its content
+    /// is not something kata-nri-manager installs (an unsafe tar entry, an unusable kata
+    /// configuration, a version the node's kata cannot run, …). Another pull of the same
+    /// artifact fails the same way.
+    #[error("{}", pull_failures(.failures))]
+    InstallRefused { failures: Vec<SourceFailure> },
     /// The ensure's task ended before it answered (it panicked or was aborted).
     #[error("ensuring {class} did not finish: {reason}")]
     Interrupted { class: String, reason: String },
 }
 
-fn pull_failures(failures: &[String]) -> String {
+/// One source's failure: its error chain, and whether the artifact was refused at install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFailure {
+    pub message: String,
+    pub refused: bool,
+}
+
+impl SourceFailure {
+    pub fn of(error: &crate::artifacts::ArtifactError) -> Self {
+        Self {
+            message: crate::errors::chain(error),
+            refused: error.refused_at_install(),
+        }
+    }
+}
+
+fn pull_failures(failures: &[SourceFailure]) -> String {
     match failures {
-        [one] => one.clone(),
-        all => format!("all {} sources failed: {}", all.len(), all.join("; ")),
+        [one] => one.message.clone(),
+        all => {
+            let messages: Vec<&str> = all.iter().map(|f| f.message.as_str()).collect();
+            format!("all {} sources failed: {}", all.len(), messages.join("; "))
+        }
     }
 }
 
 impl EnsureError {
+    /// The error for sources that all failed: `InstallRefused` when every one was refused at
+    /// install, else `PullFailed`; `NoSource` when there were none.
+    pub fn from_sources(failures: Vec<SourceFailure>) -> Self {
+        if failures.is_empty() {
+            Self::NoSource
+        } else if failures.iter().all(|f| f.refused) {
+            Self::InstallRefused { failures }
+        } else {
+            Self::PullFailed { failures }
+        }
+    }
+
     /// A short stable label of what happened, for metrics, status and events.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -51,6 +90,7 @@ impl EnsureError {
             Self::DeniedByPolicy(_) => "denied_by_policy",
             Self::NoSource => "no_source",
             Self::PullFailed { .. } => "pull_failed",
+            Self::InstallRefused { .. } => "install_refused",
             Self::Interrupted { .. } => "interrupted",
         }
     }
@@ -109,13 +149,13 @@ mod tests {
             (EnsureError::NoSource, "the policies returned no source"),
             (
                 EnsureError::PullFailed {
-                    failures: vec!["a".into()],
+                    failures: vec![failure("a", false)],
                 },
                 "a",
             ),
             (
-                EnsureError::PullFailed {
-                    failures: vec!["a".into(), "b".into()],
+                EnsureError::InstallRefused {
+                    failures: vec![failure("a", true), failure("b", true)],
                 },
                 "all 2 sources failed: a; b",
             ),
@@ -130,5 +170,29 @@ mod tests {
         for (error, text) in cases {
             assert_eq!(error.to_string(), text, "{}", error.kind());
         }
+    }
+
+    fn failure(message: &str, refused: bool) -> SourceFailure {
+        SourceFailure {
+            message: message.into(),
+            refused,
+        }
+    }
+
+    #[test]
+    fn install_refused_only_when_every_source_was_refused() {
+        let kind = |failures: Vec<SourceFailure>| EnsureError::from_sources(failures).kind();
+        assert_eq!(kind(vec![]), "no_source");
+        assert_eq!(kind(vec![failure("a", true)]), "install_refused");
+        assert_eq!(
+            kind(vec![failure("a", true), failure("b", true)]),
+            "install_refused"
+        );
+        // A refused mirror and an unreachable upstream: another try may still succeed.
+        assert_eq!(
+            kind(vec![failure("a", true), failure("b", false)]),
+            "pull_failed"
+        );
+        assert_eq!(kind(vec![failure("a", false)]), "pull_failed");
     }
 }

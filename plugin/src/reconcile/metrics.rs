@@ -45,6 +45,14 @@ pub struct GateLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub class: String,
+    /// What went wrong: `pull_failed`, `install_refused`, `denied_by_policy`, … (the
+    /// reconciler's `EnsureError::kind`).
+    pub kind: &'static str,
+}
+
 type HistogramFamily = Family<ClassLabels, Histogram, fn() -> Histogram>;
 
 fn pull_histogram() -> Histogram {
@@ -65,6 +73,7 @@ pub struct Metrics {
     pub nri_registrations: Counter,
     pub nri_disconnects: Counter,
     pub gate_requests: Family<GateLabels, Counter>,
+    pub ensure_failures: Family<FailureLabels, Counter>,
     pub class_ready: Family<ClassLabels, Gauge>,
     pub gc_removed: Family<ClassLabels, Counter>,
     /// 1 while the config files on disk are rejected and the daemon runs the config it started
@@ -131,6 +140,12 @@ impl Metrics {
             "Sandbox starts that waited at the shim gate, by class and result",
             gate_requests.clone(),
         );
+        let ensure_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "ensure_failures",
+            "Requests to make a class ready (a gate, a pod annotation, startup, an update check) that failed, by class and kind",
+            ensure_failures.clone(),
+        );
         let class_ready = Family::<ClassLabels, Gauge>::default();
         registry.register(
             "class_ready",
@@ -160,6 +175,7 @@ impl Metrics {
             nri_registrations,
             nri_disconnects,
             gate_requests,
+            ensure_failures,
             class_ready,
             gc_removed,
             config_rejected,

@@ -84,6 +84,10 @@ pub struct ClassStatus {
     pub state: ArtifactState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What kind of failure `last_error` is: `pull_failed`, `install_refused`,
+    /// `skipped_by_policy`, … (the reconciler's `EnsureError::kind`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_kind: Option<String>,
     /// Failed attempts since the last success.
     #[serde(default)]
     pub failures: u32,
@@ -211,6 +215,7 @@ impl StatusBoard {
                     version_skew: None,
                     state: ArtifactState::Absent,
                     last_error: None,
+                    last_error_kind: None,
                     failures: 0,
                     pods: Vec::new(),
                     updated_at: started,
