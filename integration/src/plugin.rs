@@ -65,6 +65,9 @@ impl PluginOptions {
     }
 }
 
+/// The integration package's build of the shim gate, beside the daemon under test.
+pub const GATE_UNDER_TEST: &str = "knm-gate-under-test";
+
 /// A running `kata-nri-manager run` with JSON logs captured to a file. Killed on drop.
 pub struct PluginProcess {
     child: Child,
@@ -99,8 +102,15 @@ impl PluginProcess {
         fs::set_permissions(&node_config, fs::Permissions::from_mode(0o600))?;
         let log = dir.path().join("plugin.log");
         let log_file = fs::File::create(&log)?;
-        let child = Command::new(binary)
-            .arg("run")
+        let mut command = Command::new(binary);
+        command.arg("run");
+        // The gate built beside the daemon under test (`cargo` names it knm-gate-under-test;
+        // a node has kata-nri-shim-gate there, which the daemon finds by itself).
+        let gate = binary.with_file_name(GATE_UNDER_TEST);
+        if gate.exists() {
+            command.arg("--gate-binary").arg(gate);
+        }
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("--node-config")

@@ -15,6 +15,7 @@ use kata_nri_integration::{KataNode, PodSpec, Version, require_e2e};
 use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_knm-under-test");
+const GATE: &str = env!("CARGO_BIN_EXE_knm-gate-under-test");
 const INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nri/install.sh");
 
 fn mode(path: &Path) -> u32 {
@@ -91,6 +92,8 @@ async fn installed_by_the_script_and_launched(version: Version, idx: &str) {
         .arg(INSTALL)
         .arg("--binary")
         .arg(PLUGIN)
+        .arg("--gate-binary")
+        .arg(GATE)
         .arg("--config")
         .arg(&config)
         .args(["--index", idx])

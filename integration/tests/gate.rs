@@ -14,7 +14,7 @@ use kata_nri_integration::{
 };
 use kata_nri_manager::gate::{self, EnsureRequest, Ensurer, GateState, Refusal};
 
-const GATE_BINARY: &str = env!("CARGO_BIN_EXE_kata-nri-shim-gate");
+const GATE_BINARY: &str = env!("CARGO_BIN_EXE_knm-gate-under-test");
 const CLASS: &str = "kata-gated";
 
 /// A daemon that marks the class ready after a delay, or refuses it, and remembers who asked.

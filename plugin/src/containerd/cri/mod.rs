@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1 as api;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tokio::net::UnixStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::pods::PodRecord;
+
+mod wire;
 
 /// How long a CRI call may take before the caller falls back to what NRI said.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,9 +52,7 @@ pub struct CriStatus {
     pub handlers: Vec<String>,
 }
 
-async fn client(
-    address: &Path,
-) -> Result<RuntimeServiceClient<tonic::transport::Channel>, CriError> {
+async fn channel(address: &Path) -> Result<Channel, CriError> {
     let socket = address.to_path_buf();
     let connect = |source| CriError::Connect {
         address: address.to_path_buf(),
@@ -70,21 +68,20 @@ async fn client(
         }))
         .await
         .map_err(connect)?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// CRI `Status`: whether the runtime is ready and which handlers it serves.
 pub async fn status(address: &Path) -> Result<CriStatus, CriError> {
-    let response = client(address)
-        .await?
-        .status(api::StatusRequest { verbose: false })
-        .await
-        .map_err(|status| CriError::Call {
-            call: "Status",
-            address: address.to_path_buf(),
-            status: Box::new(status),
-        })?
-        .into_inner();
+    let request = wire::StatusRequest { verbose: false };
+    let response: wire::StatusResponse =
+        wire::unary(channel(address).await?, wire::STATUS, request)
+            .await
+            .map_err(|status| CriError::Call {
+                call: "Status",
+                address: address.to_path_buf(),
+                status: Box::new(status),
+            })?;
     let runtime_ready = response.status.is_some_and(|s| {
         s.conditions
             .iter()
@@ -102,17 +99,18 @@ pub async fn status(address: &Path) -> Result<CriStatus, CriError> {
 
 /// Every sandbox containerd knows, ready or not.
 pub async fn list_sandboxes(address: &Path) -> Result<Vec<PodRecord>, CriError> {
-    let response = client(address)
-        .await?
-        .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
-        .await
-        .map_err(|status| CriError::Call {
-            call: "ListPodSandbox",
-            address: address.to_path_buf(),
-            status: Box::new(status),
-        })?;
+    let response: wire::ListPodSandboxResponse = wire::unary(
+        channel(address).await?,
+        wire::LIST_POD_SANDBOX,
+        wire::ListPodSandboxRequest {},
+    )
+    .await
+    .map_err(|status| CriError::Call {
+        call: "ListPodSandbox",
+        address: address.to_path_buf(),
+        status: Box::new(status),
+    })?;
     Ok(response
-        .into_inner()
         .items
         .into_iter()
         .map(|pod| {
