@@ -71,17 +71,22 @@ async fn channel(address: &Path) -> Result<Channel, CriError> {
     Ok(channel)
 }
 
+fn failed(call: &'static str, address: &Path) -> impl FnOnce(tonic::Status) -> CriError {
+    let address = address.to_path_buf();
+    move |status| CriError::Call {
+        call,
+        address,
+        status: Box::new(status),
+    }
+}
+
 /// CRI `Status`: whether the runtime is ready and which handlers it serves.
 pub async fn status(address: &Path) -> Result<CriStatus, CriError> {
     let request = wire::StatusRequest { verbose: false };
     let response: wire::StatusResponse =
         wire::unary(channel(address).await?, wire::STATUS, request)
             .await
-            .map_err(|status| CriError::Call {
-                call: "Status",
-                address: address.to_path_buf(),
-                status: Box::new(status),
-            })?;
+            .map_err(failed("Status", address))?;
     let runtime_ready = response.status.is_some_and(|s| {
         s.conditions
             .iter()
@@ -105,11 +110,7 @@ pub async fn list_sandboxes(address: &Path) -> Result<Vec<PodRecord>, CriError> 
         wire::ListPodSandboxRequest {},
     )
     .await
-    .map_err(|status| CriError::Call {
-        call: "ListPodSandbox",
-        address: address.to_path_buf(),
-        status: Box::new(status),
-    })?;
+    .map_err(failed("ListPodSandbox", address))?;
     Ok(response
         .items
         .into_iter()
