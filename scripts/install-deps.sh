@@ -2,8 +2,9 @@
 # Installs what building and testing kata-nri-manager needs on a fresh Debian bookworm machine
 # (run as root): protoc for the CRI client, dbus-daemon for the systemd restart tests, qemu for
 # the guest boot tests, the Rust components and the wasm32-wasip2 target, and the real
-# containerd / runc / registry / oras binaries and the guest's kernel and busybox (unpacked into
-# a cache, never installed system-wide). Idempotent: a second run takes about a second.
+# containerd / runc / registry / oras / cosign binaries and the guest's kernel and busybox
+# (unpacked into a cache, never installed system-wide). Idempotent: a second run takes about a
+# second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -34,6 +34,9 @@ specs=(
   "runc|runc|bookworm||1.1."
   "registry|docker-registry|trixie||2.8."
   "oras|oras|trixie||1.2."
+  # Signs artifacts in the test registry (legacy `sha256-<hex>.sig` signatures); sid's 3.x writes
+  # the new bundle format by default, bookworm has none.
+  "cosign|cosign|trixie||2.5."
   "htpasswd|apache2-utils|bookworm|libapr1 libaprutil1|"
   "kernel|linux-image-amd64|bookworm||6.1."
   "busybox|busybox-static|bookworm||1.35."
@@ -286,6 +289,7 @@ done
 check "$(prefix_of runc)/usr/sbin/runc" --version
 check "$(prefix_of registry)/usr/bin/docker-registry" --version
 check "$(prefix_of oras)/usr/bin/oras" version
+check "$(prefix_of cosign)/usr/bin/cosign" version --json
 check "$ht/bin/htpasswd" -nbB user pass
 check "$busybox_src" echo "busybox $(version_of busybox)"
 printf '  guest: %s: vmlinuz %s B, vmlinux %s B, initrd.img %s B\n' "$(basename "$kernel_src")" \
@@ -313,6 +317,7 @@ tmp_env=$cache/env.sh.tmp
   printf "export KNM_RUNC='%s'\n" "$(prefix_of runc)/usr/sbin/runc"
   printf "export KNM_REGISTRY='%s'\n" "$(prefix_of registry)/usr/bin/docker-registry"
   printf "export KNM_ORAS='%s'\n" "$(prefix_of oras)/usr/bin/oras"
+  printf "export KNM_COSIGN='%s'\n" "$(prefix_of cosign)/usr/bin/cosign"
   printf "export KNM_HTPASSWD='%s'\n" "$ht/bin/htpasswd"
   printf "export KNM_PAUSE_IMAGE='%s'\n" "$pause_tar"
   printf "export KNM_PAUSE_IMAGE_REF='%s'\n" "registry.k8s.io/pause:3.10"

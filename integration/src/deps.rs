@@ -32,6 +32,10 @@ pub struct Deps {
     pub oras: PathBuf,
     /// `htpasswd` (a wrapper that finds its libapr next to it).
     pub htpasswd: PathBuf,
+    /// `KNM_COSIGN`: the `cosign` binary (2.5, Debian trixie), which signs artifacts in the test
+    /// registry (see [`crate::cosign`]), or why there is none. Only the signature tests need it:
+    /// they skip (fail under `KNM_REQUIRE_E2E=1`) through [`crate::Cosign::require`].
+    pub cosign: Result<PathBuf, SkipReason>,
     /// OCI image archive of the sandbox image, importable with `ctr images import`.
     pub pause_image: PathBuf,
     /// Its reference, `registry.k8s.io/pause:3.10`.
@@ -190,6 +194,7 @@ impl Deps {
             registry: path("KNM_REGISTRY", &[])?,
             oras: path("KNM_ORAS", &[])?,
             htpasswd: path("KNM_HTPASSWD", &[])?,
+            cosign: path("KNM_COSIGN", &[]),
             pause_image: path("KNM_PAUSE_IMAGE", &[])?,
             pause_image_ref: get("KNM_PAUSE_IMAGE_REF").unwrap_or_else(|_| PAUSE_IMAGE_REF.into()),
             cache: get("KNM_CACHE").map(PathBuf::from).unwrap_or(cache),
@@ -243,17 +248,23 @@ pub fn require_e2e() -> Option<Deps> {
     match Deps::from_env() {
         Ok(deps) => Some(deps),
         Err(reason) => {
-            let test = std::thread::current()
-                .name()
-                .map(|n| format!("{n}: "))
-                .unwrap_or_default();
-            if std::env::var(REQUIRE_E2E_ENV).is_ok_and(|v| v == "1") {
-                panic!("{test}e2e test cannot run and {REQUIRE_E2E_ENV}=1: {reason}");
-            }
-            eprintln!("SKIPPED: {test}{reason}");
+            skip(&reason);
             None
         }
     }
+}
+
+/// Prints `SKIPPED: <test>: <reason>` to stderr, or panics with the reason when
+/// `KNM_REQUIRE_E2E=1`: for a dependency only some tests need (the caller then returns).
+pub fn skip(reason: &SkipReason) {
+    let test = std::thread::current()
+        .name()
+        .map(|n| format!("{n}: "))
+        .unwrap_or_default();
+    if std::env::var(REQUIRE_E2E_ENV).is_ok_and(|v| v == "1") {
+        panic!("{test}e2e test cannot run and {REQUIRE_E2E_ENV}=1: {reason}");
+    }
+    eprintln!("SKIPPED: {test}{reason}");
 }
 
 /// `let deps = e2e_guard!();` — the [`Deps`], or return early from the test after printing

@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod containerd;
+pub mod cosign;
 pub mod cri;
 pub mod dbus;
 pub mod deps;
@@ -36,12 +37,14 @@ pub mod token;
 
 pub use config::{ContainerdOptions, FileSource, Layout, RuntimeHandler, TEST_HANDLER, Version};
 pub use containerd::{Containerd, K8S_NAMESPACE, KEEP_ENV};
+pub use cosign::{Cosign, KeyPair, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, signature_tag};
 pub use cri::{
     ContainerSpec, Cri, CriCallError, PodSandboxState, PodSpec, RuntimeStatus, cri_status,
 };
 pub use dbus::PrivateBus;
 pub use deps::{
-    Deps, Guest, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, built_policy, repo_root, require_e2e,
+    Deps, Guest, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, built_policy, repo_root,
+    require_e2e, skip,
 };
 pub use lying::LyingRegistry;
 pub use node::{Daemon, KataNode};

@@ -474,6 +474,7 @@ pub fn write_stand_in_wrapper(
         "#!/bin/sh\n\
          # A kata shim on this test node: the stand-in, with the node's settings.\n\
          export KNM_STANDIN_RUNC_SHIM={runc} KNM_STANDIN_DIR={dir}{root}\n\
+         export KNM_STANDIN_SHIM=\"$0\"\n\
          exec {bin} \"$@\"\n",
         runc = runc_shim.display(),
         dir = dir.display(),

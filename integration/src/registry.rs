@@ -2,10 +2,17 @@
 //! tests, plain HTTP or TLS with htpasswd basic auth, and `oras` to push to it.
 //!
 //! The registry's access log (one line per request) tells tests which blobs were fetched, and
-//! its storage directory lets them tamper with blobs behind its back.
+//! its storage directory lets them tamper with blobs behind its back: distribution 2.8 serves a
+//! blob's `data` file as it is on disk, under the digest it was pushed with
+//! (`Docker-Content-Digest`), without checking it again.
+//!
+//! Cosign signatures (see [`crate::cosign`]): [`Registry::signature_manifest`] reads one,
+//! [`Registry::put_signature_manifest`] and [`Registry::copy_signature`] replace or forge one,
+//! [`Registry::tamper_signature_payload`] edits its payload in storage.
 
 use std::fs;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::Deps;
+use crate::cosign::{SIMPLE_SIGNING_MEDIA_TYPE, signature_tag};
 use crate::token::TokenService;
 
 /// The fixed creation time passed to `oras push`, so that the same files give the same digest.
@@ -278,21 +286,24 @@ impl Registry {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// Successful `GET /v2/<repo>/blobs/<digest>` requests in the access log.
+    /// Successful `GET /v2/<repo>/blobs/<digest>` requests in the access log, except `cosign`'s
+    /// (a test signing or verifying with it).
     pub fn blob_gets(&self) -> usize {
         self.log()
             .lines()
             .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
+            .filter(|l| !l.contains("\"cosign/"))
             .filter(|l| l.contains("\" 200 ") || l.contains("\" 206 "))
             .count()
     }
 
     /// Manifest requests (GET or HEAD) in the access log, except `oras`'s own (pushes check
-    /// for existing manifests).
+    /// for existing manifests) and `cosign`'s.
     pub fn manifest_requests(&self) -> usize {
         self.log()
             .lines()
-            .filter(|l| l.contains(" /v2/") && l.contains("/manifests/") && !l.contains("\"oras/"))
+            .filter(|l| l.contains(" /v2/") && l.contains("/manifests/"))
+            .filter(|l| !l.contains("\"oras/") && !l.contains("\"cosign/"))
             .filter(|l| l.contains("\"GET ") || l.contains("\"HEAD "))
             .count()
     }
@@ -392,6 +403,146 @@ impl Registry {
         digest_in(&out).with_context(|| format!("no digest in oras output: {out}"))
     }
 
+    /// Pushes a manifest's exact bytes (its digest is theirs; oras takes the media type from its
+    /// `mediaType` field); returns its digest.
+    pub fn push_manifest_bytes(&self, repo_tag: &str, manifest: &[u8]) -> Result<String> {
+        let work = tempfile::tempdir()?;
+        fs::write(work.path().join("manifest.json"), manifest)?;
+        let target = format!("{}/{repo_tag}", self.host());
+        let out = self.oras(work.path(), &["manifest", "push", &target, "manifest.json"])?;
+        digest_in(&out).with_context(|| format!("no digest in oras output: {out}"))
+    }
+
+    /// A manifest's exact bytes (`oras manifest fetch`); `repo_ref` is `repo:tag` or
+    /// `repo@sha256:<hex>`.
+    pub fn manifest_bytes(&self, repo_ref: &str) -> Result<Vec<u8>> {
+        let work = tempfile::tempdir()?;
+        let target = format!("{}/{repo_ref}", self.host());
+        self.oras(
+            work.path(),
+            &["manifest", "fetch", &target, "--output", "manifest.json"],
+        )?;
+        Ok(fs::read(work.path().join("manifest.json"))?)
+    }
+
+    /// A manifest, parsed.
+    pub fn manifest(&self, repo_ref: &str) -> Result<serde_json::Value> {
+        let bytes = self.manifest_bytes(repo_ref)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("manifest of {repo_ref} is no JSON"))
+    }
+
+    /// The cosign signature manifest of `digest` in `repo`: the one tagged
+    /// `sha256-<hex>.sig` (see [`crate::cosign`]).
+    pub fn signature_manifest(&self, repo: &str, digest: &str) -> Result<serde_json::Value> {
+        self.manifest(&format!("{repo}:{}", signature_tag(digest)))
+    }
+
+    /// Tags `manifest` as the signature of `digest` in `repo` (replacing whatever was there);
+    /// its blobs must be in `repo` already. Returns the manifest's digest.
+    pub fn put_signature_manifest(
+        &self,
+        repo: &str,
+        digest: &str,
+        manifest: &serde_json::Value,
+    ) -> Result<String> {
+        self.push_manifest(&format!("{repo}:{}", signature_tag(digest)), manifest)
+    }
+
+    /// Tags the signature manifest of `from` (its exact bytes) as the signature of `to`, in the
+    /// same repository: a valid signature, but of another digest. Returns the manifest's digest.
+    pub fn copy_signature(&self, repo: &str, from: &str, to: &str) -> Result<String> {
+        let bytes = self.manifest_bytes(&format!("{repo}:{}", signature_tag(from)))?;
+        self.push_manifest_bytes(&format!("{repo}:{}", signature_tag(to)), &bytes)
+    }
+
+    /// The digest of the payload blob of `digest`'s signature (its simplesigning layer).
+    pub fn signature_payload_digest(&self, repo: &str, digest: &str) -> Result<String> {
+        let manifest = self.signature_manifest(repo, digest)?;
+        manifest["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["mediaType"] == SIMPLE_SIGNING_MEDIA_TYPE)
+            .and_then(|l| l["digest"].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("no {SIMPLE_SIGNING_MEDIA_TYPE} layer in {manifest}"))
+    }
+
+    /// Rewrites a blob's bytes in the registry's storage, behind its back: the registry keeps
+    /// serving them under the old digest.
+    pub fn edit_blob(&self, digest: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+        let path = self.blob_path(digest);
+        let mut bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        edit(&mut bytes);
+        fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Changes one byte of the payload of `digest`'s signature in storage, keeping it valid JSON
+    /// of the same length: the first hex digit of the `docker-manifest-digest` it claims
+    /// (`0`↔`1`, else → `0`). The signature no longer matches the payload, nor the payload its
+    /// digest. Returns the payload blob's digest.
+    pub fn tamper_signature_payload(&self, repo: &str, digest: &str) -> Result<String> {
+        let payload = self.signature_payload_digest(repo, digest)?;
+        let mut found = false;
+        self.edit_blob(&payload, |bytes| {
+            let claim = b"\"docker-manifest-digest\":\"sha256:";
+            if let Some(at) = bytes.windows(claim.len()).position(|w| w == claim) {
+                let i = at + claim.len();
+                bytes[i] = match bytes[i] {
+                    b'0' => b'1',
+                    _ => b'0',
+                };
+                found = true;
+            }
+        })?;
+        if !found {
+            bail!("no docker-manifest-digest in the payload {payload}");
+        }
+        Ok(payload)
+    }
+
+    /// `GET <path>` (e.g. `/v2/<repo>/blobs/<digest>`) on a plain HTTP registry without auth,
+    /// with no client checking anything: the status, the headers (lower-cased names) and the
+    /// body exactly as served.
+    pub fn get(&self, path: &str) -> Result<RawResponse> {
+        if self.options.tls
+            || self.options.basic_auth.is_some()
+            || self.options.token_auth.is_some()
+        {
+            bail!("Registry::get serves plain registries without auth only");
+        }
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // HTTP/1.0: the answer is never chunked and ends with the connection.
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: knm-harness\r\n\r\n",
+            self.host()
+        )?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        let end = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no end of headers in the answer")?;
+        let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no status in {head:?}"))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Ok(RawResponse {
+            status,
+            headers,
+            body: answer[end + 4..].to_vec(),
+        })
+    }
+
     /// Pushes an image manifest over `layers` (each `(digest, size, media type, annotations)`)
     /// with the empty config oras uses; returns the manifest digest.
     pub fn push_image(&self, repo_tag: &str, layers: &[serde_json::Value]) -> Result<String> {
@@ -422,6 +573,25 @@ impl Drop for Registry {
                 eprintln!("{line}");
             }
         }
+    }
+}
+
+/// An answer of the registry as served ([`Registry::get`]).
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of a header (`name` lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -161,6 +161,7 @@ fn class(name: &str, url: &str) -> RuntimeClass {
             url: url.parse().expect("reference"),
             pull_secret: None,
             digest: None,
+            verify: None,
         },
         runtime: RuntimeSettings::default(),
     }

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use kata_nri_integration::{
-    Containerd, ContainerdOptions, PodSandboxState, PodSpec, RuntimeHandler, TEST_HANDLER, Version,
-    cri_status, e2e_guard,
+    Containerd, ContainerdOptions, Cosign, PodSandboxState, PodSpec, Registry, RegistryOptions,
+    RuntimeHandler, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, TEST_HANDLER, Version,
+    cri_status, e2e_guard, signature_tag,
 };
 
 async fn pod_survives_restart(version: Version) {
@@ -206,4 +207,176 @@ async fn container_runs_in_pod() {
     cri.remove_container(&id).await.unwrap();
     assert!(cri.list_containers().await.unwrap().is_empty());
     cd.shutdown().await.unwrap();
+}
+
+/// Real cosign signatures in the test registry (Debian's cosign 2.5, `KNM_COSIGN`): signed by
+/// digest, stored the legacy way under `sha256-<hex>.sig`, verified by cosign with the key and
+/// not with another; and the registry helpers that forge signatures do what they say: a copied
+/// signature names the other digest, and a payload edited in storage is served as it is, under
+/// its old digest.
+#[test]
+fn cosign_signs_in_the_test_registry() {
+    use base64::Engine as _;
+    use sha2::{Digest as _, Sha256};
+
+    let deps = e2e_guard!();
+    let Some(cosign) = Cosign::require(&deps) else {
+        return;
+    };
+    let registry = Registry::start(&deps, RegistryOptions::plain()).unwrap();
+    let repo = "signed/guest";
+    let digest = registry
+        .push_files(&format!("{repo}:v1"), &[("vmlinux", b"a kernel")])
+        .unwrap();
+    let other_digest = registry
+        .push_files(&format!("{repo}:v2"), &[("vmlinux", b"another kernel")])
+        .unwrap();
+    let reference = format!("{}/{repo}@{digest}", registry.host());
+    let other_reference = format!("{}/{repo}@{other_digest}", registry.host());
+
+    let t = Instant::now();
+    let key = cosign.generate_key_pair("signer").unwrap();
+    let stranger = cosign.generate_key_pair("stranger").unwrap();
+    eprintln!("cosign generate-key-pair x2 in {:?}", t.elapsed());
+    assert!(
+        key.public_pem()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    assert!(
+        cosign.generate_key_pair("signer").is_err(),
+        "names are not reused"
+    );
+
+    let t = Instant::now();
+    cosign.sign(&key, &reference).expect("cosign sign");
+    eprintln!("cosign sign in {:?}", t.elapsed());
+    assert!(
+        cosign
+            .sign(&key, &format!("{}/{repo}:v1", registry.host()))
+            .is_err()
+    );
+
+    // The signature manifest, under the digest's tag.
+    let sig = registry.signature_manifest(repo, &digest).unwrap();
+    let layers = sig["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 1, "{sig}");
+    assert_eq!(layers[0]["mediaType"], SIMPLE_SIGNING_MEDIA_TYPE);
+    let signature = layers[0]["annotations"][SIGNATURE_ANNOTATION]
+        .as_str()
+        .expect("signature annotation");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(signature)
+        .expect("base64 signature");
+    assert_eq!(der[0], 0x30, "an ECDSA signature is a DER sequence");
+    let payload_digest = registry.signature_payload_digest(repo, &digest).unwrap();
+    assert_eq!(layers[0]["digest"], payload_digest.as_str());
+    let answer = registry
+        .get(&format!("/v2/{repo}/blobs/{payload_digest}"))
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let payload: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(
+        payload["critical"]["image"]["docker-manifest-digest"],
+        digest.as_str()
+    );
+    assert_eq!(
+        payload["critical"]["identity"]["docker-reference"],
+        format!("{}/{repo}", registry.host())
+    );
+    assert_eq!(
+        payload["critical"]["type"],
+        "cosign container image signature"
+    );
+
+    // cosign's own verdicts.
+    let t = Instant::now();
+    cosign
+        .verify(&key, &reference)
+        .expect("verifies with the key");
+    eprintln!("cosign verify in {:?}", t.elapsed());
+    let err = cosign.verify(&stranger, &reference).unwrap_err();
+    eprintln!("another key: {err:#}");
+    assert!(err.to_string().contains("invalid signature"), "{err:#}");
+    assert!(
+        cosign.verify(&key, &other_reference).is_err(),
+        "v2 is not signed"
+    );
+
+    // A signature of another digest: the copy is byte for byte the same manifest, and cosign
+    // refuses it for v2.
+    let copied = registry
+        .copy_signature(repo, &digest, &other_digest)
+        .unwrap();
+    assert_eq!(
+        registry.signature_manifest(repo, &other_digest).unwrap(),
+        sig
+    );
+    assert_eq!(
+        copied,
+        format!(
+            "sha256:{:x}",
+            Sha256::digest(
+                registry
+                    .manifest_bytes(&format!("{repo}:{}", signature_tag(&digest)))
+                    .unwrap()
+            )
+        )
+    );
+    let err = cosign.verify(&key, &other_reference).unwrap_err();
+    eprintln!("signature of another digest: {err:#}");
+    assert!(
+        err.to_string()
+            .contains(&format!("invalid or missing digest in claim: {digest}")),
+        "{err:#}"
+    );
+
+    // put_signature_manifest replaces it: without the annotation there is no signature.
+    let mut unsigned = sig.clone();
+    unsigned["layers"][0]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .remove(SIGNATURE_ANNOTATION);
+    registry
+        .put_signature_manifest(repo, &other_digest, &unsigned)
+        .unwrap();
+    assert_eq!(
+        registry.signature_manifest(repo, &other_digest).unwrap(),
+        unsigned
+    );
+    let err = cosign.verify(&key, &other_reference).unwrap_err();
+    eprintln!("no signature annotation: {err:#}");
+    assert!(err.to_string().contains("missing"), "{err:#}");
+
+    // The payload edited in storage: distribution serves the new bytes under the old digest.
+    registry.tamper_signature_payload(repo, &digest).unwrap();
+    let answer = registry
+        .get(&format!("/v2/{repo}/blobs/{payload_digest}"))
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.header("docker-content-digest"),
+        Some(payload_digest.as_str()),
+        "{:?}",
+        answer.headers
+    );
+    assert_ne!(
+        format!("sha256:{:x}", Sha256::digest(&answer.body)),
+        payload_digest
+    );
+    let served: serde_json::Value = serde_json::from_slice(&answer.body).expect("still JSON");
+    assert_ne!(
+        served["critical"]["image"]["docker-manifest-digest"],
+        digest.as_str()
+    );
+    let err = cosign.verify(&key, &reference).unwrap_err();
+    eprintln!("tampered payload: {err:#}");
+    assert!(
+        err.to_string().contains("error verifying sha256 checksum"),
+        "{err:#}"
+    );
+
+    // cosign's requests are not counted as the plugin's (the two blob GETs are `get`'s).
+    assert_eq!(registry.manifest_requests(), 0);
+    assert_eq!(registry.blob_gets(), 2);
 }

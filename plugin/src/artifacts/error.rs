@@ -278,6 +278,23 @@ pub enum ArtifactError {
         reference: String,
         skew: Box<super::skew::Skew>,
     },
+    #[error("verifying {class}: {reference} ({digest}) is refused: {why}")]
+    Signature {
+        class: String,
+        reference: String,
+        digest: String,
+        why: String,
+    },
+    #[error(
+        "installing {class}: version {digest} is installed for class {other} {}runtime.fromArtifact, and one version's kata configurations name either the node's programs or its own: give both classes the same setting, or artifacts that differ",
+        if *other_from_artifact { "with " } else { "without " }
+    )]
+    SharedVersion {
+        class: String,
+        digest: String,
+        other: String,
+        other_from_artifact: bool,
+    },
     #[error("rolling back {class}: {why}")]
     Rollback { class: String, why: String },
     #[error("{class}: not a runtime class of the config (known: {known})")]
@@ -333,6 +350,8 @@ impl ArtifactError {
             | ArtifactError::NotAllowed { class, .. }
             | ArtifactError::UnknownClass { class, .. }
             | ArtifactError::Rollback { class, .. }
+            | ArtifactError::Signature { class, .. }
+            | ArtifactError::SharedVersion { class, .. }
             | ArtifactError::VersionSkew { class, .. }
             | ArtifactError::Io { class, .. }
             | ArtifactError::Task { class, .. } => class,
@@ -353,6 +372,8 @@ impl ArtifactError {
                 | ArtifactError::BadLayer { .. }
                 | ArtifactError::KataConfig { .. }
                 | ArtifactError::VersionSkew { .. }
+                | ArtifactError::Signature { .. }
+                | ArtifactError::SharedVersion { .. }
         )
     }
 }

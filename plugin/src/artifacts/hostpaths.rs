@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use toml_edit::{DocumentMut, Item, Value};
 
-use super::kataconf::KataConfigError;
+use super::kataconf::{self, KataConfigError};
 
 /// Keys of a `[hypervisor.*]` table that name a host file the shim executes or reads.
 const PATH_KEYS: [&str; 9] = [
@@ -58,6 +58,9 @@ pub struct HostPathRule<'a> {
     pub version_dir: &'a Path,
     /// `kataConfig.allowedHostPaths`: exact paths, or directories when they end in `/`.
     pub allowed: &'a [PathBuf],
+    /// `runtime.fromArtifact`: the programs of [`kataconf::BINARY_KEYS`] may be the version's
+    /// own.
+    pub binaries_from_version: bool,
 }
 
 /// One refused value.
@@ -123,7 +126,11 @@ impl HostPathRule<'_> {
             };
             for (key, item) in section.iter() {
                 let full_key = format!("[hypervisor.{name}] {key}");
-                let refusal = if PATH_KEYS.contains(&key) {
+                let binary = kataconf::BINARY_KEYS.contains(&key)
+                    || kataconf::BINARY_LIST_KEYS.contains(&key);
+                let refusal = if binary && !self.binaries_from_version {
+                    strings_or_one(item).find_map(|value| self.host_binary(&full_key, value))
+                } else if PATH_KEYS.contains(&key) {
                     item.as_str().and_then(|value| self.path(&full_key, value))
                 } else if key == "pflashes" {
                     strings(item).find_map(|value| self.path(&full_key, value))
@@ -179,6 +186,20 @@ impl HostPathRule<'_> {
         })
     }
 
+    /// A program the shim runs, without `runtime.fromArtifact`: a host path on the allowlist,
+    /// never one of the version's files (a registry's binary would run as root).
+    fn host_binary(&self, key: &str, value: &str) -> Option<Refusal> {
+        let path = Path::new(value);
+        if path.starts_with(self.version_dir) && path != self.version_dir {
+            return Some(Refusal {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                rule: "a program of the artifact runs as root only with runtime.fromArtifact in the node config".into(),
+            });
+        }
+        self.path(key, value)
+    }
+
     /// `None` when `value` is unset, inside the version, or allowlisted.
     fn path(&self, key: &str, value: &str) -> Option<Refusal> {
         if value.is_empty() {
@@ -218,6 +239,11 @@ impl HostPathRule<'_> {
             self.version_dir.display()
         ))
     }
+}
+
+/// A string value, or the strings of an array value.
+fn strings_or_one(item: &Item) -> impl Iterator<Item = &str> {
+    item.as_str().into_iter().chain(strings(item))
 }
 
 /// The strings of an array value (and nothing for any other value).
@@ -266,6 +292,10 @@ mod tests {
     const VERSION: &str = "/opt/knm/.store/sha256:ab";
 
     fn check(text: &str) -> Option<Refusal> {
+        check_with(text, false)
+    }
+
+    fn check_with(text: &str, binaries_from_version: bool) -> Option<Refusal> {
         let allowed = [
             PathBuf::from("/usr/bin/qemu-system-x86_64"),
             PathBuf::from("/opt/kata/share/kata-containers/"),
@@ -273,9 +303,50 @@ mod tests {
         HostPathRule {
             version_dir: Path::new(VERSION),
             allowed: &allowed,
+            binaries_from_version,
         }
         .check(text)
         .expect("valid TOML")
+    }
+
+    /// A program of the artifact runs as root only when the node opted in: without
+    /// `runtime.fromArtifact` the hypervisor, virtiofsd, jailer and their allowlists must be host
+    /// paths; with it they may be the version's.
+    #[test]
+    fn programs_of_the_version_need_from_artifact() {
+        for key in [
+            "path",
+            "virtio_fs_daemon",
+            "jailer_path",
+            "ctlpath",
+            "valid_hypervisor_paths",
+            "valid_virtio_fs_daemon_paths",
+        ] {
+            let value = format!("{VERSION}/opt/kata/bin/program");
+            let text = if key.starts_with("valid_") {
+                format!(
+                    "[hypervisor.qemu]\n{key} = [\"/usr/bin/qemu-system-x86_64\", \"{value}\"]\n"
+                )
+            } else {
+                format!("[hypervisor.qemu]\n{key} = \"{value}\"\n")
+            };
+            assert_eq!(
+                check(&text),
+                Some(Refusal {
+                    key: format!("[hypervisor.qemu] {key}"),
+                    value: value.clone(),
+                    rule: "a program of the artifact runs as root only with runtime.fromArtifact in the node config".into(),
+                }),
+                "{key}"
+            );
+            assert_eq!(check_with(&text, true), None, "{key} with fromArtifact");
+        }
+        // The host's programs stay under the allowlist either way.
+        let host = "[hypervisor.qemu]\npath = \"/usr/local/bin/qemu\"\n";
+        assert!(check(host).is_some());
+        assert!(check_with(host, true).is_some());
+        let allowed = "[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\n";
+        assert_eq!(check(allowed), None);
     }
 
     #[test]
@@ -336,7 +407,7 @@ mod tests {
         let text = format!(
             "[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\n\
              kernel = \"{VERSION}/vmlinux\"\nimage = \"/opt/kata/share/kata-containers/kata.img\"\n\
-             initrd = \"\"\nvalid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64\", \"{VERSION}/bin/*\"]\n\
+             initrd = \"\"\nvalid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64\"]\n\
              enable_annotations = [\"enable_iommu\", \"kernel_params\", \"default_memory\"]\n\
              [runtime]\nenable_debug = true\n"
         );
@@ -425,6 +496,7 @@ mod tests {
         let error = HostPathRule {
             version_dir: Path::new(VERSION),
             allowed: &[],
+            binaries_from_version: false,
         }
         .check_all(dir.path(), &[PathBuf::from("configuration-qemu.toml")])
         .expect_err("refused")

@@ -193,6 +193,7 @@ pub fn rewrite_all(
     root: &Path,
     final_dir: &Path,
     config_file: Option<&Path>,
+    binaries: bool,
 ) -> Result<Vec<PathBuf>, KataConfigError> {
     let index = index_tree(root);
     let files = targets(root, &index, config_file)?;
@@ -206,7 +207,12 @@ pub fn rewrite_all(
         let config_dir = rel.parent().unwrap_or(Path::new(""));
         // Paths in the version's final directory, known before the rename.
         let found_in = |value: &str| locate(root, &index, config_dir, value);
-        let rewritten = rewrite(&text, &|value| {
+        let keys = if binaries {
+            Keys::FilesAndBinaries
+        } else {
+            Keys::Files
+        };
+        let rewritten = rewrite(&text, keys, &|value| {
             found_in(value).map(|rel| rel.map(|rel| final_dir.join(rel).display().to_string()))
         })
         .map_err(bad)?;
@@ -266,9 +272,30 @@ fn locate(
 
 type Locator<'a> = dyn Fn(&str) -> Result<Option<String>, String> + 'a;
 
+/// Which keys of a hypervisor table [`rewrite`] points into the version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// The guest's files ([`PATH_KEYS`]).
+    Files,
+    /// Those, and the programs the shim runs with the lists kata checks them against
+    /// ([`BINARY_KEYS`], [`BINARY_LIST_KEYS`]): `runtime.fromArtifact`.
+    FilesAndBinaries,
+}
+
+/// The programs of a hypervisor table, rewritten with `runtime.fromArtifact`.
+pub const BINARY_KEYS: [&str; 4] = ["path", "ctlpath", "jailer_path", "virtio_fs_daemon"];
+/// The lists kata checks those programs against (entries may be globs; an entry the artifact
+/// ships is rewritten like the key, others are left as written).
+pub const BINARY_LIST_KEYS: [&str; 4] = [
+    "valid_hypervisor_paths",
+    "valid_ctlpaths",
+    "valid_jailer_paths",
+    "valid_virtio_fs_daemon_paths",
+];
+
 /// Rewrites the path keys of every `[hypervisor.*]` table through `locate`, keeping comments and
 /// layout. `None` when nothing changed.
-pub fn rewrite(text: &str, locate: &Locator<'_>) -> Result<Option<String>, String> {
+pub fn rewrite(text: &str, keys: Keys, locate: &Locator<'_>) -> Result<Option<String>, String> {
     let mut doc: DocumentMut = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
     let mut changed = false;
     let Some(hypervisors) = doc.get_mut("hypervisor").and_then(Item::as_table_like_mut) else {
@@ -278,7 +305,34 @@ pub fn rewrite(text: &str, locate: &Locator<'_>) -> Result<Option<String>, Strin
         let Some(section) = section.as_table_like_mut() else {
             continue;
         };
-        for key in PATH_KEYS {
+        let binaries: &[&str] = match keys {
+            Keys::Files => &[],
+            Keys::FilesAndBinaries => &BINARY_KEYS,
+        };
+        if keys == Keys::FilesAndBinaries {
+            for key in BINARY_LIST_KEYS {
+                let Some(Item::Value(Value::Array(list))) = section.get_mut(key) else {
+                    continue;
+                };
+                for entry in list.iter_mut() {
+                    let Value::String(current) = entry else {
+                        continue;
+                    };
+                    let value = current.value().clone();
+                    if let Ok(Some(new)) = locate(&value)
+                        && new != value
+                    {
+                        let decor = current.decor().clone();
+                        let mut replacement = toml_edit::Formatted::new(new);
+                        *replacement.decor_mut() = decor;
+                        *current = replacement;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        for key in PATH_KEYS.iter().chain(binaries) {
+            let key = *key;
             let Some(Item::Value(Value::String(current))) = section.get_mut(key) else {
                 continue;
             };
@@ -533,7 +587,7 @@ enable_debug = false
 
     #[test]
     fn rewrites_paths_and_keeps_the_rest() {
-        let out = rewrite(CONFIG, &|v| {
+        let out = rewrite(CONFIG, Keys::Files, &|v| {
             Ok(Some(format!(
                 "/store/sha256:1{}",
                 v.trim_start_matches("/opt/kata")
@@ -555,6 +609,49 @@ enable_debug = false
         );
     }
 
+    /// kata-deploy's `configuration-qemu.toml` with `runtime.fromArtifact`: the hypervisor,
+    /// virtiofsd and their allowlists name the version's programs; entries it does not ship stay.
+    #[test]
+    fn from_artifact_points_the_programs_into_the_version() {
+        let text = r#"[hypervisor.qemu]
+path = "/opt/kata/bin/qemu-system-x86_64"
+kernel = "/opt/kata/share/kata-containers/vmlinux.container"
+valid_hypervisor_paths = ["/opt/kata/bin/qemu-system-x86_64", "/usr/bin/qemu-kvm"]
+virtio_fs_daemon = "/opt/kata/libexec/virtiofsd"
+valid_virtio_fs_daemon_paths = ["/opt/kata/libexec/virtiofsd"]
+"#;
+        let shipped = [
+            "/opt/kata/bin/qemu-system-x86_64",
+            "/opt/kata/share/kata-containers/vmlinux.container",
+            "/opt/kata/libexec/virtiofsd",
+        ];
+        let locate = |v: &str| {
+            Ok(shipped
+                .contains(&v)
+                .then(|| format!("/store/sha256:1{}", v.trim_start_matches("/opt/kata"))))
+        };
+        let out = rewrite(text, Keys::FilesAndBinaries, &locate)
+            .expect("rewrite")
+            .expect("changed");
+        assert_eq!(
+            out,
+            r#"[hypervisor.qemu]
+path = "/store/sha256:1/bin/qemu-system-x86_64"
+kernel = "/store/sha256:1/share/kata-containers/vmlinux.container"
+valid_hypervisor_paths = ["/store/sha256:1/bin/qemu-system-x86_64", "/usr/bin/qemu-kvm"]
+virtio_fs_daemon = "/store/sha256:1/libexec/virtiofsd"
+valid_virtio_fs_daemon_paths = ["/store/sha256:1/libexec/virtiofsd"]
+"#
+        );
+        // Without the opt-in only the guest's files move.
+        let files_only = rewrite(text, Keys::Files, &locate)
+            .expect("rewrite")
+            .expect("changed");
+        assert!(files_only.contains("path = \"/opt/kata/bin/qemu-system-x86_64\""));
+        assert!(files_only.contains("virtio_fs_daemon = \"/opt/kata/libexec/virtiofsd\""));
+        assert!(files_only.contains("kernel = \"/store/sha256:1/share/"));
+    }
+
     #[test]
     fn locates_files_in_a_bundle_or_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -568,7 +665,7 @@ enable_debug = false
         fs::write(root.join("kata-containers.img"), "i").expect("image");
         fs::write(defaults.join("configuration-qemu.toml"), CONFIG).expect("config");
         let final_dir = Path::new("/opt/knm/.store/sha256:ab");
-        let files = rewrite_all(&root, final_dir, None).expect("rewritten");
+        let files = rewrite_all(&root, final_dir, None, false).expect("rewritten");
         assert_eq!(
             files,
             vec![PathBuf::from(
@@ -596,6 +693,7 @@ enable_debug = false
             dir.path(),
             Path::new("/x"),
             Some(Path::new("configuration-x.toml")),
+            false,
         )
         .expect_err("missing");
         assert!(error.to_string().contains("configuration-x.toml"));
@@ -613,7 +711,7 @@ enable_debug = false
             "[hypervisor.clh]\nkernel = \"/usr/share/vmlinux\"\n",
         )
         .expect("config");
-        let error = rewrite_all(dir.path(), Path::new("/x"), None).expect_err("ambiguous");
+        let error = rewrite_all(dir.path(), Path::new("/x"), None, false).expect_err("ambiguous");
         assert!(error.to_string().contains("matches 2 files"), "{error}");
     }
 
@@ -801,8 +899,8 @@ sandbox_cgroup_only = true
             "relative, so it holds after the rename into the store"
         );
         let final_dir = Path::new("/opt/knm/.store/sha256:ab");
-        let files =
-            rewrite_all(root, final_dir, Some(Path::new(DEFAULT_CONFIG_NAME))).expect("rewritten");
+        let files = rewrite_all(root, final_dir, Some(Path::new(DEFAULT_CONFIG_NAME)), false)
+            .expect("rewritten");
         assert_eq!(files, [PathBuf::from("configuration-qemu.toml")]);
         assert!(
             fs::symlink_metadata(&alias)
@@ -831,6 +929,7 @@ sandbox_cgroup_only = true
             dir.path(),
             Path::new("/x"),
             Some(Path::new(DEFAULT_CONFIG_NAME)),
+            false,
         )
         .expect("rewritten");
         assert_eq!(files, [PathBuf::from("kata-gpu.toml")]);

@@ -17,6 +17,7 @@
 
 mod auth;
 mod challenge;
+mod cosign;
 mod digest;
 mod download;
 mod error;
@@ -39,6 +40,7 @@ mod unpack;
 mod versions;
 
 pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
+pub use cosign::TrustedKey;
 pub use error::{ArtifactError, AuthHint, Result};
 pub use fetch::MAX_MANIFEST_BYTES;
 pub use kataconf::{

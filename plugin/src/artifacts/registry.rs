@@ -312,6 +312,19 @@ impl Registry {
         reference
     }
 
+    /// `tag` in the repository of `source`, as this endpoint serves it (cosign's `.sig` tag).
+    pub fn tagged(&self, source: &OciReference, tag: &str) -> Reference {
+        let mut reference = Reference::with_tag(
+            source.registry().to_owned(),
+            source.repository().to_owned(),
+            tag.to_owned(),
+        );
+        if self.mirror {
+            reference.set_mirror_registry(self.context.registry.clone());
+        }
+        reference
+    }
+
     /// `http` or `https`, as oci-client chooses for this endpoint.
     pub fn scheme(&self) -> &'static str {
         if self.context.insecure {

@@ -14,7 +14,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     pub size: u64,
+    /// `sha256:<hex>` (older records of files unpacked from a tar layer hold the bare hex).
     pub sha256: String,
+}
+
+impl FileRecord {
+    /// The same bytes as `other`, whichever spelling of the digest each record has.
+    pub fn same_content(&self, other: &FileRecord) -> bool {
+        fn hex(digest: &str) -> &str {
+            digest.strip_prefix("sha256:").unwrap_or(digest)
+        }
+        self.size == other.size && hex(&self.sha256) == hex(&other.sha256)
+    }
 }
 
 /// What is installed for one class.
@@ -59,6 +70,14 @@ pub struct ClassState {
     /// registry itself. Absent in records written before mirrors were supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    /// The fingerprint (`sha256:` of the DER) of the cosign key whose signature this version
+    /// carried when it was installed (`artifacts.verify`); `None`: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+    /// The version's kata configurations name its own programs (`runtime.fromArtifact`): only a
+    /// class with the same setting may share the version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub binaries_from_version: bool,
     /// Policies' kata settings for the class (`mutate-runtime`), rendered into the current
     /// version beside `runtime.configFile` (see `kataconf::SETTINGS_DIR`). Kept for callers
     /// that run no policies (the CLI), so what they install gets the same rendering.
@@ -99,6 +118,10 @@ pub struct VersionRecord {
     pub kata_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    /// The fingerprint (`sha256:` of the DER) of the cosign key whose signature this version
+    /// carried when it was installed (`artifacts.verify`); `None`: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_file: Option<String>,
 }
@@ -106,6 +129,22 @@ pub struct VersionRecord {
 /// `<artifactsDir>/.state`.
 pub fn dir(artifacts_dir: &Path) -> PathBuf {
     artifacts_dir.join(".state")
+}
+
+/// The classes that have a record, sorted.
+pub fn recorded_classes(artifacts_dir: &Path) -> Vec<String> {
+    let mut classes: Vec<String> = std::fs::read_dir(dir(artifacts_dir))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let class = name.strip_suffix(".json")?;
+            (!class.starts_with('.')).then(|| class.to_owned())
+        })
+        .collect();
+    classes.sort();
+    classes
 }
 
 pub fn file(artifacts_dir: &Path, class: &str) -> PathBuf {
@@ -180,6 +219,8 @@ mod tests {
             versions: BTreeMap::new(),
             rejected: vec![],
             served_by: Some("mirror.example:5001".into()),
+            signed_by: None,
+            binaries_from_version: false,
             config_file: Some("configuration-qemu.toml".into()),
         };
         let path = write(dir.path(), &state).expect("write");
@@ -193,6 +234,30 @@ mod tests {
             0o700
         );
         assert_eq!(read(dir.path(), "other"), None);
+    }
+
+    #[test]
+    fn a_file_record_matches_whichever_spelling_of_its_digest() {
+        let hex = "ab".repeat(32);
+        let bare = FileRecord {
+            size: 3,
+            sha256: hex.clone(),
+        };
+        let prefixed = FileRecord {
+            size: 3,
+            sha256: format!("sha256:{hex}"),
+        };
+        assert!(bare.same_content(&prefixed) && prefixed.same_content(&bare));
+        let longer = FileRecord {
+            size: 4,
+            ..prefixed.clone()
+        };
+        assert!(!longer.same_content(&prefixed));
+        let other = FileRecord {
+            size: 3,
+            sha256: format!("sha256:{}", "cd".repeat(32)),
+        };
+        assert!(!other.same_content(&bare));
     }
 
     #[test]

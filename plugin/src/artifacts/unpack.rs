@@ -260,7 +260,7 @@ impl Unpacker<'_> {
             rel.display().to_string(),
             FileRecord {
                 size,
-                sha256: super::digest::hex(&hasher.finalize()),
+                sha256: format!("sha256:{}", super::digest::hex(&hasher.finalize())),
             },
         );
         Ok(())

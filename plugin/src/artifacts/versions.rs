@@ -97,6 +97,9 @@ pub fn roll_back(state: ClassState, now_ms: u64) -> Result<ClassState, RollbackR
         kata_configs: record.kata_configs,
         kata_version: record.kata_version,
         served_by: record.served_by,
+        signed_by: record.signed_by,
+        // A rollback stays within what the class installed, under its own setting.
+        binaries_from_version: state.binaries_from_version,
         config_file: record.config_file,
         kata_settings: state.kata_settings,
         previous,
@@ -133,6 +136,7 @@ fn superseded(state: &ClassState, now_ms: u64) -> VersionRecord {
         kata_configs: state.kata_configs.clone(),
         kata_version: state.kata_version.clone(),
         served_by: state.served_by.clone(),
+        signed_by: state.signed_by.clone(),
         config_file: state.config_file.clone(),
     }
 }
@@ -166,6 +170,8 @@ mod tests {
             versions: BTreeMap::new(),
             rejected: vec![],
             served_by: None,
+            signed_by: None,
+            binaries_from_version: false,
             config_file: Some(format!("configuration-{n}.toml")),
         }
     }

@@ -2,7 +2,7 @@
 //! source, digest, state, last error and pods, from the running daemon's status file; when no
 //! daemon runs, from what is installed on disk.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -14,7 +14,9 @@ use crate::artifacts::{
 };
 use crate::config::{Config, RuntimeClass};
 use crate::reconcile::status::{self, now};
-use crate::reconcile::{ArtifactState, ClassDecision, ClassStatus, KataConfigStatus, StatusReport};
+use crate::reconcile::{
+    ArtifactState, ClassDecision, ClassStatus, KataConfigStatus, Provenance, StatusReport,
+};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -148,6 +150,7 @@ fn overlay_records(config: &Config, report: &mut StatusReport) {
 /// (looked at through the class's link, as kata looks).
 fn kata_config(config: &Config, class: &RuntimeClass, record: &ClassState) -> KataConfigStatus {
     let path = kata_config_path(&config.artifacts_dir, class, &record.kata_settings);
+    let link = config.artifacts_dir.join(&class.name);
     KataConfigStatus {
         config_path: path.display().to_string(),
         file: kata_config_file(&class.runtime).display().to_string(),
@@ -159,7 +162,61 @@ fn kata_config(config: &Config, class: &RuntimeClass, record: &ClassState) -> Ka
             .flatten(),
         policy_settings: !record.kata_settings.is_empty(),
         exists: path.is_file(),
+        shim: crate::containerd::class_shim(&config.artifacts_dir, class)
+            .map(|shim| provenance(&shim, &link, &record.path)),
+        hypervisor: hypervisor_path(&path).map(|h| provenance(Path::new(&h), &link, &record.path)),
+        signed_by: record.signed_by.clone(),
     }
+}
+
+/// `path`, and whether it is a file of the installed version (through the class's link or by
+/// the version's own directory).
+fn provenance(path: &Path, link: &Path, version_dir: &Path) -> Provenance {
+    Provenance {
+        path: path.display().to_string(),
+        from_version: path.starts_with(link) || path.starts_with(version_dir),
+    }
+}
+
+/// `[hypervisor.*] path` of the kata configuration at `config`, as kata reads it.
+fn hypervisor_path(config: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let doc: toml_edit::DocumentMut = text.parse().ok()?;
+    doc.get("hypervisor")?
+        .as_table_like()?
+        .iter()
+        .find_map(|(_, table)| {
+            table
+                .as_table_like()?
+                .get("path")?
+                .as_str()
+                .map(str::to_owned)
+        })
+}
+
+/// The `shim:`, `hypervisor:` and `signature:` lines: where kata itself comes from.
+fn provenance_lines(config: &KataConfigStatus) -> String {
+    let line = |what: &str, program: &Provenance| {
+        let place = if program.from_version {
+            "from the version"
+        } else {
+            "from the node"
+        };
+        format!("  {what}: {} ({place})\n", program.path)
+    };
+    let mut out = String::new();
+    match &config.shim {
+        Some(shim) => out.push_str(&line("shim", shim)),
+        None => out.push_str("  shim: NONE found (set runtime.runtimePath)\n"),
+    }
+    if let Some(hypervisor) = &config.hypervisor {
+        out.push_str(&line("hypervisor", hypervisor));
+    }
+    match &config.signed_by {
+        Some(key) => out.push_str(&format!("  signature: verified, cosign key {key}\n")),
+        None => out.push_str("  signature: not checked (no artifacts.verify)\n"),
+    }
+    out
 }
 
 /// The `configuration:` line of a class in the text output.
@@ -286,6 +343,7 @@ fn render(shown: &Shown) -> String {
         }
         if let Some(config) = &class.kata_config {
             out.push_str(&configuration_line(config));
+            out.push_str(&provenance_lines(config));
         }
         if !class.previous.is_empty() {
             out.push_str(&format!(
@@ -313,6 +371,44 @@ fn render(shown: &Shown) -> String {
 mod tests {
     use super::*;
     use crate::config::Provision;
+
+    #[test]
+    fn says_where_kata_comes_from_and_whether_the_version_was_signed() {
+        let config = |signed_by: Option<&str>| KataConfigStatus {
+            config_path: "/a/k/kata-nri-manager.toml".into(),
+            file: DEFAULT_CONFIG_NAME.into(),
+            links_to: None,
+            policy_settings: false,
+            exists: true,
+            shim: Some(provenance(
+                Path::new("/a/k/opt/kata/bin/containerd-shim-kata-v2"),
+                Path::new("/a/k"),
+                Path::new("/a/.store/sha256:1"),
+            )),
+            hypervisor: Some(provenance(
+                Path::new("/usr/bin/qemu-system-x86_64"),
+                Path::new("/a/k"),
+                Path::new("/a/.store/sha256:1"),
+            )),
+            signed_by: signed_by.map(str::to_owned),
+        };
+        assert_eq!(
+            provenance_lines(&config(Some("sha256:f0"))),
+            "  shim: /a/k/opt/kata/bin/containerd-shim-kata-v2 (from the version)\n\
+             \x20 hypervisor: /usr/bin/qemu-system-x86_64 (from the node)\n\
+             \x20 signature: verified, cosign key sha256:f0\n"
+        );
+        assert!(
+            provenance_lines(&config(None))
+                .ends_with("  signature: not checked (no artifacts.verify)\n")
+        );
+        let in_version = provenance(
+            Path::new("/a/.store/sha256:1/opt/kata/bin/qemu-system-x86_64"),
+            Path::new("/a/k"),
+            Path::new("/a/.store/sha256:1"),
+        );
+        assert!(in_version.from_version);
+    }
 
     #[test]
     fn renders_a_row_per_class_with_errors_and_pods() {
@@ -419,6 +515,8 @@ mod tests {
                 versions: BTreeMap::new(),
                 rejected: Vec::new(),
                 served_by: None,
+                signed_by: None,
+                binaries_from_version: false,
                 kata_settings: Vec::new(),
                 config_file: config_file.map(str::to_owned),
             };

@@ -234,6 +234,9 @@ fn decode_node(walked: WalkedNode, file: &Path) -> Result<(NodeConfig, Vec<usize
         .zip(classes.iter().map(|c| c.name.as_str()))
         .collect();
     duplicate_names(&names, &mut problems);
+    for (origin, class) in origins.iter().zip(&classes) {
+        class.trusts_what_it_runs(*origin, &mut problems);
+    }
     top.runtime_classes = classes;
     if problems.is_empty() {
         Ok((top, origins))

@@ -427,12 +427,27 @@ pub struct RuntimeClass {
 }
 
 impl RuntimeClass {
-    /// The digest the artifacts are pinned to: `artifacts.digest`, or the one in the url.
+    /// The digest the artifacts are pinned to: the node's `runtime.fromArtifact.digest`, else
+    /// `artifacts.digest`, else the one in the url. (A node pin that differs from the operator's
+    /// fails every pull with both digests named.)
     pub fn pinned_digest(&self) -> Option<&Digest> {
+        self.node_pin().or_else(|| self.operator_pin())
+    }
+
+    /// The operator's pin: `artifacts.digest`, or the digest in the url.
+    pub fn operator_pin(&self) -> Option<&Digest> {
         self.artifacts
             .digest
             .as_ref()
             .or_else(|| self.artifacts.url.digest())
+    }
+
+    /// The node file's pin (`runtime.fromArtifact.digest`).
+    pub fn node_pin(&self) -> Option<&Digest> {
+        self.runtime
+            .from_artifact
+            .as_ref()
+            .and_then(|f| f.digest.as_ref())
     }
 }
 
@@ -443,6 +458,31 @@ pub struct Artifacts {
     /// Name of a Kubernetes Secret of type `kubernetes.io/dockerconfigjson`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// Node-local. The signature every version must carry before it is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+}
+
+/// `artifacts.verify`: a cosign signature by this key, found where cosign stores it (the tag
+/// `sha256-<hex>.sig` beside the artifact), checked before anything of a version is installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Verify {
+    /// A cosign public key (PEM, as `cosign generate-key-pair` writes `cosign.pub`).
+    pub cosign_key: PathBuf,
+}
+
+/// `runtime.fromArtifact`: kata itself (the shim, the hypervisor, virtiofsd) from the class's
+/// installed version, not from the node. Binaries from a registry run as root, so the version
+/// must be pinned here (`digest`) or signed (`artifacts.verify`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FromArtifact {
+    /// The shim inside the artifact, e.g. `opt/kata/bin/containerd-shim-kata-v2`.
+    pub shim: PathBuf,
+    /// The one version whose binaries may run (node-local pin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
 }
@@ -545,6 +585,9 @@ pub struct RuntimeSettings {
     /// such a stanza is an error, never touched.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+    /// Node-local. The shim and host binaries come from the installed version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_artifact: Option<FromArtifact>,
 }
 
 impl Default for RuntimeSettings {
@@ -558,6 +601,7 @@ impl Default for RuntimeSettings {
             privileged_without_host_devices: true,
             config_file: None,
             adopt: false,
+            from_artifact: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::Duration;
 use super::error::{Problem, Warning};
-use super::model::{Config, Restart};
+use super::model::{Config, FromArtifact, Restart, Verify};
 use super::walk::{index, join};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +70,16 @@ pub(super) struct NodeKataConfig {
 pub(super) struct NodeClass {
     pub(super) name: String,
     #[serde(default)]
+    pub(super) artifacts: NodeArtifacts,
+    #[serde(default)]
     pub(super) runtime: NodeRuntime,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeArtifacts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) verify: Option<Verify>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +87,20 @@ pub(super) struct NodeClass {
 pub(super) struct NodeRuntime {
     pub(super) runtime_path: Option<PathBuf>,
     pub(super) adopt: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) from_artifact: Option<FromArtifact>,
+}
+
+impl NodeClass {
+    pub(super) fn trusts_what_it_runs(&self, origin: usize, problems: &mut super::error::Problems) {
+        super::validate::runs_only_trusted_binaries(
+            self.runtime.from_artifact.as_ref(),
+            self.artifacts.verify.as_ref(),
+            self.runtime.runtime_path.as_deref(),
+            &index("runtimeClasses", origin),
+            problems,
+        );
+    }
 }
 
 impl NodeConfig {
@@ -123,6 +146,8 @@ impl NodeConfig {
                 Some(class) => {
                     class.runtime.runtime_path = node_class.runtime.runtime_path;
                     class.runtime.adopt = node_class.runtime.adopt;
+                    class.runtime.from_artifact = node_class.runtime.from_artifact;
+                    class.artifacts.verify = node_class.artifacts.verify;
                 }
                 // Not an error: the operator may drop a class before every node file follows.
                 None => warnings.push(Warning {
@@ -172,9 +197,11 @@ mod tests {
             },
             runtime_classes: vec![NodeClass {
                 name: "kata-clh".into(),
+                artifacts: Default::default(),
                 runtime: NodeRuntime {
                     runtime_path: Some("/opt/kata/bin/containerd-shim-kata-v2".into()),
                     adopt: true,
+                    from_artifact: None,
                 },
             }],
             ..NodeConfig::default()
@@ -211,6 +238,7 @@ mod tests {
         let node = NodeConfig {
             runtime_classes: vec![NodeClass {
                 name: "kata-fc".into(),
+                artifacts: Default::default(),
                 runtime: NodeRuntime::default(),
             }],
             ..NodeConfig::default()

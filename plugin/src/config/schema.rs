@@ -133,8 +133,14 @@ const RUNTIME_CLASS: Shape = Shape::Struct(&[
             required("url", Shape::Text(values::oci_reference), Shared),
             key("pullSecret", Shape::Text(values::secret_name), Shared),
             key("digest", Shape::Text(values::digest), Shared),
+            // Which keys the node trusts is the node's decision, like runtimePath.
+            key(
+                "verify",
+                Shape::Struct(&[required("cosignKey", PATH, NodeLocal)]),
+                NodeLocal,
+            ),
         ]),
-        Shared,
+        Both,
     ),
     key(
         "runtime",
@@ -157,6 +163,19 @@ const RUNTIME_CLASS: Shape = Shape::Struct(&[
             ),
             // Replacing a stanza the node already has is the node's decision, like runtimePath.
             key("adopt", Shape::Bool, NodeLocal),
+            // Running binaries from a registry as root is the node's decision.
+            key(
+                "fromArtifact",
+                Shape::Struct(&[
+                    required(
+                        "shim",
+                        Shape::Text(values::path_inside_artifacts),
+                        NodeLocal,
+                    ),
+                    key("digest", Shape::Text(values::digest), NodeLocal),
+                ]),
+                NodeLocal,
+            ),
         ]),
         Both,
     ),

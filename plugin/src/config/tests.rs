@@ -10,8 +10,8 @@ use serde_yaml::Value;
 
 use super::error::Problems;
 use super::node::{
-    NodeClass, NodeConfig, NodeContainerd, NodeGate, NodeKataConfig, NodePolicies, NodeRegistries,
-    NodeRuntime,
+    NodeArtifacts, NodeClass, NodeConfig, NodeContainerd, NodeGate, NodeKataConfig, NodePolicies,
+    NodeRegistries, NodeRuntime,
 };
 use super::schema::{CONFIG, Scope, Shape};
 use super::walk::{Role, walk_document};
@@ -648,6 +648,114 @@ fn allowed_host_paths_are_node_local_and_absolute() {
     assert!(err.contains("allowedHostBinaries"), "{err}");
 }
 
+/// Binaries from a registry run as root: the node file opts in, and pins or requires a
+/// signature in the same file; the operator file can do neither.
+#[test]
+fn kata_from_the_artifact_is_the_node_files_decision_and_needs_a_pin_or_a_key() {
+    let files = Files::new();
+    let url = "runtimeClasses:\n- {name: kata, artifacts: {url: nvcr.io/kata/static:3}}\n";
+    let operator = files.write("operator.yaml", url, 0o644);
+    let shim = "opt/kata/bin/containerd-shim-kata-v2";
+    let load = |node_text: &str| {
+        let node = files.write("node.yaml", node_text, 0o600);
+        files.loader().load(&operator, Some(&node))
+    };
+
+    let err = load(&format!(
+        "runtimeClasses:\n- {{name: kata, runtime: {{fromArtifact: {{shim: {shim}}}}}}}\n"
+    ))
+    .expect_err("unchecked binaries");
+    assert_eq!(
+        problem_lines(Err(err)),
+        [
+            "runtimeClasses[0].runtime.fromArtifact: the artifact's binaries would run as root unchecked: pin its version here (fromArtifact.digest) or require its cosign signature (artifacts.verify.cosignKey)"
+        ]
+    );
+
+    let err = load(&format!(
+        "runtimeClasses:\n- {{name: kata, runtime: {{runtimePath: /usr/bin/shim, fromArtifact: {{shim: {shim}, digest: sha256:{HEX}}}}}}}\n"
+    ))
+    .expect_err("two shims");
+    assert_eq!(
+        problem_lines(Err(err)),
+        [
+            "runtimeClasses[0].runtime.fromArtifact: set either runtimePath (the node's shim) or fromArtifact (the artifact's), not both"
+        ]
+    );
+
+    let config = load(&format!(
+        "runtimeClasses:\n- name: kata\n  artifacts: {{verify: {{cosignKey: /etc/kata-nri-manager/cosign.pub}}}}\n  runtime: {{fromArtifact: {{shim: {shim}}}}}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config;
+    let class = &config.runtime_classes[0];
+    assert_eq!(class.artifacts.url.as_str(), "nvcr.io/kata/static:3");
+    assert_eq!(
+        class
+            .artifacts
+            .verify
+            .as_ref()
+            .map(|v| v.cosign_key.as_path()),
+        Some(Path::new("/etc/kata-nri-manager/cosign.pub"))
+    );
+    assert_eq!(
+        class
+            .runtime
+            .from_artifact
+            .as_ref()
+            .map(|f| f.shim.as_path()),
+        Some(Path::new(shim))
+    );
+
+    let config = load(&format!(
+        "runtimeClasses:\n- {{name: kata, runtime: {{fromArtifact: {{shim: {shim}, digest: sha256:{HEX}}}}}}}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+    .config;
+    assert_eq!(
+        config.runtime_classes[0]
+            .pinned_digest()
+            .map(|d| d.to_string()),
+        Some(format!("sha256:{HEX}"))
+    );
+
+    // The ConfigMap can neither opt in nor choose the key.
+    for key in [
+        format!("runtime: {{fromArtifact: {{shim: {shim}, digest: sha256:{HEX}}}}}"),
+        "artifacts: {url: nvcr.io/kata/static:3, verify: {cosignKey: /tmp/mine.pub}}".to_owned(),
+    ] {
+        let text = format!(
+            "runtimeClasses:\n- name: kata\n  {}\n",
+            if key.starts_with("runtime") {
+                format!("artifacts: {{url: nvcr.io/kata/static:3}}\n  {key}")
+            } else {
+                key.clone()
+            }
+        );
+        let operator = files.write("operator.yaml", &text, 0o644);
+        let node = files.write("node.yaml", "", 0o600);
+        let err = files
+            .loader()
+            .load(&operator, Some(&node))
+            .expect_err("node-local in the ConfigMap");
+        assert!(
+            err.to_string()
+                .contains("node-local key not allowed in the operator config"),
+            "{key}: {err}"
+        );
+    }
+
+    // A node's one trusted file follows the same rule.
+    let err = trusted(&format!(
+        "runtimeClasses:\n- {{name: kata, artifacts: {{url: nvcr.io/kata/static:3}}, runtime: {{fromArtifact: {{shim: {shim}}}}}}}\n"
+    ))
+    .expect_err("unchecked binaries");
+    assert!(
+        err.to_string().contains("would run as root unchecked"),
+        "{err}"
+    );
+}
+
 #[test]
 fn adopting_a_stanza_is_the_node_files_decision() {
     let files = Files::new();
@@ -854,6 +962,20 @@ fn full_config() -> Config {
     config.runtime_classes[0].artifacts.digest =
         Some(format!("sha256:{HEX}").parse().expect("digest"));
     config.runtime_classes[0].runtime.adopt = true;
+    // kata itself from a signed and pinned artifact: a class of its own (not with runtimePath).
+    let mut from_artifact = config.runtime_classes[0].clone();
+    from_artifact.name = "kata-static".into();
+    from_artifact.runtime.runtime_path = None;
+    from_artifact.runtime.adopt = false;
+    from_artifact.node_selector.clear();
+    from_artifact.artifacts.verify = Some(Verify {
+        cosign_key: "/etc/kata-nri-manager/cosign.pub".into(),
+    });
+    from_artifact.runtime.from_artifact = Some(FromArtifact {
+        shim: "opt/kata/bin/containerd-shim-kata-v2".into(),
+        digest: Some(format!("sha256:{HEX}").parse().expect("digest")),
+    });
+    config.runtime_classes.push(from_artifact);
     config.registries.hosts_dir = Some("/etc/containerd/certs.d".into());
     config
 }
@@ -931,9 +1053,18 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
         listen: Some("0.0.0.0:9464".parse().expect("address")),
         runtime_classes: vec![NodeClass {
             name: "kata".into(),
+            artifacts: NodeArtifacts {
+                verify: Some(Verify {
+                    cosign_key: "/etc/kata-nri-manager/cosign.pub".into(),
+                }),
+            },
             runtime: NodeRuntime {
                 runtime_path: Some("/shim".into()),
                 adopt: true,
+                from_artifact: Some(FromArtifact {
+                    shim: "opt/kata/bin/containerd-shim-kata-v2".into(),
+                    digest: Some(format!("sha256:{HEX}").parse().expect("digest")),
+                }),
             },
         }],
     };

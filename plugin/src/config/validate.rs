@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::error::Problems;
-use super::model::{Config, RuntimeClass, UpdatePolicy};
+use super::model::{Config, FromArtifact, RuntimeClass, UpdatePolicy, Verify};
 use super::pattern::AnnotationPattern;
 use super::walk::{index, join};
 
@@ -29,6 +29,43 @@ pub(super) fn validate(
         digests_agree(class, &path, problems);
         update_policy_fits_pin(class, &path, problems);
         pod_annotations_are_allowed(config, class, &path, problems);
+        runs_only_trusted_binaries(
+            class.runtime.from_artifact.as_ref(),
+            class.artifacts.verify.as_ref(),
+            class.runtime.runtime_path.as_deref(),
+            &path,
+            problems,
+        );
+    }
+}
+
+/// `runtime.fromArtifact` runs binaries from a registry as root: only those of a version the
+/// same (root-owned) file pins or whose signature a key of that file checks. Not with
+/// `runtimePath`, which names the node's own shim. Checked in the node file, or in the one
+/// trusted file of a node without one.
+pub(super) fn runs_only_trusted_binaries(
+    from: Option<&FromArtifact>,
+    verify: Option<&Verify>,
+    runtime_path: Option<&std::path::Path>,
+    class_path: &str,
+    problems: &mut Problems,
+) {
+    let Some(from) = from else {
+        return;
+    };
+    let path = format!("{class_path}.runtime.fromArtifact");
+    if from.digest.is_none() && verify.is_none() {
+        problems.push(
+            path.clone(),
+            "the artifact's binaries would run as root unchecked: pin its version here \
+             (fromArtifact.digest) or require its cosign signature (artifacts.verify.cosignKey)",
+        );
+    }
+    if runtime_path.is_some() {
+        problems.push(
+            path,
+            "set either runtimePath (the node's shim) or fromArtifact (the artifact's), not both",
+        );
     }
 }
 
@@ -133,6 +170,7 @@ mod tests {
                 url,
                 pull_secret: None,
                 digest: None,
+                verify: None,
             },
             runtime: Default::default(),
         }

@@ -224,8 +224,7 @@ impl Walker<'_> {
             map.remove(&name);
         }
         for key in keys {
-            let applies = key.required && self.role.refusal(key.scope).is_none();
-            if applies && !present.contains(key.name) {
+            if demanded(key, self.role) && !present.contains(key.name) {
                 self.problems
                     .push(join(path, key.name), "required key is missing");
                 complete = false;
@@ -490,6 +489,18 @@ fn not_one_of(text: &str, names: &[&str]) -> String {
         message.push_str(&format!(" (did you mean {near:?}?)"));
     }
     message
+}
+
+/// Whether `key` must be present in a file of `role`: required, allowed there, and (for a
+/// mapping) holding a key that file must set. The node file may give a class's `artifacts` its
+/// node-local `verify` without the operator's required `url`.
+fn demanded(key: &Key, role: Role) -> bool {
+    key.required
+        && role.refusal(key.scope).is_none()
+        && match &key.shape {
+            Shape::Struct(keys) => keys.iter().any(|k| demanded(k, role)),
+            _ => true,
+        }
 }
 
 #[cfg(test)]

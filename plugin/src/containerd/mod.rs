@@ -83,6 +83,20 @@ pub fn real_shim(runtime: &crate::config::RuntimeSettings) -> Option<std::path::
         .or_else(|| shim_on_path(&runtime.runtime_type))
 }
 
+/// The shim a class's sandboxes run: `runtime.fromArtifact.shim` inside the class's current
+/// version (through its link `<artifactsDir>/<class>`, so a start takes the version current at
+/// that moment and a running sandbox keeps the binary it was started with), else
+/// [`real_shim`].
+pub fn class_shim(
+    artifacts_dir: &std::path::Path,
+    class: &crate::config::RuntimeClass,
+) -> Option<std::path::PathBuf> {
+    match &class.runtime.from_artifact {
+        Some(from) => Some(artifacts_dir.join(&class.name).join(&from.shim)),
+        None => real_shim(&class.runtime),
+    }
+}
+
 #[cfg(test)]
 mod shim_name_tests {
     use super::*;

@@ -25,6 +25,7 @@ pub use error::EnsureError;
 pub use metrics::Metrics;
 pub use reconciler::{GateEnsurer, Ready, Reconciler};
 pub use status::{
-    ArtifactState, ClassDecision, ClassStatus, KataConfigStatus, StatusBoard, StatusReport,
+    ArtifactState, ClassDecision, ClassStatus, KataConfigStatus, Provenance, StatusBoard,
+    StatusReport,
 };
 pub use triggers::{NriTriggers, PREPARE_ANNOTATION, PodSignal};

@@ -119,6 +119,24 @@ pub struct KataConfigStatus {
     pub policy_settings: bool,
     /// Whether `ConfigPath` exists: kata refuses to start the class's pods when it does not.
     pub exists: bool,
+    /// The shim the class's sandboxes run (`runtime.fromArtifact.shim` in the version,
+    /// `runtimePath`, or the runtime type's shim on PATH); `None`: none found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim: Option<Provenance>,
+    /// The hypervisor `ConfigPath` names (`[hypervisor.*] path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<Provenance>,
+    /// The fingerprint of the cosign key whose signature the version carried at install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+}
+
+/// A program kata runs, and whether it is the installed version's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    pub path: String,
+    pub from_version: bool,
 }
 
 impl ClassStatus {

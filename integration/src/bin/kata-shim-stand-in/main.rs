@@ -14,7 +14,8 @@
 //!
 //! Environment (set by the harness's wrapper for the node): `KNM_STANDIN_RUNC_SHIM` (runc's shim),
 //! `KNM_STANDIN_DIR` (records), `KNM_STANDIN_RUNC_ROOT` (runc's root for runc's options),
-//! `KNM_STANDIN_BOOT=1` (boot the resolved guest under KVM); `KATA_CONF_FILE` as kata reads it.
+//! `KNM_STANDIN_BOOT=1` (boot the resolved guest under KVM), `KNM_STANDIN_SHIM` (the path the
+//! shim was run as, recorded); `KATA_CONF_FILE` as kata reads it.
 
 mod guest;
 mod options;
@@ -228,6 +229,9 @@ fn run_proxy(listen: PathBuf, upstream: PathBuf) -> Result<()> {
             "sandbox": id,
             "pod": annotations.get(SANDBOX_NAME),
             "runtimeHandler": annotations.get(RUNTIME_HANDLER),
+            // The path containerd (or the gate) ran this shim as, from its wrapper: which
+            // installation of kata served the sandbox.
+            "shim": std::env::var("KNM_STANDIN_SHIM").ok(),
             "startOptions": start_options,
             "createOptions": options::decode(options).ok().flatten(),
             "checkMs": check_ms,

@@ -38,6 +38,7 @@ impl Inner {
         digest: &str,
         kata_version: Option<String>,
         kata_settings: Vec<KataSetting>,
+        signed_by: Option<String>,
     ) -> Result<ClassState> {
         let name = class.name.as_str();
         let dir = &self.settings.artifacts_dir;
@@ -116,15 +117,24 @@ impl Inner {
             kata_settings,
             config_file,
             served_by: Some(registry.context.registry.clone()),
+            signed_by,
+            binaries_from_version: class.runtime.from_artifact.is_some(),
             previous: Vec::new(),
             retired: Vec::new(),
             versions: BTreeMap::new(),
             rejected: Vec::new(),
         };
+        self.make_current(next).await
+    }
+
+    /// Records `next` as the class's current version and points its link at it, keeping the
+    /// history of the record on disk.
+    pub(super) async fn make_current(self: &Arc<Self>, next: ClassState) -> Result<ClassState> {
         let inner = Arc::clone(self);
-        let digest = digest.to_owned();
-        blocking(name, move || {
+        let name = next.class.clone();
+        blocking(&name, move || {
             let name = next.class.clone();
+            let digest = next.manifest_digest.clone();
             // Under the class's lock and from a fresh read: a `rollback` run meanwhile is
             // history this install must keep.
             let _lock = inner.lock_class(&name)?;

@@ -33,6 +33,7 @@ impl Inner {
         let configured = class.runtime.config_file.clone();
         let name = class.name.clone();
         let allowed = self.settings.allowed_host_paths.clone();
+        let binaries_from_version = class.runtime.from_artifact.is_some();
         let settings = kata_settings.to_vec();
         let (rewritten, rendered, config_file) = blocking(&name, move || {
             // Before the rewrite, which then rewrites the linked file through the link (once:
@@ -51,12 +52,18 @@ impl Inner {
                     None => (None, None),
                 },
             };
-            let files = kataconf::rewrite_all(&root, &final_dir, config_file.as_deref())?;
+            let files = kataconf::rewrite_all(
+                &root,
+                &final_dir,
+                config_file.as_deref(),
+                binaries_from_version,
+            )?;
             // After the rewrite, so the paths checked are the ones kata will read; before the
             // commit, so a refused version never becomes current.
             let rule = hostpaths::HostPathRule {
                 version_dir: &final_dir,
                 allowed: &allowed,
+                binaries_from_version,
             };
             rule.check_all(&root, &files)?;
             let rendered = match &config_file {
@@ -147,6 +154,7 @@ impl Inner {
                 let rule = hostpaths::HostPathRule {
                     version_dir: &fresh.path,
                     allowed: &inner.settings.allowed_host_paths,
+                    binaries_from_version: class.runtime.from_artifact.is_some(),
                 };
                 let rendered = render_checked(&rule, &fresh.path, &config_file, &wanted)
                     .map_err(|e| kata_config_error(name, e))?;

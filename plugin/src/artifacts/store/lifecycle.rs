@@ -94,7 +94,7 @@ impl ArtifactStore {
         for (rel, record) in &back.files {
             let path = back.path.join(rel);
             match hash_file(&path) {
-                Ok(found) if found == *record => {}
+                Ok(found) if found.same_content(record) => {}
                 Ok(found) => {
                     return Err(refused(format!(
                         "{} of {} changed on disk ({} bytes, {}; recorded {} bytes, {}): pull it again instead",
@@ -133,6 +133,7 @@ impl ArtifactStore {
                 let rule = hostpaths::HostPathRule {
                     version_dir: &back.path,
                     allowed: &self.inner.settings.allowed_host_paths,
+                    binaries_from_version: class.runtime.from_artifact.is_some(),
                 };
                 if let Some((rel, record)) =
                     render_checked(&rule, &back.path, &config_file, &wanted)

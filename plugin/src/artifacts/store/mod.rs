@@ -13,11 +13,12 @@ mod intact;
 mod kata;
 mod lifecycle;
 mod pull;
+mod share;
+mod signature;
 #[cfg(test)]
 mod testing;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -111,6 +112,8 @@ struct Inner {
     /// Policies' kata settings by class, as the daemon decided them; a class without an entry
     /// keeps what its record says (the CLI runs no policies).
     kata_settings: Mutex<HashMap<String, Vec<KataSetting>>>,
+    /// Installs by manifest digest: classes sharing a version download it once.
+    digest_locks: share::DigestLocks,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -141,6 +144,7 @@ impl ArtifactStore {
                 observer,
                 inflight: SingleFlight::new(),
                 kata_settings: Mutex::new(HashMap::new()),
+                digest_locks: Default::default(),
             }),
         }
     }
@@ -180,19 +184,7 @@ impl ArtifactStore {
 
     /// The classes that have an install record, sorted.
     pub fn recorded_classes(&self) -> Vec<String> {
-        let dir = state::dir(&self.inner.settings.artifacts_dir);
-        let mut classes: Vec<String> = fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                let class = name.strip_suffix(".json")?;
-                (!class.starts_with('.')).then(|| class.to_owned())
-            })
-            .collect();
-        classes.sort();
-        classes
+        state::recorded_classes(&self.inner.settings.artifacts_dir)
     }
 
     /// The classes whose record has retired versions waiting for [`collect_retired`](Self::collect_retired).

@@ -46,6 +46,7 @@ impl Inner {
         if freshness == Freshness::Installed
             && let Some(state) = &previous
             && same_version(state)
+            && self.signature_current(class, state)
         {
             if self.usable(class, state)? {
                 let state = self.settle(class, state, &wanted).await?;
@@ -69,6 +70,7 @@ impl Inner {
             && pin
                 .as_ref()
                 .is_none_or(|p| *p == resolved || *p == state.manifest_digest)
+            && self.signature_current(class, state)
             && self.usable(class, state)?
         {
             tracing::info!(digest = %state.manifest_digest, "artifacts up to date");
@@ -78,6 +80,7 @@ impl Inner {
         if let Some(state) = &previous
             && pin.is_none()
             && state.rejected.contains(&resolved)
+            && self.signature_current(class, state)
             && self.usable(class, state)?
         {
             tracing::warn!(resolved = %resolved, current = %state.manifest_digest, "update held back: an operator rolled back from this version");
@@ -116,6 +119,20 @@ impl Inner {
                 actual: resolved,
             });
         }
+        // Before any blob: an unsigned version costs the node nothing but its signatures.
+        let signed_by = self.verify_signature(class, &registry, &resolved).await?;
+        // One install of a version at a time: a class that shares it with another takes it
+        // once the other's download is in place.
+        let _installing = self.digest_locks.hold(&digest).await;
+        if let Some(state) = self
+            .take_shared(class, &resolved, &digest, signed_by.clone())
+            .await?
+        {
+            let state = self.settle(class, &state, &wanted).await?;
+            let mut done = installed(&state, self.link(class), 0, false, started);
+            done.version_skew = version_skew.map(|skew| skew.to_string());
+            return Ok(done);
+        }
         let total = self.check_size(class, &layers)?;
         tracing::info!(digest = %digest, layers = layers.len(), bytes = total, "pulling artifacts");
         let state = self
@@ -128,6 +145,7 @@ impl Inner {
                 &digest,
                 kata_version,
                 wanted,
+                signed_by,
             )
             .await?;
         tracing::info!(digest = %state.manifest_digest, files = state.files.len(), bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "artifacts installed");
@@ -157,6 +175,10 @@ impl Inner {
     /// What `required` (an artifact's kata version) says about the class's real shim. A
     /// requirement that is no version is the artifact's fault: a bad manifest.
     async fn skew(&self, class: &RuntimeClass, required: &str) -> Result<Option<Skew>> {
+        if class.runtime.from_artifact.is_some() {
+            // The shim comes with the version: they cannot disagree.
+            return Ok(None);
+        }
         let shim = crate::containerd::real_shim(&class.runtime);
         let text = required.to_owned();
         let checked = blocking(&class.name, move || skew::check(&text, shim.as_deref())).await?;

@@ -82,6 +82,8 @@ pub(super) fn record(
         versions: BTreeMap::new(),
         rejected: Vec::new(),
         served_by: None,
+        signed_by: None,
+        binaries_from_version: false,
         kata_settings: Vec::new(),
         config_file: None,
     }

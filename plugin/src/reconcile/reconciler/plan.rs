@@ -127,14 +127,16 @@ impl Reconciler {
             .display()
             .to_string(),
         );
-        let real_shim = crate::containerd::real_shim(&class.runtime);
+        let real_shim = crate::containerd::class_shim(&self.config.artifacts_dir, class);
         match class.provision {
             Provision::Eager => {
-                stanza.runtime_path = class
-                    .runtime
-                    .runtime_path
-                    .as_ref()
-                    .map(|p| p.display().to_string());
+                // The node's shim when it is named, the version's with fromArtifact; else
+                // containerd finds it from runtime_type.
+                stanza.runtime_path = match &class.runtime.from_artifact {
+                    Some(_) => real_shim.as_ref(),
+                    None => class.runtime.runtime_path.as_ref(),
+                }
+                .map(|p| p.display().to_string());
             }
             Provision::OnDemand => {
                 if real_shim.is_none() {
