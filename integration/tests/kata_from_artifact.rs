@@ -257,6 +257,26 @@ async fn two_classes_from_one_signed_kata_static(version: Version) {
         .daemon(Path::new(PLUGIN), operator.clone(), node_file.clone(), &[])
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    // Without a pin or a key in the node file, the artifact's programs would run unchecked:
+    // nothing loads, so nothing runs.
+    let unchecked = node_file.replace(
+        &format!(
+            "  artifacts: {{verify: {{cosignKey: {}}}}}\n",
+            key.public.display()
+        ),
+        "",
+    );
+    assert_ne!(unchecked, node_file);
+    let refused = node
+        .cli(&daemon, &operator, &unchecked, &["config", "check"])
+        .await
+        .expect("config check runs");
+    assert!(!refused.status.success(), "config check accepted it");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("runtime.fromArtifact: the artifact's binaries would run as root unchecked"),
+        "{said}"
+    );
     let mut cri = node.cd.cri().await.expect("cri");
 
     // Both classes' first pods start on the first try, from the one version.
@@ -384,6 +404,11 @@ async fn two_classes_from_one_signed_kata_static(version: Version) {
     assert!(
         store(&node, &one).join(SHIM).is_file(),
         "version one stays while its pod runs"
+    );
+    assert_eq!(
+        cri.pod_state(&qemu_pod).await.expect("pod state"),
+        kata_nri_integration::cri_api::PodSandboxState::SandboxReady,
+        "the pod on version one keeps running through the update"
     );
     cri.run_pod(&PodSpec::new("pod-qemu-2").handler("kata-qemu"))
         .await

@@ -20,18 +20,14 @@ use crate::kata::{KataSection, KataSetting, validate_kata_settings};
 pub const PATH_KEYS: [&str; 4] = ["kernel", "image", "initrd", "firmware"];
 
 /// The configuration of a class without `runtime.configFile`, at the top of every version: a
-/// relative symlink to the artifact's one top-level `*.toml`, made by the install. A fixed name,
-/// so the stanza's `ConfigPath` is known before anything is pulled (an `onDemand` class's stanza
-/// is written before its artifacts exist), as k8s-kata-manager's top-level `*.toml` was.
-pub const DEFAULT_CONFIG_NAME: &str = "kata-nri-manager.toml";
+/// relative symlink to the artifact's one top-level `*.toml`, made by the install. The name is
+/// the config's (it reserves it for `runtime.configFile`), so it lives there.
+pub use crate::config::DEFAULT_KATA_CONFIG as DEFAULT_CONFIG_NAME;
 
 /// The configuration a class's stanza names, relative to its version: `runtime.configFile`, else
 /// [`DEFAULT_CONFIG_NAME`].
 pub fn config_file(runtime: &RuntimeSettings) -> &Path {
-    runtime
-        .config_file
-        .as_deref()
-        .unwrap_or(Path::new(DEFAULT_CONFIG_NAME))
+    runtime.kata_config_file()
 }
 
 /// The stanza's `ConfigPath` for `class` with policies' `settings`: through the class's link

@@ -31,9 +31,10 @@ pub use error::{ConfigError, Problem, Result, Warning};
 pub use load::{FileKind, LoadedConfig, Loader, load, parse_str};
 pub use model::{
     Annotations, Artifacts, CommandRestart, Config, Containerd, ContainerdMode,
-    DEFAULT_ALLOWED_HOST_PATHS, FailurePolicy, Fleet, FromArtifact, Gate, KataConfig, Limits, Log,
-    LogFormat, Nri, Policies, PolicyLimits, Provision, Registries, Restart, RuntimeClass,
-    RuntimeSettings, SystemdRestart, UpdatePolicy, UpdatePolicyError, Verify, VersionSkew,
+    DEFAULT_ALLOWED_HOST_PATHS, DEFAULT_KATA_CONFIG, FailurePolicy, Fleet, FromArtifact, Gate,
+    KataConfig, Limits, Log, LogFormat, Nri, Policies, PolicyLimits, Provision, Registries,
+    Restart, RuntimeClass, RuntimeSettings, SystemdRestart, UpdatePolicy, UpdatePolicyError,
+    Verify, VersionSkew,
 };
 pub use names::{check_plugin_index, check_plugin_name};
 pub use pattern::{AnnotationPattern, CONFIG_PATH_ANNOTATION};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -577,7 +577,7 @@ pub struct RuntimeSettings {
     pub privileged_without_host_devices: bool,
     /// The kata configuration inside the artifacts (relative); becomes `ConfigPath`. Unset:
     /// `kata-nri-manager.toml`, which the install links to the artifact's one top-level `*.toml`
-    /// (the file k8s-kata-manager used); see `crate::artifacts::kata_config_file`.
+    /// (the file k8s-kata-manager used); see [`RuntimeSettings::kata_config_file`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_file: Option<PathBuf>,
     /// Node-local. Take over a stanza of this name that kata-nri-manager did not write (the
@@ -588,6 +588,23 @@ pub struct RuntimeSettings {
     /// Node-local. The shim and host binaries come from the installed version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_artifact: Option<FromArtifact>,
+}
+
+/// The kata configuration of a class without `runtime.configFile`, at the top of every installed
+/// version: a relative symlink the install makes to the artifact's one top-level `*.toml`. A
+/// fixed name, so the stanza's `ConfigPath` is known before anything is pulled (an `onDemand`
+/// class's stanza is written before its artifacts exist), as k8s-kata-manager's top-level
+/// `*.toml` was; `runtime.configFile` may not name it.
+pub const DEFAULT_KATA_CONFIG: &str = "kata-nri-manager.toml";
+
+impl RuntimeSettings {
+    /// The configuration the class's stanza names, relative to its version:
+    /// `runtime.configFile`, else [`DEFAULT_KATA_CONFIG`].
+    pub fn kata_config_file(&self) -> &Path {
+        self.config_file
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_KATA_CONFIG))
+    }
 }
 
 impl Default for RuntimeSettings {

@@ -55,7 +55,7 @@ pub(super) fn path_inside_artifacts(text: &str) -> Result<(), String> {
     }
     // The install never lets an artifact ship this name, and links it only for classes without
     // configFile: naming it here could never find a file.
-    let reserved = crate::artifacts::DEFAULT_CONFIG_NAME;
+    let reserved = super::model::DEFAULT_KATA_CONFIG;
     if path
         .components()
         .filter(|c| *c != Component::CurDir)
