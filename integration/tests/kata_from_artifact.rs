@@ -131,7 +131,16 @@ fn configs(node: &KataNode, key: &KeyPair) -> (String, String) {
         class("kata-node", "plain", "configuration-qemu.toml"),
         address = node.cd.address().display(),
     );
-    let base = node.node_config(None);
+    // The gate where a node keeps it, across daemon restarts: containerd's bundles of running
+    // sandboxes name its path.
+    let base = node.node_config(None).replace(
+        "gate: {dir: {dir}/gate, socket: {dir}/run/gate.sock",
+        &format!(
+            "gate: {{dir: {gate}, socket: {gate}.sock",
+            gate = node.dir().join("gate").display()
+        ),
+    );
+    assert!(!base.contains("{dir}/gate"), "{base}");
     let (top, _) = base
         .split_once("runtimeClasses:\n")
         .expect("the harness's node config lists classes");
