@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
+use super::class::RuntimeClass;
 use super::decode::{Decoded, decode};
 use super::error::{ConfigError, Problems, Result, Warning};
-use super::model::{Config, RuntimeClass};
+use super::model::Config;
 use super::node::{NodeClass, NodeConfig};
 use super::trust;
 use super::validate::{duplicate_names, validate};

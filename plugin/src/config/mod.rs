@@ -6,6 +6,7 @@
 //! taken only from a root-owned file (the node config, or the operator file when no node config
 //! is given), never from a ConfigMap. `docs/configuration.md` lists every key and error.
 
+mod class;
 mod decode;
 mod duration;
 mod error;
@@ -26,15 +27,17 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
+pub use class::{
+    Artifacts, DEFAULT_KATA_CONFIG, FromArtifact, Provision, RuntimeClass, RuntimeSettings,
+    UpdatePolicy, UpdatePolicyError, Verify, VersionSkew,
+};
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, Problem, Result, Warning};
 pub use load::{FileKind, LoadedConfig, Loader, load, parse_str};
 pub use model::{
-    Annotations, Artifacts, CommandRestart, Config, Containerd, ContainerdMode,
-    DEFAULT_ALLOWED_HOST_PATHS, DEFAULT_KATA_CONFIG, FailurePolicy, Fleet, FromArtifact, Gate,
-    KataConfig, Limits, Log, LogFormat, Nri, Policies, PolicyLimits, Provision, Registries,
-    Restart, RuntimeClass, RuntimeSettings, SystemdRestart, UpdatePolicy, UpdatePolicyError,
-    Verify, VersionSkew,
+    Annotations, CommandRestart, Config, Containerd, ContainerdMode, DEFAULT_ALLOWED_HOST_PATHS,
+    FailurePolicy, Fleet, Gate, KataConfig, Limits, Log, LogFormat, Nri, Policies, PolicyLimits,
+    Registries, Restart, SystemdRestart,
 };
 pub use names::{check_plugin_index, check_plugin_name};
 pub use pattern::{AnnotationPattern, CONFIG_PATH_ANNOTATION};

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::class::{FromArtifact, Verify};
 use super::duration::Duration;
 use super::error::{Problem, Warning};
-use super::model::{Config, FromArtifact, Restart, Verify};
+use super::model::{Config, Restart};
 use super::walk::{index, join};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use super::class::{FromArtifact, RuntimeClass, UpdatePolicy, Verify};
 use super::error::Problems;
-use super::model::{Config, FromArtifact, RuntimeClass, UpdatePolicy, Verify};
+use super::model::Config;
 use super::pattern::AnnotationPattern;
 use super::walk::{index, join};
 
@@ -152,7 +153,7 @@ fn pod_annotations_are_allowed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::model::Artifacts;
+    use crate::config::class::Artifacts;
     use crate::config::reference::OciReference;
 
     const HEX_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

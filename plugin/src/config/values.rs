@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Component, Path};
 use std::str::FromStr;
 
+use super::class::UpdatePolicy;
 use super::duration::Duration;
-use super::model::UpdatePolicy;
 use super::names;
 use super::pattern::{AnnotationPattern, CONFIG_PATH_ANNOTATION};
 use super::quantity::ByteSize;
@@ -55,7 +55,7 @@ pub(super) fn path_inside_artifacts(text: &str) -> Result<(), String> {
     }
     // The install never lets an artifact ship this name, and links it only for classes without
     // configFile: naming it here could never find a file.
-    let reserved = super::model::DEFAULT_KATA_CONFIG;
+    let reserved = super::class::DEFAULT_KATA_CONFIG;
     if path
         .components()
         .filter(|c| *c != Component::CurDir)
