@@ -570,16 +570,20 @@ pub fn write_runc_class_configs(
              runtimeClasses:\n\
              - name: {class}\n  \
                artifacts: {{url: nvcr.io/kata/runc:1}}\n  \
-               runtime: {{runtimeType: io.containerd.runc.v2, privilegedWithoutHostDevices: false}}\n",
+               runtime: {{privilegedWithoutHostDevices: false}}\n",
             address.display()
         ),
         0o644,
     )?;
+    // A runtime other than kata's is the node's to name.
     let node = dir.join("node.yaml");
     write_file(
         &node,
         &format!(
-            "containerd:\n  configPath: {}\n{node_restart}",
+            "containerd:\n  configPath: {}\n{node_restart}\
+             runtimeClasses:\n\
+             - name: {class}\n  \
+               runtime: {{runtimeType: io.containerd.runc.v2}}\n",
             config.display()
         ),
         0o600,

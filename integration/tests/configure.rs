@@ -437,10 +437,11 @@ async fn the_nodes_own_stanza_is_only_replaced_when_adopted() {
         original
     );
 
-    let mut node_text = std::fs::read_to_string(&node).unwrap();
-    node_text.push_str(&format!(
-        "runtimeClasses:\n- {{name: {CLASS}, runtime: {{adopt: true}}}}\n"
-    ));
+    let node_text = std::fs::read_to_string(&node).unwrap().replace(
+        "runtime: {runtimeType: io.containerd.runc.v2}",
+        "runtime: {runtimeType: io.containerd.runc.v2, adopt: true}",
+    );
+    assert!(node_text.contains("adopt: true"), "{node_text}");
     write(&node, &node_text, 0o600);
     let output = knm(&deps, version, dir.path(), &["configure"], &operator, &node)
         .output()

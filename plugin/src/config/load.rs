@@ -196,7 +196,7 @@ fn parse_operator(text: &str, file: &Path, role: Role, node: Option<&Value>) -> 
     top.runtime_classes = classes;
     let indexed: Vec<(usize, &RuntimeClass)> =
         origins.iter().copied().zip(&top.runtime_classes).collect();
-    validate(&top, &indexed, &mut problems);
+    validate(&top, &indexed, role, &mut problems);
     if problems.is_empty() {
         Ok(top)
     } else {

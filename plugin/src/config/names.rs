@@ -144,6 +144,24 @@ pub(super) fn check_runtime_type(runtime_type: &str) -> Result<(), String> {
     }
 }
 
+/// A kata runtime type: `io.containerd.kata.v2`, or `io.containerd.kata-<name>.v2` (a shim
+/// containerd finds as `containerd-shim-kata-<name>-v2`, kata-deploy's per-hypervisor names).
+pub(super) fn is_kata_runtime_type(runtime_type: &str) -> bool {
+    match runtime_type
+        .strip_prefix("io.containerd.kata")
+        .and_then(|rest| rest.strip_suffix(".v2"))
+    {
+        Some("") => true,
+        Some(name) => name.strip_prefix('-').is_some_and(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        }),
+        None => false,
+    }
+}
+
 /// A systemd unit that can be restarted: a `.service`.
 pub(super) fn check_service_unit(unit: &str) -> Result<(), String> {
     let ok =

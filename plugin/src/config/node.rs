@@ -86,6 +86,9 @@ pub(super) struct NodeArtifacts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub(super) struct NodeRuntime {
+    /// Not node-local: the operator file may name a kata runtime type; the node file any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) runtime_type: Option<String>,
     pub(super) runtime_path: Option<PathBuf>,
     pub(super) adopt: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,6 +148,9 @@ impl NodeConfig {
                 .find(|c| c.name == node_class.name);
             match target {
                 Some(class) => {
+                    if let Some(runtime_type) = node_class.runtime.runtime_type {
+                        class.runtime.runtime_type = runtime_type;
+                    }
                     class.runtime.runtime_path = node_class.runtime.runtime_path;
                     class.runtime.adopt = node_class.runtime.adopt;
                     class.runtime.from_artifact = node_class.runtime.from_artifact;
@@ -200,6 +206,7 @@ mod tests {
                 name: "kata-clh".into(),
                 artifacts: Default::default(),
                 runtime: NodeRuntime {
+                    runtime_type: None,
                     runtime_path: Some("/opt/kata/bin/containerd-shim-kata-v2".into()),
                     adopt: true,
                     from_artifact: None,

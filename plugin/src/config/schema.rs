@@ -145,7 +145,9 @@ const RUNTIME_CLASS: Shape = Shape::Struct(&[
     key(
         "runtime",
         Shape::Struct(&[
-            key("runtimeType", Shape::Text(values::runtime_type), Shared),
+            // Both files: the operator may name only a kata runtime type, the node file any
+            // (validate.rs).
+            key("runtimeType", Shape::Text(values::runtime_type), Both),
             key("runtimePath", PATH, NodeLocal),
             key(
                 "podAnnotations",

@@ -648,6 +648,68 @@ fn allowed_host_paths_are_node_local_and_absolute() {
     assert!(err.contains("allowedHostBinaries"), "{err}");
 }
 
+/// A ConfigMap serves kata: it cannot make a kata class run in runc; the node file can name
+/// another runtime type.
+#[test]
+fn the_operator_config_names_only_kata_runtime_types() {
+    let files = Files::new();
+    let node = files.write("node.yaml", "", 0o600);
+    let class = |runtime_type: &str| {
+        format!(
+            "runtimeClasses:\n- {{name: kata-qemu, artifacts: {{url: nvcr.io/kata/qemu:1}}, runtime: {{runtimeType: {runtime_type}}}}}\n"
+        )
+    };
+    for kata in [
+        "io.containerd.kata.v2",
+        "io.containerd.kata-qemu-nvidia-gpu.v2",
+    ] {
+        let operator = files.write("operator.yaml", &class(kata), 0o644);
+        files
+            .loader()
+            .load(&operator, Some(&node))
+            .unwrap_or_else(|e| panic!("{kata}: {e}"));
+    }
+    for other in [
+        "io.containerd.runc.v2",
+        "io.containerd.kata.v1",
+        "io.containerd.katax.v2",
+    ] {
+        let operator = files.write("operator.yaml", &class(other), 0o644);
+        let err = files
+            .loader()
+            .load(&operator, Some(&node))
+            .expect_err(other);
+        assert_eq!(
+            problem_lines(Err(err)),
+            [format!(
+                "runtimeClasses[0].runtime.runtimeType: {other:?} is not a kata runtime type (io.containerd.kata.v2 or io.containerd.kata-<name>.v2): the operator config may only name kata's; another runtime type belongs in runtimeClasses[].runtime.runtimeType of the node config"
+            )],
+            "{other}"
+        );
+    }
+    // The node file decides, and its value is the one used; a node's one trusted file too.
+    let operator = files.write("operator.yaml", &class("io.containerd.kata.v2"), 0o644);
+    let node = files.write(
+        "node.yaml",
+        "runtimeClasses:\n- {name: kata-qemu, runtime: {runtimeType: io.containerd.runc.v2}}\n",
+        0o600,
+    );
+    let config = files
+        .loader()
+        .load(&operator, Some(&node))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    assert_eq!(
+        config.runtime_classes[0].runtime.runtime_type,
+        "io.containerd.runc.v2"
+    );
+    let config = trusted(&class("io.containerd.runc.v2")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.runtime_classes[0].runtime.runtime_type,
+        "io.containerd.runc.v2"
+    );
+}
+
 /// Binaries from a registry run as root: the node file opts in, and pins or requires a
 /// signature in the same file; the operator file can do neither.
 #[test]
@@ -1059,6 +1121,7 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
                 }),
             },
             runtime: NodeRuntime {
+                runtime_type: Some("io.containerd.kata-qemu.v2".into()),
                 runtime_path: Some("/shim".into()),
                 adopt: true,
                 from_artifact: Some(FromArtifact {

@@ -7,13 +7,16 @@ use super::class::{FromArtifact, RuntimeClass, UpdatePolicy, Verify};
 use super::error::Problems;
 use super::model::Config;
 use super::pattern::AnnotationPattern;
-use super::walk::{index, join};
+use super::walk::{Role, index, join};
 
 /// `classes` pairs each decoded class with its index in the file, which paths must name even
 /// when earlier entries were set aside as broken.
+/// `role`: the file the config came from; an operator file (beside a node file) is held to
+/// what a ConfigMap may decide.
 pub(super) fn validate(
     config: &Config,
     classes: &[(usize, &RuntimeClass)],
+    role: Role,
     problems: &mut Problems,
 ) {
     let names: Vec<(usize, &str)> = classes.iter().map(|(i, c)| (*i, c.name.as_str())).collect();
@@ -30,12 +33,31 @@ pub(super) fn validate(
         digests_agree(class, &path, problems);
         update_policy_fits_pin(class, &path, problems);
         pod_annotations_are_allowed(config, class, &path, problems);
+        if role == Role::Operator {
+            runtime_type_is_kata(class, &path, problems);
+        }
         runs_only_trusted_binaries(
             class.runtime.from_artifact.as_ref(),
             class.artifacts.verify.as_ref(),
             class.runtime.runtime_path.as_deref(),
             &path,
             problems,
+        );
+    }
+}
+
+/// A ConfigMap serves kata: a class named `kata-qemu` whose pods run in runc would be a sandbox
+/// quietly lost. Another runtime type is the node's decision (the node file's `runtimeType`).
+fn runtime_type_is_kata(class: &RuntimeClass, path: &str, problems: &mut Problems) {
+    let runtime_type = &class.runtime.runtime_type;
+    if !super::names::is_kata_runtime_type(runtime_type) {
+        problems.push(
+            format!("{path}.runtime.runtimeType"),
+            format!(
+                "{runtime_type:?} is not a kata runtime type (io.containerd.kata.v2 or \
+                 io.containerd.kata-<name>.v2): the operator config may only name kata's; \
+                 another runtime type belongs in runtimeClasses[].runtime.runtimeType of the node config"
+            ),
         );
     }
 }
@@ -181,7 +203,7 @@ mod tests {
         let classes: Vec<(usize, &RuntimeClass)> =
             config.runtime_classes.iter().enumerate().collect();
         let mut problems = Problems::default();
-        validate(config, &classes, &mut problems);
+        validate(config, &classes, Role::Trusted, &mut problems);
         problems
             .into_vec()
             .iter()
@@ -285,7 +307,7 @@ mod tests {
             (3, &config.runtime_classes[1]),
         ];
         let mut problems = Problems::default();
-        validate(&config, &classes, &mut problems);
+        validate(&config, &classes, Role::Trusted, &mut problems);
         assert_eq!(problems.into_vec()[0].path, "runtimeClasses[3].name");
     }
 }
