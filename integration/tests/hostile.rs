@@ -82,6 +82,46 @@ fn configmap_node_local_keys_next_to_a_node_config_are_refused() {
     }
 }
 
+/// A ConfigMap cannot make a kata class run in another runtime (its pods would run in runc,
+/// outside any VM); the node file can, and then `config check` accepts it.
+#[test]
+fn a_configmap_names_only_kata_runtime_types() {
+    let _deps = e2e_guard!();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let operator = dir.path().join("configmap.yaml");
+    let node = dir.path().join("node.yaml");
+    let class = "runtimeClasses:\n- name: kata-qemu\n  artifacts: {url: registry.local/kata:1}\n";
+    write(
+        &operator,
+        &format!("{class}  runtime: {{runtimeType: io.containerd.runc.v2}}\n"),
+        0o644,
+    );
+    write(&node, "{}\n", 0o600);
+    let check = || {
+        knm(
+            &["config", "check", "--config"],
+            &[&operator, Path::new("--node-config"), &node],
+        )
+    };
+    let stderr = refused(&check());
+    assert!(
+        stderr.contains("runtimeClasses[0].runtime.runtimeType: \"io.containerd.runc.v2\" is not a kata runtime type"),
+        "{stderr}"
+    );
+    write(&operator, class, 0o644);
+    write(
+        &node,
+        "runtimeClasses:\n- {name: kata-qemu, runtime: {runtimeType: io.containerd.runc.v2}}\n",
+        0o600,
+    );
+    let output = check();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn a_group_writable_config_without_a_node_config_is_refused() {
     let _deps = e2e_guard!();
@@ -312,6 +352,89 @@ fn kata_configs_pointing_outside_are_refused_naming_file_key_value_and_rule() {
         assert!(stderr.contains(&expected), "{tag}: {stderr}");
         assert!(stderr.contains(rule), "{tag}: {stderr}");
         puller.assert_nothing_installed();
+    }
+}
+
+/// The rule, not a list: a host path in any key kata reads (here `guest_memory_dump_path`, where
+/// kata, as root, writes guest memory dumps), in every TOML spelling (tables, dotted keys,
+/// inline tables, quoted keys, another case, which kata's decoder matches), inside an argument,
+/// in a `config.d` drop-in kata merges, or a network endpoint; shipped as a tar layer and as
+/// plain file layers. Each is refused at install with the file, key and value named, and the
+/// version installed before stays current.
+#[test]
+fn host_paths_are_refused_whatever_the_key_and_its_spelling() {
+    let deps = e2e_guard!();
+    let puller = Puller::new(Registry::start(&deps, RegistryOptions::plain()).expect("registry"));
+    // A good version first: every refusal below must leave it current.
+    puller.push_tar(
+        "hostile/rule:good",
+        &tar_of(&[
+            (
+                "configuration-qemu.toml",
+                tar::EntryType::Regular,
+                0o644,
+                GOOD_CONFIG,
+                None,
+            ),
+            ("vmlinux", tar::EntryType::Regular, 0o644, b"kernel", None),
+        ]),
+    );
+    let good = puller.pull("hostile/rule:good");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let current = || fs::read_link(puller.artifacts().join(CLASS)).expect("class link");
+    let installed = current();
+
+    let dump = "guest_memory_dump_path = \"/etc/cron.d\"";
+    for (tag, config, drop_in, file, key, value, rule) in [
+        ("table", format!("[hypervisor.qemu]\nkernel = \"vmlinux\"\n{dump}\n"), None,
+         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
+        ("dotted", format!("hypervisor.qemu.kernel = \"vmlinux\"\nhypervisor.qemu.{dump}\n"), None,
+         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
+        ("inline", format!("hypervisor = {{ qemu = {{ kernel = \"vmlinux\", {dump} }} }}\n"), None,
+         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
+        ("quoted", "[\"hypervisor\".\"qemu\"]\nkernel = \"vmlinux\"\n\"guest_memory_dump_path\" = \"/etc/cron.d\"\n".to_owned(), None,
+         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
+        ("case", "[HYPERVISOR.QEMU]\nKERNEL = \"vmlinux\"\nPATH = \"/bin/sh\"\n".to_owned(), None,
+         "configuration-qemu.toml", "[HYPERVISOR.QEMU] PATH", "/bin/sh", "nor in kataConfig.allowedHostPaths"),
+        ("argument", "[hypervisor.qemu]\nkernel = \"vmlinux\"\nvirtio_fs_extra_args = [\"--thread-pool-size=1\", \"--socket-path=/etc/x\"]\n".to_owned(), None,
+         "configuration-qemu.toml", "[hypervisor.qemu] virtio_fs_extra_args", "/etc/x", "nor in kataConfig.allowedHostPaths"),
+        ("endpoint", "[hypervisor.qemu]\nkernel = \"vmlinux\"\n[runtime]\njaeger_endpoint = \"http://collector.example:14268/api/traces\"\n".to_owned(), None,
+         "configuration-qemu.toml", "[runtime] jaeger_endpoint", "http://collector.example:14268/api/traces", "a network endpoint"),
+        ("dropin", String::from_utf8_lossy(GOOD_CONFIG).into_owned(), Some(format!("[hypervisor.qemu]\n{dump}\n")),
+         "config.d/50-debug.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
+    ] {
+        let mut files: Vec<(&str, &[u8])> = vec![
+            ("configuration-qemu.toml", config.as_bytes()),
+            ("vmlinux", b"kernel"),
+        ];
+        if let Some(drop_in) = &drop_in {
+            files.push(("config.d/50-debug.toml", drop_in.as_bytes()));
+        }
+        let tar = tar_of(
+            &files
+                .iter()
+                .map(|(name, data)| (*name, tar::EntryType::Regular, 0o644, *data, None))
+                .collect::<Vec<_>>(),
+        );
+        let as_tar = format!("hostile/rule:{tag}-tar");
+        puller.push_tar(&as_tar, &tar);
+        let as_files = format!("hostile/rule:{tag}-files");
+        puller
+            .registry
+            .push_files(&as_files, &files)
+            .expect("file layers");
+        for reference in [as_tar, as_files] {
+            let stderr = refused(&puller.pull(&reference));
+            let expected =
+                format!("installing {CLASS}: kata configuration {file}: {key} = {value:?}: ");
+            assert!(stderr.contains(&expected), "{reference}: {stderr}");
+            assert!(stderr.contains(rule), "{reference}: {stderr}");
+            assert_eq!(current(), installed, "{reference}: the good version stays");
+        }
     }
 }
 

@@ -46,6 +46,32 @@ const MEMORY_BACKEND_DIRS: [&str; 2] = ["/dev/shm", "/dev/hugepages"];
 /// Where vhost-user sockets may live (`vhost_user_store_path`): runtime directories.
 const SOCKET_DIRS: [&str; 2] = ["/run", "/var/run"];
 
+/// Host places kata's own configurations name outside the version (kata 3.x and 4.x templates,
+/// `src/runtime/config/configuration-*.toml.in`): each key may hold kata's value, or a path in the
+/// version or on `kataConfig.allowedHostPaths`.
+const KATA_HOST_PLACES: [(&str, &str); 6] = [
+    ("template_path", "/run/vc/vm/template"),
+    ("vm_cache_endpoint", "/var/run/kata-containers/cache.sock"),
+    ("dan_conf", "/run/kata-containers/dans"),
+    ("kubelet_root_dir", "/var/lib/kubelet"),
+    (
+        "pod_resource_api_sock",
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+    ),
+    ("remote_hypervisor_socket", "/run/peerpod/hypervisor.sock"),
+];
+
+/// Keys whose values are read in the guest, not on the host (the guest kernel's command line,
+/// the guest's hook directory and SELinux label, the guest's kernel modules): the path rule does
+/// not apply to them.
+const GUEST_KEYS: [&str; 5] = [
+    "kernel_params",
+    "kernel_verity_params",
+    "guest_hook_path",
+    "guest_selinux_label",
+    "kernel_modules",
+];
+
 /// Characters with a meaning in Go's `regexp`, the syntax of `enable_annotations` entries.
 const REGEX_SYNTAX: &[char] = &[
     '.', '*', '+', '?', '(', ')', '[', ']', '{', '}', '|', '^', '$', '\\',
@@ -72,9 +98,28 @@ pub struct Refusal {
 }
 
 impl HostPathRule<'_> {
-    /// Checks the files (relative to `root`, the staged tree) `kataconf::rewrite_all` returned.
+    /// Checks the files (relative to `root`, the staged tree) `kataconf::rewrite_all` returned,
+    /// and every file of a `config.d` directory beside one of them: kata merges each file there
+    /// (whatever its name) into the configuration it reads.
     pub fn check_all(&self, root: &Path, files: &[PathBuf]) -> Result<(), KataConfigError> {
-        for rel in files {
+        let mut all: Vec<PathBuf> = files.to_vec();
+        let dirs: std::collections::BTreeSet<PathBuf> = files
+            .iter()
+            .map(|rel| rel.parent().unwrap_or(Path::new("")).join("config.d"))
+            .collect();
+        for dir in dirs {
+            let Ok(entries) = fs::read_dir(root.join(&dir)) else {
+                continue;
+            };
+            let mut drop_ins: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+                .map(|e| dir.join(e.file_name()))
+                .collect();
+            drop_ins.sort();
+            all.extend(drop_ins);
+        }
+        for rel in &all {
             let file = rel.display().to_string();
             let text = fs::read_to_string(root.join(rel)).map_err(|e| KataConfigError::Bad {
                 file: file.clone(),
@@ -98,14 +143,23 @@ impl HostPathRule<'_> {
     }
 
     /// The first refused value of one configuration; `Err` when it is not TOML.
+    ///
+    /// Two layers: the rule, on every string anywhere in the file whatever its key (an absolute
+    /// path, or one inside a `key=/path` argument or a list, must be in the version or on the
+    /// allowlist; a URL is refused: kata would send data there), and the known keys' own checks
+    /// on top. Kata matches key names without regard to case, so they are compared lower-cased.
     pub fn check(&self, text: &str) -> Result<Option<Refusal>, String> {
         let doc: DocumentMut = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
+        if let Some(refusal) = self.every_value(doc.as_item(), "") {
+            return Ok(Some(refusal));
+        }
         // Host paths bind-mounted into the sandbox, which the pod then reads.
-        if let Some(mounts) = doc
-            .get("runtime")
-            .and_then(Item::as_table_like)
-            .and_then(|runtime| runtime.get("sandbox_bind_mounts"))
-        {
+        if let Some(mounts) = table_named(&doc, "runtime").and_then(|runtime| {
+            runtime
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case("sandbox_bind_mounts"))
+                .map(|(_, item)| item)
+        }) {
             let key = "[runtime] sandbox_bind_mounts";
             if let Some(refusal) = strings(mounts).find_map(|entry| {
                 let path = entry
@@ -117,7 +171,7 @@ impl HostPathRule<'_> {
                 return Ok(Some(refusal));
             }
         }
-        let Some(hypervisors) = doc.get("hypervisor").and_then(Item::as_table_like) else {
+        let Some(hypervisors) = table_named(&doc, "hypervisor") else {
             return Ok(None);
         };
         for (name, section) in hypervisors.iter() {
@@ -126,6 +180,8 @@ impl HostPathRule<'_> {
             };
             for (key, item) in section.iter() {
                 let full_key = format!("[hypervisor.{name}] {key}");
+                let key = key.to_ascii_lowercase();
+                let key = key.as_str();
                 let binary = kataconf::BINARY_KEYS.contains(&key)
                     || kataconf::BINARY_LIST_KEYS.contains(&key);
                 let refusal = if binary && !self.binaries_from_version {
@@ -145,6 +201,9 @@ impl HostPathRule<'_> {
                 } else if key == "vhost_user_store_path" {
                     item.as_str()
                         .and_then(|value| self.host_place(&full_key, value, &SOCKET_DIRS, true))
+                } else if key == "valid_vhost_user_store_paths" {
+                    strings(item)
+                        .find_map(|value| self.host_place(&full_key, value, &SOCKET_DIRS, true))
                 } else if key.starts_with("valid_") && key.ends_with("paths") {
                     strings(item).find_map(|value| self.path(&full_key, value))
                 } else if key == "enable_annotations" {
@@ -158,6 +217,81 @@ impl HostPathRule<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// The rule on every string of `item` (a table, array, inline table or value) at `at`.
+    fn every_value(&self, item: &Item, at: &str) -> Option<Refusal> {
+        let key_of = |at: &str, key: &str| {
+            if at.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{at}.{key}")
+            }
+        };
+        match item {
+            Item::Table(table) => table
+                .iter()
+                .find_map(|(key, item)| self.every_value(item, &key_of(at, key))),
+            Item::ArrayOfTables(tables) => tables.iter().find_map(|table| {
+                table
+                    .iter()
+                    .find_map(|(key, item)| self.every_value(item, &key_of(at, key)))
+            }),
+            Item::Value(value) => self.every_string(value, at),
+            Item::None => None,
+        }
+    }
+
+    fn every_string(&self, value: &Value, at: &str) -> Option<Refusal> {
+        let leaf = at.rsplit('.').next().unwrap_or(at).to_ascii_lowercase();
+        if GUEST_KEYS.contains(&leaf.as_str()) {
+            return None;
+        }
+        match value {
+            Value::String(text) => self.one_string(&leaf, at, text.value()),
+            Value::Array(array) => array.iter().find_map(|v| self.every_string(v, at)),
+            Value::InlineTable(table) => table.iter().find_map(|(key, v)| {
+                let at = if at.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{at}.{key}")
+                };
+                self.every_string(v, &at)
+            }),
+            _ => None,
+        }
+    }
+
+    fn one_string(&self, leaf: &str, at: &str, text: &str) -> Option<Refusal> {
+        let key = display_key(at);
+        match leaf {
+            "entropy_source" | "valid_entropy_sources" => {
+                return self.host_place(&key, text, &ENTROPY_DEVICES, false);
+            }
+            "file_mem_backend" | "valid_file_mem_backends" => {
+                return self.host_place(&key, text, &MEMORY_BACKEND_DIRS, true);
+            }
+            "vhost_user_store_path" | "valid_vhost_user_store_paths" => {
+                return self.host_place(&key, text, &SOCKET_DIRS, true);
+            }
+            // Regular expressions over annotation names: their own rule, below.
+            "enable_annotations" => return None,
+            _ => {}
+        }
+        if text.contains("://") {
+            return Some(Refusal {
+                key,
+                value: text.to_owned(),
+                rule: "a network endpoint: kata would send data there".into(),
+            });
+        }
+        if KATA_HOST_PLACES
+            .iter()
+            .any(|(key, place)| *key == leaf && *place == text)
+        {
+            return None;
+        }
+        absolute_paths(text).find_map(|path| self.path(&key, path))
     }
 
     /// A host place of a known kind (a device, a memory or socket directory): `value` must be
@@ -241,6 +375,38 @@ impl HostPathRule<'_> {
     }
 }
 
+/// The top-level table `name`, spelled in any case (kata's TOML decoder matches names so).
+fn table_named<'d>(doc: &'d DocumentMut, name: &str) -> Option<&'d dyn toml_edit::TableLike> {
+    doc.iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .and_then(|(_, item)| item.as_table_like())
+}
+
+/// Every absolute path in `text`: the text itself, or a word of it (`key=/path`, `a,/path`,
+/// `a:/path`, `/path:ro`), without a bind mount's `:ro`/`:rw`. A version's own paths contain a
+/// colon (`sha256:…`), so a word is split at a colon only where a path follows it.
+fn absolute_paths(text: &str) -> impl Iterator<Item = &str> {
+    text.split([' ', '\t', '\n', '=', ',', ';'])
+        .flat_map(|word| {
+            let after_colons = word.match_indices(":/").map(move |(at, _)| &word[at + 1..]);
+            std::iter::once(word).chain(after_colons)
+        })
+        .filter(|word| word.starts_with('/'))
+        .map(|path| {
+            path.strip_suffix(":ro")
+                .or_else(|| path.strip_suffix(":rw"))
+                .unwrap_or(path)
+        })
+}
+
+/// `hypervisor.qemu.path` as the refusals name keys: `[hypervisor.qemu] path`.
+fn display_key(at: &str) -> String {
+    match at.rsplit_once('.') {
+        Some((table, key)) => format!("[{table}] {key}"),
+        None => at.to_owned(),
+    }
+}
+
 /// A string value, or the strings of an array value.
 fn strings_or_one(item: &Item) -> impl Iterator<Item = &str> {
     item.as_str().into_iter().chain(strings(item))
@@ -307,6 +473,446 @@ mod tests {
         }
         .check(text)
         .expect("valid TOML")
+    }
+
+    /// Every value naming a host place in kata's own x86_64 configurations (kata 4.1's
+    /// `configuration-*.toml.in`, generated for the `/opt/kata` and `/usr` prefixes) passes the
+    /// rule with the default `kataConfig.allowedHostPaths`: an artifact carrying kata's own
+    /// configuration installs unchanged.
+    #[test]
+    fn kata_s_own_configurations_pass_with_the_default_allowlist() {
+        let allowed: Vec<PathBuf> = crate::config::DEFAULT_ALLOWED_HOST_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let rule = HostPathRule {
+            version_dir: Path::new(VERSION),
+            allowed: &allowed,
+            binaries_from_version: false,
+        };
+        let refused: Vec<String> = KATA_DEFAULTS
+            .iter()
+            .filter_map(|(table, line)| {
+                let text = format!("[{table}]\n{line}\n");
+                rule.check(&text)
+                    .expect("TOML")
+                    .map(|r| format!("{table}: {line}: {}", r.rule))
+            })
+            .collect();
+        assert!(refused.is_empty(), "{refused:#?}");
+    }
+
+    const KATA_DEFAULTS: &[(&str, &str)] = &[
+        (
+            "hypervisor.clh",
+            "path = \"/opt/kata/bin/cloud-hypervisor\"",
+        ),
+        (
+            "hypervisor.clh",
+            "kernel = \"/usr/share/cloud-hypervisor/vmlinux.bin\"",
+        ),
+        (
+            "hypervisor.clh",
+            "image = \"/opt/kata/share/kata-containers/kata-containers-mariner.img\"",
+        ),
+        (
+            "hypervisor.clh",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/cloud-hypervisor\"]",
+        ),
+        (
+            "hypervisor.clh",
+            "virtio_fs_daemon = \"/opt/kata/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.clh",
+            "valid_virtio_fs_daemon_paths = [\"/opt/kata/libexec/virtiofsd\"]",
+        ),
+        ("runtime", "dan_conf = \"/run/kata-containers/dans\""),
+        ("runtime", "kubelet_root_dir = \"/var/lib/kubelet\""),
+        (
+            "hypervisor.clh",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.clh",
+            "image = \"/opt/kata/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "path = \"/opt/kata/bin/firecracker\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "image = \"/opt/kata/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/firecracker\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "jailer_path = \"/opt/kata/bin/jailer\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_jailer_paths = [\"/opt/kata/bin/jailer\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "entropy_source = \"/dev/urandom\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_entropy_sources = [\"/dev/urandom\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_entropy_sources = [\"/dev/random\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/opt/kata/bin/qemu-system-x86_64\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinuz.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/opt/kata/share/kata-containers/kata-containers-confidential.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/qemu-system-x86_64\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "virtio_fs_daemon = \"/opt/kata/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_virtio_fs_daemon_paths = [\"/opt/kata/libexec/virtiofsd\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "vhost_user_store_path = \"/var/run/kata-containers/vhost-user\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_vhost_user_store_paths = [\"/var/run/kata-containers/vhost-user\"]",
+        ),
+        ("hypervisor.qemu", "entropy_source = \"/dev/urandom\""),
+        (
+            "hypervisor.qemu",
+            "valid_entropy_sources = [\"/dev/urandom\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_entropy_sources = [\"/dev/random\"]",
+        ),
+        ("factory", "template_path = \"/run/vc/vm/template\""),
+        (
+            "factory",
+            "vm_cache_endpoint = \"/var/run/kata-containers/cache.sock\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinuz-nvidia-gpu.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/opt/kata/share/kata-containers/kata-containers-nvidia.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/opt/kata/bin/qemu-system-x86_64-snp-experimental\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/opt/kata/share/kata-containers/kata-containers-nvidia-gpu-confidential.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/qemu-system-x86_64-snp-experimental\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/opt/kata/share/ovmf/AMDSEV.fd\"",
+        ),
+        (
+            "runtime",
+            "pod_resource_api_sock = \"/var/lib/kubelet/pod-resources/kubelet.sock\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/opt/kata/bin/qemu-system-x86_64-tdx-experimental\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/qemu-system-x86_64-tdx-experimental\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/opt/kata/share/ovmf/OVMF.inteltdx.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/opt/kata/share/kata-containers/kata-containers-nvidia-gpu.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/opt/kata/share/ovmf/OVMF.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/opt/kata/share/kata-containers/kata-containers-se.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/opt/kata/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.remote",
+            "remote_hypervisor_socket = \"/run/peerpod/hypervisor.sock\"",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "path = \"/opt/kata/bin/stratovirt\"",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinuz.container\"",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "image = \"/opt/kata/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/stratovirt\"]",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "virtio_fs_daemon = \"/opt/kata/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "valid_virtio_fs_daemon_paths = [\"/opt/kata/libexec/virtiofsd\"]",
+        ),
+        ("hypervisor.stratovirt", "entropy_source = \"/dev/urandom\""),
+        ("hypervisor.clh", "path = \"/usr/bin/cloud-hypervisor\""),
+        (
+            "hypervisor.clh",
+            "image = \"/usr/share/kata-containers/kata-containers-mariner.img\"",
+        ),
+        (
+            "hypervisor.clh",
+            "valid_hypervisor_paths = [\"/usr/bin/cloud-hypervisor\"]",
+        ),
+        (
+            "hypervisor.clh",
+            "virtio_fs_daemon = \"/usr/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.clh",
+            "valid_virtio_fs_daemon_paths = [\"/usr/libexec/virtiofsd\"]",
+        ),
+        (
+            "hypervisor.clh",
+            "kernel = \"/usr/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.clh",
+            "image = \"/usr/share/kata-containers/kata-containers.img\"",
+        ),
+        ("hypervisor.firecracker", "path = \"/usr/bin/firecracker\""),
+        (
+            "hypervisor.firecracker",
+            "kernel = \"/usr/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "image = \"/usr/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_hypervisor_paths = [\"/usr/bin/firecracker\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "jailer_path = \"/usr/bin/jailer\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_jailer_paths = [\"/usr/bin/jailer\"]",
+        ),
+        ("hypervisor.qemu", "path = \"/usr/bin/qemu-system-x86_64\""),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/usr/share/kata-containers/vmlinuz.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/usr/share/kata-containers/kata-containers-confidential.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "virtio_fs_daemon = \"/usr/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_virtio_fs_daemon_paths = [\"/usr/libexec/virtiofsd\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/usr/share/kata-containers/vmlinuz-nvidia-gpu.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/usr/share/kata-containers/kata-containers-nvidia.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/usr/bin/qemu-system-x86_64-snp-experimental\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/usr/share/kata-containers/kata-containers-nvidia-gpu-confidential.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64-snp-experimental\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/usr/share/ovmf/AMDSEV.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/usr/bin/qemu-system-x86_64-tdx-experimental\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64-tdx-experimental\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/usr/share/ovmf/OVMF.inteltdx.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/usr/share/kata-containers/kata-containers-nvidia-gpu.img\"",
+        ),
+        ("hypervisor.qemu", "firmware = \"/usr/share/ovmf/OVMF.fd\""),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/usr/share/kata-containers/kata-containers-se.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/usr/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/usr/share/kata-containers/kata-containers.img\"",
+        ),
+        ("hypervisor.stratovirt", "path = \"/usr/bin/stratovirt\""),
+        (
+            "hypervisor.stratovirt",
+            "kernel = \"/usr/share/kata-containers/vmlinuz.container\"",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "image = \"/usr/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "valid_hypervisor_paths = [\"/usr/bin/stratovirt\"]",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "virtio_fs_daemon = \"/usr/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "valid_virtio_fs_daemon_paths = [\"/usr/libexec/virtiofsd\"]",
+        ),
+    ];
+
+    #[test]
+    fn the_rule_reads_every_spelling_and_spares_guest_values_and_kata_s_places() {
+        for (text, key, value) in [
+            (
+                "[hypervisor.qemu]\nguest_memory_dump_path = \"/etc/cron.d\"",
+                "[hypervisor.qemu] guest_memory_dump_path",
+                "/etc/cron.d",
+            ),
+            (
+                "hypervisor.qemu.guest_memory_dump_path = \"/etc/cron.d\"",
+                "[hypervisor.qemu] guest_memory_dump_path",
+                "/etc/cron.d",
+            ),
+            (
+                "hypervisor = { qemu = { x = [\"a\", \"--log=/var/log/x\"] } }",
+                "[hypervisor.qemu] x",
+                "/var/log/x",
+            ),
+            (
+                "[[hypervisor.qemu.guest_extension_images]]\npath = \"/etc/shadow\"",
+                "[hypervisor.qemu.guest_extension_images] path",
+                "/etc/shadow",
+            ),
+            (
+                "[Hypervisor.Qemu]\nEntropy_Source = \"/etc/shadow\"",
+                "[Hypervisor.Qemu] Entropy_Source",
+                "/etc/shadow",
+            ),
+            (
+                "[runtime]\nsandbox_bind_mounts = [\"/etc/kubernetes:ro\"]",
+                "[runtime] sandbox_bind_mounts",
+                "/etc/kubernetes",
+            ),
+            (
+                "[factory]\ntemplate_path = \"/etc\"",
+                "[factory] template_path",
+                "/etc",
+            ),
+            ("unknown = \"a:/root/.ssh\"", "unknown", "/root/.ssh"),
+        ] {
+            let refusal = check(text).unwrap_or_else(|| panic!("{text} accepted"));
+            assert_eq!(
+                (refusal.key.as_str(), refusal.value.as_str()),
+                (key, value),
+                "{text}"
+            );
+        }
+        let endpoint = check("[runtime]\njaeger_endpoint = \"http://collector:14268/api/traces\"")
+            .expect("refused");
+        assert!(endpoint.rule.contains("network endpoint"), "{endpoint:?}");
+        for fine in [
+            "[hypervisor.qemu]\nkernel_params = \"init=/sbin/init root=/dev/vda1\"\nguest_hook_path = \"/usr/share/oci/hooks\"",
+            "[agent.kata]\nkernel_modules = [\"i915 enable_guc=/x\"]",
+            "[factory]\ntemplate_path = \"/run/vc/vm/template\"",
+            "[runtime]\nsandbox_bind_mounts = [\"/opt/kata/share/kata-containers/x:ro\"]",
+        ] {
+            assert_eq!(check(fine), None, "{fine}");
+        }
+        assert_eq!(
+            absolute_paths("--a=/x,/y b:/z /opt/knm/.store/sha256:ab/k /m:ro").collect::<Vec<_>>(),
+            ["/x", "/y", "/z", "/opt/knm/.store/sha256:ab/k", "/m"]
+        );
     }
 
     /// A program of the artifact runs as root only when the node opted in: without

@@ -363,6 +363,8 @@ pub struct KataConfig {
 /// an image runs with the node's kata install without any configuration.
 pub const DEFAULT_ALLOWED_HOST_PATHS: &[&str] = &[
     "/opt/kata/bin/qemu-system-x86_64",
+    "/opt/kata/bin/qemu-system-x86_64-snp-experimental",
+    "/opt/kata/bin/qemu-system-x86_64-tdx-experimental",
     "/opt/kata/bin/qemu-system-aarch64",
     "/opt/kata/bin/qemu-system-s390x",
     "/opt/kata/bin/qemu-system-ppc64",
@@ -373,11 +375,20 @@ pub const DEFAULT_ALLOWED_HOST_PATHS: &[&str] = &[
     "/opt/kata/libexec/virtiofsd",
     "/opt/kata/share/kata-containers/",
     "/opt/kata/share/kata-qemu/",
+    "/opt/kata/share/ovmf/",
     "/usr/bin/qemu-system-x86_64",
+    "/usr/bin/qemu-system-x86_64-snp-experimental",
+    "/usr/bin/qemu-system-x86_64-tdx-experimental",
     "/usr/bin/qemu-system-aarch64",
+    "/usr/bin/cloud-hypervisor",
+    "/usr/bin/firecracker",
+    "/usr/bin/jailer",
+    "/usr/bin/stratovirt",
     "/usr/libexec/qemu-kvm",
     "/usr/libexec/virtiofsd",
     "/usr/share/kata-containers/",
+    "/usr/share/cloud-hypervisor/",
+    "/usr/share/ovmf/",
 ];
 
 impl Default for KataConfig {
