@@ -72,6 +72,8 @@ impl Node {
             },
             limits: Limits::default(),
             allowed_host_paths: KataConfig::default().allowed_host_paths,
+            allowed_keys: Vec::new(),
+            allowed_arguments: Vec::new(),
             parallel_layers: 3,
             retry: RetryPolicy {
                 attempts: 3,

@@ -357,9 +357,10 @@ fn kata_configs_pointing_outside_are_refused_naming_file_key_value_and_rule() {
 
 /// The rule, not a list: a host path in any key kata reads (here `guest_memory_dump_path`, where
 /// kata, as root, writes guest memory dumps), in every TOML spelling (tables, dotted keys,
-/// inline tables, quoted keys, another case, which kata's decoder matches), inside an argument,
-/// in a `config.d` drop-in kata merges, or a network endpoint; shipped as a tar layer and as
-/// plain file layers. Each is refused at install with the file, key and value named, and the
+/// inline tables, quoted keys, another case, which kata's decoder matches), in a `config.d`
+/// drop-in kata merges, a network endpoint, an argument to virtiofsd the node did not allow, a
+/// key no kata reads, a setting that weakens the hypervisor's sandbox; shipped as a tar layer
+/// and as plain file layers. Each is refused at install with the file, key and value named, and the
 /// version installed before stays current.
 #[test]
 fn host_paths_are_refused_whatever_the_key_and_its_spelling() {
@@ -401,7 +402,11 @@ fn host_paths_are_refused_whatever_the_key_and_its_spelling() {
         ("case", "[HYPERVISOR.QEMU]\nKERNEL = \"vmlinux\"\nPATH = \"/bin/sh\"\n".to_owned(), None,
          "configuration-qemu.toml", "[HYPERVISOR.QEMU] PATH", "/bin/sh", "nor in kataConfig.allowedHostPaths"),
         ("argument", "[hypervisor.qemu]\nkernel = \"vmlinux\"\nvirtio_fs_extra_args = [\"--thread-pool-size=1\", \"--socket-path=/etc/x\"]\n".to_owned(), None,
-         "configuration-qemu.toml", "[hypervisor.qemu] virtio_fs_extra_args", "/etc/x", "nor in kataConfig.allowedHostPaths"),
+         "configuration-qemu.toml", "[hypervisor.qemu] virtio_fs_extra_args", "--socket-path=/etc/x", "kataConfig.allowedArguments"),
+        ("unknown", "[hypervisor.qemu]\nkernel = \"vmlinux\"\nguest_memory_dump_dir = \"/tmp\"\n".to_owned(), None,
+         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_dir", "/tmp", "kataConfig.allowedKeys"),
+        ("weaken", "[hypervisor.qemu]\nkernel = \"vmlinux\"\ndisable_selinux = true\n".to_owned(), None,
+         "configuration-qemu.toml", "[hypervisor.qemu] disable_selinux", "true", "without its SELinux label"),
         ("endpoint", "[hypervisor.qemu]\nkernel = \"vmlinux\"\n[runtime]\njaeger_endpoint = \"http://collector.example:14268/api/traces\"\n".to_owned(), None,
          "configuration-qemu.toml", "[runtime] jaeger_endpoint", "http://collector.example:14268/api/traces", "a network endpoint"),
         ("dropin", String::from_utf8_lossy(GOOD_CONFIG).into_owned(), Some(format!("[hypervisor.qemu]\n{dump}\n")),

@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use toml_edit::{DocumentMut, Item, Value};
 
 use super::kataconf::{self, KataConfigError};
+use super::katakeys::KeyRule;
 
 /// Keys of a `[hypervisor.*]` table that name a host file the shim executes or reads.
 const PATH_KEYS: [&str; 9] = [
@@ -64,12 +65,15 @@ const KATA_HOST_PLACES: [(&str, &str); 6] = [
 /// Keys whose values are read in the guest, not on the host (the guest kernel's command line,
 /// the guest's hook directory and SELinux label, the guest's kernel modules): the path rule does
 /// not apply to them.
-const GUEST_KEYS: [&str; 5] = [
+const GUEST_KEYS: [&str; 7] = [
     "kernel_params",
     "kernel_verity_params",
     "guest_hook_path",
     "guest_selinux_label",
     "kernel_modules",
+    // base64 (may start with `/`), checked as such by `katakeys`.
+    "snp_id_block",
+    "snp_id_auth",
 ];
 
 /// Characters with a meaning in Go's `regexp`, the syntax of `enable_annotations` entries.
@@ -87,6 +91,9 @@ pub struct HostPathRule<'a> {
     /// `runtime.fromArtifact`: the programs of [`kataconf::BINARY_KEYS`] may be the version's
     /// own.
     pub binaries_from_version: bool,
+    /// `kataConfig.allowedKeys` and `.allowedArguments` ([`katakeys`]).
+    pub allowed_keys: &'a [String],
+    pub allowed_arguments: &'a [String],
 }
 
 /// One refused value.
@@ -150,6 +157,17 @@ impl HostPathRule<'_> {
     /// on top. Kata matches key names without regard to case, so they are compared lower-cased.
     pub fn check(&self, text: &str) -> Result<Option<Refusal>, String> {
         let doc: DocumentMut = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
+        let keys = KeyRule {
+            allowed_keys: self.allowed_keys,
+            allowed_arguments: self.allowed_arguments,
+        };
+        if let Some(refusal) = keys.check(&doc) {
+            return Ok(Some(Refusal {
+                key: refusal.key,
+                value: refusal.value,
+                rule: refusal.rule,
+            }));
+        }
         if let Some(refusal) = self.every_value(doc.as_item(), "") {
             return Ok(Some(refusal));
         }
@@ -470,6 +488,8 @@ mod tests {
             version_dir: Path::new(VERSION),
             allowed: &allowed,
             binaries_from_version,
+            allowed_keys: &[],
+            allowed_arguments: &[],
         }
         .check(text)
         .expect("valid TOML")
@@ -489,6 +509,8 @@ mod tests {
             version_dir: Path::new(VERSION),
             allowed: &allowed,
             binaries_from_version: false,
+            allowed_keys: &[],
+            allowed_arguments: &[],
         };
         let refused: Vec<String> = KATA_DEFAULTS
             .iter()
@@ -865,8 +887,8 @@ mod tests {
                 "/etc/cron.d",
             ),
             (
-                "hypervisor = { qemu = { x = [\"a\", \"--log=/var/log/x\"] } }",
-                "[hypervisor.qemu] x",
+                "hypervisor = { qemu = { pflashes = [\"a\", \"--log=/var/log/x\"] } }",
+                "[hypervisor.qemu] pflashes",
                 "/var/log/x",
             ),
             (
@@ -889,7 +911,11 @@ mod tests {
                 "[factory] template_path",
                 "/etc",
             ),
-            ("unknown = \"a:/root/.ssh\"", "unknown", "/root/.ssh"),
+            (
+                "[runtime]\ndan_conf = \"a:/root/.ssh\"",
+                "[runtime] dan_conf",
+                "/root/.ssh",
+            ),
         ] {
             let refusal = check(text).unwrap_or_else(|| panic!("{text} accepted"));
             assert_eq!(
@@ -1103,6 +1129,8 @@ mod tests {
             version_dir: Path::new(VERSION),
             allowed: &[],
             binaries_from_version: false,
+            allowed_keys: &[],
+            allowed_arguments: &[],
         }
         .check_all(dir.path(), &[PathBuf::from("configuration-qemu.toml")])
         .expect_err("refused")

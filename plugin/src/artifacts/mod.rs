@@ -25,6 +25,7 @@ mod fetch;
 mod hostpaths;
 mod hosts;
 mod kataconf;
+mod katakeys;
 mod manifest;
 mod mirrors;
 mod paths;

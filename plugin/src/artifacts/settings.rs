@@ -21,6 +21,9 @@ pub struct StoreSettings {
     pub retry: RetryPolicy,
     /// `kataConfig.allowedHostPaths`: host files an installed kata configuration may name.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// `kataConfig.allowedKeys` and `.allowedArguments`: what the node accepts beyond kata's.
+    pub allowed_keys: Vec<String>,
+    pub allowed_arguments: Vec<String>,
     /// containerd's certs directories (`<dir>/<host>/hosts.toml`) for mirrors and per-host CAs,
     /// searched in order; empty: every pull goes to the reference's registry.
     pub hosts_dirs: Vec<PathBuf>,
@@ -36,6 +39,8 @@ impl StoreSettings {
             parallel_layers: DEFAULT_PARALLEL_LAYERS,
             retry: RetryPolicy::default(),
             allowed_host_paths: config.kata_config.allowed_host_paths.clone(),
+            allowed_keys: config.kata_config.allowed_keys.clone(),
+            allowed_arguments: config.kata_config.allowed_arguments.clone(),
             // Ours overrides containerd's, as the node's own statement of what pulls use.
             hosts_dirs: match &config.registries.hosts_dir {
                 Some(dir) => vec![dir.clone()],

@@ -356,6 +356,12 @@ pub struct KataConfig {
     /// Absolute paths allowed exactly; an entry ending in `/` allows everything below it.
     /// Setting the key replaces the default list.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Keys kata's configuration may hold beyond those kata reads, and settings that weaken the
+    /// host processes' sandbox the node accepts: a name or a dotted path.
+    pub allowed_keys: Vec<String>,
+    /// Arguments to host programs (virtiofsd, qemu's `-cpu`, `-machine`, `-sandbox`) accepted
+    /// beyond those of kata's own configurations.
+    pub allowed_arguments: Vec<String>,
 }
 
 /// Where kata's own packages (kata-deploy under `/opt/kata`, distribution packages under `/usr`)
@@ -398,6 +404,8 @@ impl Default for KataConfig {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            allowed_keys: Vec::new(),
+            allowed_arguments: Vec::new(),
         }
     }
 }

@@ -64,6 +64,8 @@ pub(super) struct NodePolicies {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub(super) struct NodeKataConfig {
     pub(super) allowed_host_paths: Option<Vec<PathBuf>>,
+    pub(super) allowed_keys: Option<Vec<String>>,
+    pub(super) allowed_arguments: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +139,14 @@ impl NodeConfig {
         set(
             &mut config.kata_config.allowed_host_paths,
             self.kata_config.allowed_host_paths,
+        );
+        set(
+            &mut config.kata_config.allowed_keys,
+            self.kata_config.allowed_keys,
+        );
+        set(
+            &mut config.kata_config.allowed_arguments,
+            self.kata_config.allowed_arguments,
         );
         set(&mut config.listen, self.listen);
 

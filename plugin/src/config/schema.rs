@@ -299,14 +299,32 @@ pub(super) const CONFIG: Shape = Shape::Struct(&[
     ),
     key(
         "kataConfig",
-        Shape::Struct(&[key(
-            "allowedHostPaths",
-            Shape::List {
-                item: &PATH,
-                partial: false,
-            },
-            NodeLocal,
-        )]),
+        Shape::Struct(&[
+            key(
+                "allowedHostPaths",
+                Shape::List {
+                    item: &PATH,
+                    partial: false,
+                },
+                NodeLocal,
+            ),
+            key(
+                "allowedKeys",
+                Shape::List {
+                    item: &Shape::Text(values::kata_key),
+                    partial: false,
+                },
+                NodeLocal,
+            ),
+            key(
+                "allowedArguments",
+                Shape::List {
+                    item: &Shape::Text(values::non_empty),
+                    partial: false,
+                },
+                NodeLocal,
+            ),
+        ]),
         NodeLocal,
     ),
     // One address per node (the DaemonSet shares the host's network): the node file may set it

@@ -1111,6 +1111,8 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
         },
         kata_config: NodeKataConfig {
             allowed_host_paths: Some(vec!["/usr/bin/qemu-kvm".into(), "/srv/kata/".into()]),
+            allowed_keys: Some(vec!["disable_seccomp".into()]),
+            allowed_arguments: Some(vec!["--thread-pool-size=4".into()]),
         },
         listen: Some("0.0.0.0:9464".parse().expect("address")),
         runtime_classes: vec![NodeClass {

@@ -141,6 +141,33 @@ pub(super) fn plugin_index(text: &str) -> Result<(), String> {
     names::check_plugin_index(text)
 }
 
+/// A kata configuration key, by name (`disable_seccomp`) or dotted path
+/// (`hypervisor.qemu.disable_seccomp`).
+pub(super) fn kata_key(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a kata configuration key (a name like disable_seccomp, or a dotted path like hypervisor.qemu.disable_seccomp)"
+        ))
+    }
+}
+
+pub(super) fn non_empty(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(())
+    }
+}
+
 pub(super) fn runtime_type(text: &str) -> Result<(), String> {
     names::check_runtime_type(text)
 }

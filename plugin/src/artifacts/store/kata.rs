@@ -34,6 +34,8 @@ impl Inner {
         let name = class.name.clone();
         let allowed = self.settings.allowed_host_paths.clone();
         let binaries_from_version = class.runtime.from_artifact.is_some();
+        let allowed_keys = self.settings.allowed_keys.clone();
+        let allowed_arguments = self.settings.allowed_arguments.clone();
         let settings = kata_settings.to_vec();
         let (rewritten, rendered, config_file) = blocking(&name, move || {
             // Before the rewrite, which then rewrites the linked file through the link (once:
@@ -64,6 +66,8 @@ impl Inner {
                 version_dir: &final_dir,
                 allowed: &allowed,
                 binaries_from_version,
+                allowed_keys: &allowed_keys,
+                allowed_arguments: &allowed_arguments,
             };
             rule.check_all(&root, &files)?;
             let rendered = match &config_file {
@@ -155,6 +159,8 @@ impl Inner {
                     version_dir: &fresh.path,
                     allowed: &inner.settings.allowed_host_paths,
                     binaries_from_version: class.runtime.from_artifact.is_some(),
+                    allowed_keys: &inner.settings.allowed_keys,
+                    allowed_arguments: &inner.settings.allowed_arguments,
                 };
                 let rendered = render_checked(&rule, &fresh.path, &config_file, &wanted)
                     .map_err(|e| kata_config_error(name, e))?;

@@ -134,6 +134,8 @@ impl ArtifactStore {
                     version_dir: &back.path,
                     allowed: &self.inner.settings.allowed_host_paths,
                     binaries_from_version: class.runtime.from_artifact.is_some(),
+                    allowed_keys: &self.inner.settings.allowed_keys,
+                    allowed_arguments: &self.inner.settings.allowed_arguments,
                 };
                 if let Some((rel, record)) =
                     render_checked(&rule, &back.path, &config_file, &wanted)

@@ -30,6 +30,8 @@ pub(super) fn store(dir: &Path) -> ArtifactStore {
         parallel_layers: 1,
         retry: RetryPolicy::default(),
         allowed_host_paths: Vec::new(),
+        allowed_keys: Vec::new(),
+        allowed_arguments: Vec::new(),
         hosts_dirs: Vec::new(),
     })
 }
