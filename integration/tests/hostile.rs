@@ -355,6 +355,17 @@ fn kata_configs_pointing_outside_are_refused_naming_file_key_value_and_rule() {
     }
 }
 
+/// One hostile kata configuration and the refusal it must get.
+struct Case {
+    tag: String,
+    config: String,
+    drop_in: Option<String>,
+    file: &'static str,
+    key: String,
+    value: String,
+    rule: &'static str,
+}
+
 /// The rule, not a list: a host path in any key kata reads (here `guest_memory_dump_path`, where
 /// kata, as root, writes guest memory dumps), in every TOML spelling (tables, dotted keys,
 /// inline tables, quoted keys, another case, which kata's decoder matches), in a `config.d`
@@ -363,7 +374,7 @@ fn kata_configs_pointing_outside_are_refused_naming_file_key_value_and_rule() {
 /// and as plain file layers. Each is refused at install with the file, key and value named, and the
 /// version installed before stays current.
 #[test]
-fn host_paths_are_refused_whatever_the_key_and_its_spelling() {
+fn kata_configurations_are_refused_by_rule_in_every_spelling() {
     let deps = e2e_guard!();
     let puller = Puller::new(Registry::start(&deps, RegistryOptions::plain()).expect("registry"));
     // A good version first: every refusal below must leave it current.
@@ -389,29 +400,108 @@ fn host_paths_are_refused_whatever_the_key_and_its_spelling() {
     let current = || fs::read_link(puller.artifacts().join(CLASS)).expect("class link");
     let installed = current();
 
+    // Each rule in every TOML spelling kata reads the same: (rule, key, TOML value, value
+    // refused, what the refusal says).
+    let rules = [
+        (
+            "path",
+            "guest_memory_dump_path",
+            "\"/etc/cron.d\"",
+            "/etc/cron.d",
+            "nor in kataConfig.allowedHostPaths",
+        ),
+        (
+            "unknown",
+            "guest_memory_dump_dir",
+            "\"/tmp\"",
+            "/tmp",
+            "kataConfig.allowedKeys",
+        ),
+        (
+            "weaken",
+            "disable_selinux",
+            "true",
+            "true",
+            "without its SELinux label",
+        ),
+        (
+            "argument",
+            "virtio_fs_extra_args",
+            "[\"--thread-pool-size=1\", \"--sandbox=none\"]",
+            "--sandbox=none",
+            "kataConfig.allowedArguments",
+        ),
+    ];
+    let mut cases: Vec<Case> = Vec::new();
+    for (rule, key, toml, value, says) in rules {
+        let upper = key.to_ascii_uppercase();
+        for (spelling, config, shown) in [
+            (
+                "table",
+                format!("[hypervisor.qemu]\nkernel = \"vmlinux\"\n{key} = {toml}\n"),
+                format!("[hypervisor.qemu] {key}"),
+            ),
+            (
+                "dotted",
+                format!("hypervisor.qemu.kernel = \"vmlinux\"\nhypervisor.qemu.{key} = {toml}\n"),
+                format!("[hypervisor.qemu] {key}"),
+            ),
+            (
+                "inline",
+                format!("hypervisor = {{ qemu = {{ kernel = \"vmlinux\", {key} = {toml} }} }}\n"),
+                format!("[hypervisor.qemu] {key}"),
+            ),
+            (
+                "quoted",
+                format!("[\"hypervisor\".\"qemu\"]\nkernel = \"vmlinux\"\n\"{key}\" = {toml}\n"),
+                format!("[hypervisor.qemu] {key}"),
+            ),
+            (
+                "case",
+                format!("[HYPERVISOR.QEMU]\nKERNEL = \"vmlinux\"\n{upper} = {toml}\n"),
+                format!("[HYPERVISOR.QEMU] {upper}"),
+            ),
+        ] {
+            cases.push(Case {
+                tag: format!("{rule}-{spelling}"),
+                config,
+                drop_in: None,
+                file: "configuration-qemu.toml",
+                key: shown,
+                value: value.to_owned(),
+                rule: says,
+            });
+        }
+    }
     let dump = "guest_memory_dump_path = \"/etc/cron.d\"";
-    for (tag, config, drop_in, file, key, value, rule) in [
-        ("table", format!("[hypervisor.qemu]\nkernel = \"vmlinux\"\n{dump}\n"), None,
-         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
-        ("dotted", format!("hypervisor.qemu.kernel = \"vmlinux\"\nhypervisor.qemu.{dump}\n"), None,
-         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
-        ("inline", format!("hypervisor = {{ qemu = {{ kernel = \"vmlinux\", {dump} }} }}\n"), None,
-         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
-        ("quoted", "[\"hypervisor\".\"qemu\"]\nkernel = \"vmlinux\"\n\"guest_memory_dump_path\" = \"/etc/cron.d\"\n".to_owned(), None,
-         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
-        ("case", "[HYPERVISOR.QEMU]\nKERNEL = \"vmlinux\"\nPATH = \"/bin/sh\"\n".to_owned(), None,
-         "configuration-qemu.toml", "[HYPERVISOR.QEMU] PATH", "/bin/sh", "nor in kataConfig.allowedHostPaths"),
-        ("argument", "[hypervisor.qemu]\nkernel = \"vmlinux\"\nvirtio_fs_extra_args = [\"--thread-pool-size=1\", \"--socket-path=/etc/x\"]\n".to_owned(), None,
-         "configuration-qemu.toml", "[hypervisor.qemu] virtio_fs_extra_args", "--socket-path=/etc/x", "kataConfig.allowedArguments"),
-        ("unknown", "[hypervisor.qemu]\nkernel = \"vmlinux\"\nguest_memory_dump_dir = \"/tmp\"\n".to_owned(), None,
-         "configuration-qemu.toml", "[hypervisor.qemu] guest_memory_dump_dir", "/tmp", "kataConfig.allowedKeys"),
-        ("weaken", "[hypervisor.qemu]\nkernel = \"vmlinux\"\ndisable_selinux = true\n".to_owned(), None,
-         "configuration-qemu.toml", "[hypervisor.qemu] disable_selinux", "true", "without its SELinux label"),
-        ("endpoint", "[hypervisor.qemu]\nkernel = \"vmlinux\"\n[runtime]\njaeger_endpoint = \"http://collector.example:14268/api/traces\"\n".to_owned(), None,
-         "configuration-qemu.toml", "[runtime] jaeger_endpoint", "http://collector.example:14268/api/traces", "a network endpoint"),
-        ("dropin", String::from_utf8_lossy(GOOD_CONFIG).into_owned(), Some(format!("[hypervisor.qemu]\n{dump}\n")),
-         "config.d/50-debug.toml", "[hypervisor.qemu] guest_memory_dump_path", "/etc/cron.d", "nor in kataConfig.allowedHostPaths"),
-    ] {
+    cases.push(Case {
+        tag: "endpoint".into(),
+        config: "[hypervisor.qemu]\nkernel = \"vmlinux\"\n[runtime]\njaeger_endpoint = \"http://collector.example:14268/api/traces\"\n".into(),
+        drop_in: None,
+        file: "configuration-qemu.toml",
+        key: "[runtime] jaeger_endpoint".into(),
+        value: "http://collector.example:14268/api/traces".into(),
+        rule: "a network endpoint",
+    });
+    cases.push(Case {
+        tag: "dropin".into(),
+        config: String::from_utf8_lossy(GOOD_CONFIG).into_owned(),
+        drop_in: Some(format!("[hypervisor.qemu]\n{dump}\n")),
+        file: "config.d/50-debug.toml",
+        key: "[hypervisor.qemu] guest_memory_dump_path".into(),
+        value: "/etc/cron.d".into(),
+        rule: "nor in kataConfig.allowedHostPaths",
+    });
+    for Case {
+        tag,
+        config,
+        drop_in,
+        file,
+        key,
+        value,
+        rule,
+    } in cases
+    {
         let mut files: Vec<(&str, &[u8])> = vec![
             ("configuration-qemu.toml", config.as_bytes()),
             ("vmlinux", b"kernel"),
