@@ -184,7 +184,15 @@ async fn a_missing_daemon_fails_the_start_with_a_clear_error() {
     let deps = e2e_guard!();
     let node = gated_node(&deps, Version::V2_1, false, Duration::ZERO, None).await;
     node._server.abort();
-    // The socket file stays but nobody accepts: the same as a daemon that died.
+    // The socket file stays but nobody accepts: the same as a daemon that died. The gate waits
+    // for it (a restarting daemon) until its timeout, 2 s here, then fails the start.
+    let state = GateState::read(&node.daemon.gate_dir, CLASS).unwrap();
+    GateState {
+        timeout_ms: 2_000,
+        ..state
+    }
+    .write(&node.daemon.gate_dir)
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut cri = node.cd.cri().await.unwrap();
     let err = cri
@@ -196,6 +204,11 @@ async fn a_missing_daemon_fails_the_start_with_a_clear_error() {
         status
             .message()
             .contains("cannot reach the kata-nri-manager daemon"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("(tried for "),
         "{}",
         status.message()
     );

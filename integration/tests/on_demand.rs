@@ -67,6 +67,50 @@ fn assert_kata_used(node: &KataNode, pod: &str) {
         .unwrap_or_else(|e| panic!("pod {pod}: {e:#}\n{:?}", node.sandbox_record(pod)));
 }
 
+/// A sandbox start while the daemon is being restarted (a DaemonSet update, a crash) waits for
+/// it: the daemon is stopped, a pod of the class starts, the daemon comes back 3 s later, and the
+/// pod starts on its first try. The gate stays where a node keeps it across the restart.
+async fn a_start_during_a_daemon_restart_waits_for_the_daemon(version: Version) {
+    let Some(mut node) = start(version).await else {
+        return;
+    };
+    let operator = node.operator_config(&node.registry.host(), "onDemand", "");
+    let gate = node.dir().join("gate");
+    let node_config = node.node_config(None).replace(
+        "gate: {dir: {dir}/gate, socket: {dir}/run/gate.sock",
+        &format!(
+            "gate: {{dir: {}, socket: {}.sock",
+            gate.display(),
+            gate.display()
+        ),
+    );
+    assert!(!node_config.contains("{dir}/gate"), "{node_config}");
+    let first = daemon(&mut node, &operator, &node_config, &[]).await;
+    first.process.stop().await.expect("stop");
+
+    let socket = node.cd.address().to_path_buf();
+    let cgroup = node.cd.cgroup_base().to_owned();
+    let pod = tokio::spawn(async move {
+        let mut cri = kata_nri_integration::Cri::connect(socket, cgroup)
+            .await
+            .unwrap();
+        cri.run_pod(&PodSpec::new("during-restart").handler(CLASS))
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!pod.is_finished(), "the start waits for the daemon");
+    let second = daemon(&mut node, &operator, &node_config, &[]).await;
+    pod.await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the start failed: {e:#}\n{}", second.process.log()));
+    assert_kata_used(&node, "during-restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_during_a_daemon_restart_waits_for_the_daemon_2_1() {
+    a_start_during_a_daemon_restart_waits_for_the_daemon(Version::V2_1).await;
+}
+
 const PULLED: &str = "kata_nri_manager_artifact_pulls_total{class=\"knm-kata\",result=\"pulled\"}";
 
 async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {

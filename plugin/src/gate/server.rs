@@ -95,7 +95,12 @@ impl Drop for Open {
 
 fn bind(socket: &Path) -> Result<UnixListener> {
     let io = |what: String| move |source| GateError::Io { what, source };
-    if let Some(dir) = socket.parent() {
+    // Only a directory made here is restricted: `gate.socket: /run/gate.sock` must not turn
+    // `/run` into root's alone. An existing directory is the node's to set; the socket itself
+    // is 0600 either way.
+    if let Some(dir) = socket.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io(format!("securing {}", dir.display())))?;
@@ -164,6 +169,26 @@ async fn answer(
 mod tests {
     use super::*;
     use kata_nri_shim_gate::client;
+
+    #[tokio::test]
+    async fn only_a_directory_made_here_is_restricted() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = dir.path().join("run");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        drop(bind(&shared.join("gate.sock")).expect("bind"));
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&shared), 0o755, "an existing directory keeps its mode");
+        assert_eq!(mode(&shared.join("gate.sock")), 0o600);
+        let own = dir.path().join("kata-nri-manager/run");
+        drop(bind(&own.join("gate.sock")).expect("bind"));
+        assert_eq!(
+            mode(&own),
+            0o700,
+            "a directory made for the socket is root's alone"
+        );
+    }
 
     struct Scripted;
 
