@@ -72,6 +72,7 @@ async fn gated_node(
         digest: None,
         daemon_socket: socket.clone(),
         timeout_ms: 20_000,
+        files: Default::default(),
     }
     .write(&gate_dir)
     .unwrap();

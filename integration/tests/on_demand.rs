@@ -111,6 +111,52 @@ async fn a_start_during_a_daemon_restart_waits_for_the_daemon_2_1() {
     a_start_during_a_daemon_restart_waits_for_the_daemon(Version::V2_1).await;
 }
 
+/// A ready class whose installed kernel was cut short since (a disk fault, a person) is repaired
+/// before the sandbox that would boot it: the gate finds the recorded size off, asks the daemon,
+/// and the pod starts on its first try with the kernel as installed.
+async fn a_damaged_ready_class_is_repaired_before_the_start(version: Version) {
+    let Some(mut node) = start(version).await else {
+        return;
+    };
+    let operator = node.operator_config(&node.registry.host(), "onDemand", "");
+    let node_config = node.node_config(None);
+    let daemon = daemon(&mut node, &operator, &node_config, &[]).await;
+    let mut cri = node.cd.cri().await.unwrap();
+    cri.run_pod(&PodSpec::new("first").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| panic!("first pod: {e:#}\n{}", daemon.process.log()));
+    assert_kata_used(&node, "first");
+
+    let kernel = std::fs::canonicalize(node.artifacts().join(CLASS).join("vmlinux")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&kernel)
+        .and_then(|f| f.set_len(3))
+        .unwrap();
+    let gets = node.registry.blob_gets();
+    cri.run_pod(&PodSpec::new("after-damage").handler(CLASS))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the start after the damage: {e:#}\n{}",
+                daemon.process.log()
+            )
+        });
+    assert_kata_used(&node, "after-damage");
+    assert_eq!(
+        std::fs::read(&kernel).unwrap(),
+        VMLINUX,
+        "repaired in place"
+    );
+    assert!(node.registry.blob_gets() > gets, "pulled again by digest");
+    cri.remove_all_pods().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_ready_class_is_repaired_before_the_start_2_1() {
+    a_damaged_ready_class_is_repaired_before_the_start(Version::V2_1).await;
+}
+
 const PULLED: &str = "kata_nri_manager_artifact_pulls_total{class=\"knm-kata\",result=\"pulled\"}";
 
 async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {

@@ -68,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Never asked: the class is ready.
         daemon_socket: dir.path().join("no-daemon.sock"),
         timeout_ms: 1000,
+        files: Default::default(),
     }
     .write(&gate_dir)?;
     let shim = std::env::current_exe()?;

@@ -49,7 +49,10 @@ fn prepare(gate_dir: &Path, class: &str, args: &[OsString]) -> Result<PathBuf> {
         .collect();
     let sandbox_id = match classify(&args) {
         ShimCall::Other => return Ok(state.real_shim),
-        ShimCall::Start { .. } if state.ready => return Ok(state.real_shim),
+        // Ready, and its files still there as installed: no daemon involved.
+        ShimCall::Start { .. } if state.ready && state.files_intact() => {
+            return Ok(state.real_shim);
+        }
         ShimCall::Start { id } => id,
     };
     let (pod_namespace, pod_name) = std::env::current_dir()

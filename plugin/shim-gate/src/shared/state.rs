@@ -2,6 +2,7 @@
 //! class is ready, and how to reach the daemon. It lets the gate `exec` at once, without asking
 //! anyone, whenever the class is ready or the call is not a sandbox start.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -30,11 +31,23 @@ pub struct GateState {
     pub daemon_socket: PathBuf,
     /// How long a sandbox start may wait for the class, in milliseconds.
     pub timeout_ms: u64,
+    /// The installed version's files and their sizes, when ready: a start checks them (stat
+    /// only) before it trusts `ready`, so a file removed or cut short since (a disk fault, a
+    /// person) is repaired before the sandbox that would read it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<PathBuf, u64>,
 }
 
 impl GateState {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Every recorded file is a regular file of its recorded size.
+    pub fn files_intact(&self) -> bool {
+        self.files
+            .iter()
+            .all(|(path, size)| fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == *size))
     }
 
     /// Path of `class`'s state file under `gate_dir`.
@@ -126,7 +139,28 @@ mod tests {
             digest: None,
             daemon_socket: "/run/kata-nri-manager/gate.sock".into(),
             timeout_ms: 100_000,
+            files: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn files_intact_only_while_each_is_there_with_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        fs::write(&kernel, b"kernel").unwrap();
+        let mut ready = state("kata-qemu");
+        ready.files.insert(kernel.clone(), 6);
+        assert!(ready.files_intact());
+        fs::write(&kernel, b"kern").unwrap();
+        assert!(!ready.files_intact(), "cut short");
+        fs::remove_file(&kernel).unwrap();
+        assert!(!ready.files_intact(), "removed");
+        fs::create_dir(&kernel).unwrap();
+        assert!(!ready.files_intact(), "not a file");
+        assert!(
+            state("k").files_intact(),
+            "nothing recorded: nothing to check"
+        );
     }
 
     #[test]

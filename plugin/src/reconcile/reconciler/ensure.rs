@@ -216,7 +216,11 @@ impl Reconciler {
         match result {
             Ok(ready) => {
                 info!(runtime_class = %class.name, digest = %ready.digest, source = %ready.source, pulled = ready.pulled, "runtime class ready");
-                let previous = recorded.map(|state| state.previous).unwrap_or_default();
+                let previous = recorded
+                    .as_ref()
+                    .map(|state| state.previous.clone())
+                    .unwrap_or_default();
+                let recorded_now = recorded;
                 self.board.update_class(&class.name, |s| {
                     s.state = ArtifactState::Ready;
                     s.digest = Some(ready.digest.clone());
@@ -235,7 +239,8 @@ impl Reconciler {
                 };
                 if class.provision == Provision::OnDemand
                     && let Some(real) = real_shim
-                    && let Err(e) = self.write_gate_state(&class.name, real, true)
+                    && let Err(e) =
+                        self.write_gate_state(&class.name, real, true, recorded_now.as_ref())
                 {
                     warn!(runtime_class = %class.name, error = %e, "gate state not written: starts keep asking the daemon");
                 }

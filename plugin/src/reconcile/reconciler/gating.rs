@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use tracing::info;
 
 use super::{Plan, Reconciler, lock};
+use crate::artifacts::ClassState;
 use crate::config::Provision;
 use crate::gate::{self, EnsureRequest, Ensurer, GateState, Refusal};
 use crate::policy::{PodInfo, Trigger};
@@ -43,7 +44,8 @@ impl Reconciler {
         }
         for (name, real_shim) in &gated {
             let ready = self.board.class(name).map(|s| s.state) == Some(ArtifactState::Ready);
-            self.write_gate_state(name, real_shim.clone(), ready)?;
+            let installed = self.store.installed(name);
+            self.write_gate_state(name, real_shim.clone(), ready, installed.as_ref())?;
         }
         let state_dir = gate_dir.join(gate::state::STATE_DIR);
         for entry in std::fs::read_dir(&state_dir)
@@ -73,13 +75,23 @@ impl Reconciler {
         Ok(())
     }
 
+    /// `installed`: the class's install record, whose files a ready class's starts check.
     pub(super) fn write_gate_state(
         &self,
         class: &str,
         real_shim: PathBuf,
         ready: bool,
+        installed: Option<&ClassState>,
     ) -> Result<(), String> {
         let digest = self.board.class(class).and_then(|s| s.digest);
+        let files = match installed {
+            Some(record) if ready => record
+                .files
+                .iter()
+                .map(|(rel, file)| (record.path.join(rel), file.size))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
         GateState {
             class: class.to_owned(),
             real_shim,
@@ -88,6 +100,7 @@ impl Reconciler {
             daemon_socket: self.config.gate.socket.clone(),
             timeout_ms: u64::try_from(self.config.gate.timeout.get().as_millis())
                 .unwrap_or(u64::MAX),
+            files,
         }
         .write(&self.config.gate.dir)
         .map_err(|e| e.to_string())
