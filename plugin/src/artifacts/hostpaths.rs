@@ -50,7 +50,7 @@ const SOCKET_DIRS: [&str; 2] = ["/run", "/var/run"];
 /// Host places kata's own configurations name outside the version (kata 3.x and 4.x templates,
 /// `src/runtime/config/configuration-*.toml.in`): each key may hold kata's value, or a path in the
 /// version or on `kataConfig.allowedHostPaths`.
-const KATA_HOST_PLACES: [(&str, &str); 6] = [
+const KATA_HOST_PLACES: [(&str, &str); 8] = [
     ("template_path", "/run/vc/vm/template"),
     ("vm_cache_endpoint", "/var/run/kata-containers/cache.sock"),
     ("dan_conf", "/run/kata-containers/dans"),
@@ -60,17 +60,24 @@ const KATA_HOST_PLACES: [(&str, &str); 6] = [
         "/var/lib/kubelet/pod-resources/kubelet.sock",
     ),
     ("remote_hypervisor_socket", "/run/peerpod/hypervisor.sock"),
+    // runtime-rs's name for it.
+    ("hypervisor_socket", "/run/peerpod/hypervisor.sock"),
+    // runtime-rs: where guest swap files are made.
+    ("guest_swap_path", "/run/kata-containers/swap"),
 ];
 
 /// Keys whose values are read in the guest, not on the host (the guest kernel's command line,
 /// the guest's hook directory and SELinux label, the guest's kernel modules): the path rule does
 /// not apply to them.
-const GUEST_KEYS: [&str; 7] = [
+const GUEST_KEYS: [&str; 9] = [
     "kernel_params",
     "kernel_verity_params",
     "guest_hook_path",
     "guest_selinux_label",
     "kernel_modules",
+    // runtime-rs's `[[runtime.shared_mounts]]`: paths in the pod's containers.
+    "src_path",
+    "dst_path",
     // base64 (may start with `/`), checked as such by `katakeys`.
     "snp_id_block",
     "snp_id_auth",
@@ -496,7 +503,8 @@ mod tests {
     }
 
     /// Every value naming a host place in kata's own x86_64 configurations (kata 4.1's
-    /// `configuration-*.toml.in`, generated for the `/opt/kata` and `/usr` prefixes) passes the
+    /// `configuration-*.toml.in`, Go runtime and runtime-rs, generated for the `/opt/kata` and
+    /// `/usr` prefixes) passes the
     /// rule with the default `kataConfig.allowedHostPaths`: an artifact carrying kata's own
     /// configuration installs unchanged.
     #[test]
@@ -870,6 +878,369 @@ mod tests {
         (
             "hypervisor.stratovirt",
             "valid_virtio_fs_daemon_paths = [\"/usr/libexec/virtiofsd\"]",
+        ),
+        // runtime-rs (kata-static ships its configurations beside the Go ones).
+        (
+            "hypervisor.clh",
+            "guest_swap_path = \"/run/kata-containers/swap\"",
+        ),
+        (
+            "hypervisor.clh",
+            "image = \"/opt/kata/share/kata-containers/kata-containers-mariner.img\"",
+        ),
+        (
+            "hypervisor.clh",
+            "image = \"/opt/kata/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.clh",
+            "image = \"/usr/share/kata-containers/kata-containers-mariner.img\"",
+        ),
+        (
+            "hypervisor.clh",
+            "image = \"/usr/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.clh",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.clh",
+            "kernel = \"/usr/share/cloud-hypervisor/vmlinux.bin\"",
+        ),
+        (
+            "hypervisor.clh",
+            "kernel = \"/usr/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.clh",
+            "path = \"/opt/kata/bin/cloud-hypervisor\"",
+        ),
+        (
+            "hypervisor.clh",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/cloud-hypervisor\"]",
+        ),
+        (
+            "hypervisor.clh",
+            "valid_hypervisor_paths = [\"/usr/bin/cloud-hypervisor\"]",
+        ),
+        (
+            "hypervisor.clh",
+            "virtio_fs_daemon = \"/opt/kata/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.clh",
+            "virtio_fs_daemon = \"/usr/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.clh.factory",
+            "template_path = \"/run/vc/vm/template\"",
+        ),
+        (
+            "hypervisor.dragonball",
+            "guest_swap_path = \"/run/kata-containers/swap\"",
+        ),
+        (
+            "hypervisor.dragonball",
+            "image = \"/opt/kata/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.dragonball",
+            "image = \"/usr/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.dragonball",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinux-dragonball-experimental.container\"",
+        ),
+        (
+            "hypervisor.dragonball",
+            "kernel = \"/usr/share/kata-containers/vmlinux-dragonball-experimental.container\"",
+        ),
+        (
+            "hypervisor.dragonball.factory",
+            "template_path = \"/run/vc/vm/template\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "entropy_source = \"/dev/urandom\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "image = \"/opt/kata/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "image = \"/usr/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "jailer_path = \"/opt/kata/bin/jailer\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "jailer_path = \"/usr/bin/jailer\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "kernel = \"/usr/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "path = \"/opt/kata/bin/firecracker\"",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_entropy_sources = [\"/dev/random\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_entropy_sources = [\"/dev/urandom\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/firecracker\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_hypervisor_paths = [\"/usr/bin/firecracker\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_jailer_paths = [\"/opt/kata/bin/jailer\"]",
+        ),
+        (
+            "hypervisor.firecracker",
+            "valid_jailer_paths = [\"/usr/bin/jailer\"]",
+        ),
+        (
+            "hypervisor.openvmm",
+            "guest_swap_path = \"/run/kata-containers/swap\"",
+        ),
+        (
+            "hypervisor.openvmm",
+            "image = \"/opt/kata/share/kata-containers/kata-containers-mariner.img\"",
+        ),
+        (
+            "hypervisor.openvmm",
+            "image = \"/usr/share/kata-containers/kata-containers-mariner.img\"",
+        ),
+        (
+            "hypervisor.openvmm",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.openvmm",
+            "kernel = \"/usr/share/kata-containers/vmlinux.container\"",
+        ),
+        ("hypervisor.openvmm", "path = \"/opt/kata/bin/openvmm\""),
+        ("hypervisor.openvmm", "path = \"/usr/bin/openvmm\""),
+        (
+            "hypervisor.openvmm",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/openvmm\"]",
+        ),
+        (
+            "hypervisor.openvmm",
+            "valid_hypervisor_paths = [\"/usr/bin/openvmm\"]",
+        ),
+        (
+            "hypervisor.openvmm",
+            "virtio_fs_daemon = \"/opt/kata/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.openvmm",
+            "virtio_fs_daemon = \"/usr/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/opt/kata/share/ovmf/AMDSEV.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/opt/kata/share/ovmf/OVMF.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/opt/kata/share/ovmf/OVMF.inteltdx.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/usr/share/ovmf/AMDSEV.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "firmware = \"/usr/share/ovmf/OVMF.inteltdx.fd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/opt/kata/share/kata-containers/kata-containers-nvidia.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/opt/kata/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/usr/share/kata-containers/kata-containers-nvidia.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "image = \"/usr/share/kata-containers/kata-containers.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/opt/kata/share/kata-containers/kata-containers-se-runtime-rs.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinuz-nvidia-gpu.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/opt/kata/share/kata-containers/vmlinuz.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/usr/share/kata-containers/kata-containers-se-runtime-rs.img\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/usr/share/kata-containers/vmlinux.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/usr/share/kata-containers/vmlinuz-nvidia-gpu.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "kernel = \"/usr/share/kata-containers/vmlinuz.container\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/opt/kata/bin/qemu-system-x86_64\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/opt/kata/bin/qemu-system-x86_64-no-shared-fs\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/opt/kata/bin/qemu-system-x86_64-snp-experimental\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/opt/kata/bin/qemu-system-x86_64-tdx-experimental\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/usr/bin/qemu-system-x86_64-no-shared-fs\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/usr/bin/qemu-system-x86_64-snp-experimental\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "path = \"/usr/bin/qemu-system-x86_64-tdx-experimental\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_entropy_sources = [\"/dev/random\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_entropy_sources = [\"/dev/urandom\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/qemu-system-x86_64\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/qemu-system-x86_64-no-shared-fs\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/qemu-system-x86_64-snp-experimental\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/opt/kata/bin/qemu-system-x86_64-tdx-experimental\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64-no-shared-fs\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64-snp-experimental\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64-tdx-experimental\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_vhost_user_store_paths = [\"/var/run/kata-containers/vhost-user\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_virtio_fs_daemon_paths = [\"/opt/kata/libexec/virtiofsd\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "valid_virtio_fs_daemon_paths = [\"/usr/libexec/virtiofsd\"]",
+        ),
+        (
+            "hypervisor.qemu",
+            "vhost_user_store_path = \"/var/run/kata-containers/vhost-user\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "virtio_fs_daemon = \"/opt/kata/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.qemu",
+            "virtio_fs_daemon = \"/usr/libexec/virtiofsd\"",
+        ),
+        (
+            "hypervisor.qemu.factory",
+            "template_path = \"/run/vc/vm/template\"",
+        ),
+        (
+            "hypervisor.qemu.guest_extension_images",
+            "path = \"/opt/kata/share/kata-containers/kata-containers-coco-extension.img\"",
+        ),
+        (
+            "hypervisor.qemu.guest_extension_images",
+            "path = \"/opt/kata/share/kata-containers/kata-containers-nvidia-gpu-extension.img\"",
+        ),
+        (
+            "hypervisor.qemu.guest_extension_images",
+            "path = \"/usr/share/kata-containers/kata-containers-coco-extension.img\"",
+        ),
+        (
+            "hypervisor.qemu.guest_extension_images",
+            "path = \"/usr/share/kata-containers/kata-containers-nvidia-gpu-extension.img\"",
+        ),
+        (
+            "hypervisor.remote",
+            "remote_hypervisor_socket = \"/run/peerpod/hypervisor.sock\"",
+        ),
+        (
+            "runtime",
+            "pod_resource_api_sock = \"/var/lib/kubelet/pod-resources/kubelet.sock\"",
         ),
     ];
 

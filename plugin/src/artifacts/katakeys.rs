@@ -6,16 +6,22 @@
 //!
 //! The keys are those of kata's Go runtime parser (`src/runtime/pkg/katautils/config.go`, the
 //! `toml` tags of its `hypervisor`, `agent`, `runtime` and `factory` structs) in kata 4.1, with
-//! the keys earlier releases read and later ones dropped, so artifacts made for them install.
-//! Names are compared lower-cased: kata's TOML decoder matches them without regard to case.
+//! the keys earlier releases (2.0 on) read and later ones dropped, and those of kata's Rust
+//! runtime (runtime-rs: the serde structs of `src/libs/kata-types/src/config/`, 3.0 to 4.1, whose
+//! configurations kata-static ships beside the Go ones), so artifacts made for any of them
+//! install. Names are compared lower-cased: kata's Go TOML decoder matches them without regard to
+//! case.
 
 use toml_edit::{DocumentMut, Item, Value};
 
-/// The hypervisor tables kata accepts (`[hypervisor.<name>]`; any other name is an error there).
+/// The hypervisor tables kata accepts (`[hypervisor.<name>]`; any other name is an error there):
+/// the Go runtime's, and runtime-rs's (`openvmm`, and `cloud-hypervisor` from 3.2 to 3.29).
 const HYPERVISOR_NAMES: &[&str] = &[
     "clh",
+    "cloud-hypervisor",
     "dragonball",
     "firecracker",
+    "openvmm",
     "qemu",
     "remote",
     "stratovirt",
@@ -188,6 +194,99 @@ const EARLIER_KEYS: &[(&str, &str)] = &[
     ("image", "service_offload"),               // 3.3
 ];
 
+/// Keys only runtime-rs reads, per table (3.0 to 4.1).
+const RUNTIME_RS_KEYS: &[(&str, &str)] = &[
+    ("hypervisor", "boot_from_template"),
+    ("hypervisor", "boot_to_be_template"),
+    ("hypervisor", "dbg_monitor_socket"),
+    ("hypervisor", "default_gpu_model"),
+    ("hypervisor", "default_gpus"),
+    ("hypervisor", "device_state_path"),
+    ("hypervisor", "disable_nested_virtualization"),
+    ("hypervisor", "enable_balloon_f_reporting"),
+    ("hypervisor", "guest_swap_create_threshold_secs"),
+    ("hypervisor", "guest_swap_path"),
+    ("hypervisor", "guest_swap_size_percent"),
+    ("hypervisor", "hugepage_type"),
+    ("hypervisor", "hypervisor_socket"),
+    ("hypervisor", "hypervisor_timeout"),
+    ("hypervisor", "initdata"),
+    ("hypervisor", "log_level"),
+    ("hypervisor", "memory_path"),
+    ("hypervisor", "network_queues"),
+    ("hypervisor", "num_queues"),
+    ("hypervisor", "overhead_memory"),
+    ("hypervisor", "overhead_vcpus"),
+    ("hypervisor", "prefetch_list_path"),
+    ("hypervisor", "queue_size"),
+    ("hypervisor", "seccomp_sandbox"),
+    ("hypervisor", "selinux_label"),
+    ("hypervisor", "virtio_fs_is_dax"),
+    ("hypervisor", "vm_rootfs_driver"),
+    ("agent", "cdh_api_timeout_ms"),
+    ("agent", "container_pipe_size"),
+    ("agent", "create_container_timeout"),
+    ("agent", "dial_timeout_ms"),
+    ("agent", "health_check_request_timeout_ms"),
+    ("agent", "log_level"),
+    ("agent", "log_port"),
+    ("agent", "passfd_listener_port"),
+    ("agent", "policy"),
+    ("agent", "reconnect_timeout_ms"),
+    ("agent", "request_timeout_ms"),
+    ("agent", "server_port"),
+    ("runtime", "agent_name"),
+    ("runtime", "hypervisor_name"),
+    ("runtime", "keep_abnormal"),
+    ("runtime", "log_level"),
+    ("runtime", "name"),
+    ("runtime", "passfd_listener_port"),
+    ("runtime", "static_resource_mgmt"),
+    ("runtime", "use_passfd_io"),
+];
+
+/// Tables nested in a table (runtime-rs): (table family, key, the nested table's keys).
+const NESTED_TABLES: &[(&str, &str, &[&str])] = &[
+    (
+        "hypervisor",
+        "factory",
+        &["enable_template", "template_path"],
+    ),
+    (
+        "hypervisor",
+        "rootless_user",
+        &["gid", "groups", "uid", "user_name"],
+    ),
+    (
+        "agent",
+        "mem_agent",
+        &[
+            "compact_disable",
+            "compact_force_times",
+            "compact_order",
+            "compact_period_psi_percent_limit",
+            "compact_period_secs",
+            "compact_psi_percent_limit",
+            "compact_sec_max",
+            "compact_threshold",
+            "enable",
+            "mem_agent_enable",
+            "memcg_disable",
+            "memcg_eviction_psi_percent_limit",
+            "memcg_eviction_run_aging_count_min",
+            "memcg_period_psi_percent_limit",
+            "memcg_period_secs",
+            "memcg_swap",
+            "memcg_swappiness_max",
+        ],
+    ),
+    (
+        "runtime",
+        "shared_mounts",
+        &["dst_ctr", "dst_path", "name", "src_ctr", "src_path"],
+    ),
+];
+
 /// Keys whose values are handed to host programs as arguments (virtiofsd's command line,
 /// qemu's `-cpu`, `-machine` and `-sandbox` options), split at commas when they are strings.
 const ARGUMENT_KEYS: &[&str] = &[
@@ -195,6 +294,7 @@ const ARGUMENT_KEYS: &[&str] = &[
     "cpu_features",
     "machine_accelerators",
     "seccompsandbox",
+    "seccomp_sandbox",
 ];
 
 /// The arguments kata's own configurations pass (2.x to 4.1: virtiofsd's `-o` spelling and
@@ -292,14 +392,21 @@ impl KeyRule<'_> {
             .to_ascii_lowercase();
         keys.iter().find_map(|(key, value)| {
             let lower = key.to_ascii_lowercase();
-            let earlier = EARLIER_KEYS
+            let other_release = EARLIER_KEYS
                 .iter()
+                .chain(RUNTIME_RS_KEYS)
                 .any(|(f, k)| *f == family && *k == lower);
-            if !known.contains(&lower.as_str()) && !earlier {
+            if let Some((_, _, nested)) = NESTED_TABLES
+                .iter()
+                .find(|(f, k, _)| *f == family && *k == lower)
+            {
+                return self.nested(&format!("{table}.{key}"), value, nested);
+            }
+            if !known.contains(&lower.as_str()) && !other_release {
                 return self.unknown(table, key, value);
             }
             if lower == "guest_extension_images" {
-                return self.extension_images(table, value);
+                return self.nested(&format!("{table}.{key}"), value, GUEST_EXTENSION_IMAGE_KEYS);
             }
             let full = format!("[{table}] {key}");
             if ARGUMENT_KEYS.contains(&lower.as_str()) {
@@ -312,8 +419,8 @@ impl KeyRule<'_> {
         })
     }
 
-    fn extension_images(&self, table: &str, item: &Item) -> Option<KeyRefusal> {
-        let at = format!("{table}.guest_extension_images");
+    /// A nested table (or array of tables) and its keys, which must be `known`.
+    fn nested(&self, at: &str, item: &Item, known: &[&str]) -> Option<KeyRefusal> {
         let tables: Vec<&dyn toml_edit::TableLike> = match item {
             Item::ArrayOfTables(tables) => tables
                 .iter()
@@ -323,12 +430,15 @@ impl KeyRule<'_> {
                 .iter()
                 .filter_map(|v| v.as_inline_table().map(|t| t as &dyn toml_edit::TableLike))
                 .collect(),
-            _ => return self.unknown(table, "guest_extension_images", item),
+            item => item.as_table_like().into_iter().collect(),
         };
-        tables.into_iter().find_map(|image| {
-            image.iter().find_map(|(key, value)| {
-                (!GUEST_EXTENSION_IMAGE_KEYS.contains(&key.to_ascii_lowercase().as_str()))
-                    .then(|| self.unknown(&at, key, value))
+        if tables.is_empty() {
+            return self.unknown(at, "", item);
+        }
+        tables.into_iter().find_map(|table| {
+            table.iter().find_map(|(key, value)| {
+                (!known.contains(&key.to_ascii_lowercase().as_str()))
+                    .then(|| self.unknown(at, key, value))
                     .flatten()
             })
         })
@@ -409,7 +519,7 @@ impl KeyRule<'_> {
             ("hypervisor", "disable_selinux") if on => {
                 "runs the hypervisor without its SELinux label"
             }
-            ("hypervisor", "extra_monitor_socket") if set => {
+            ("hypervisor", "extra_monitor_socket" | "dbg_monitor_socket") if set => {
                 "opens a second monitor socket on the hypervisor, from which the VM can be driven"
             }
             ("runtime", "enable_pprof") if on => "serves the shim's profiling endpoint",
@@ -516,6 +626,78 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// Every key of kata 4.1's own x86_64 configurations (the Go runtime's and runtime-rs's,
+    /// generated for the `/opt/kata` and `/usr` prefixes), by table.
+    const KATA_KEYS: &[(&str, &str)] = &[
+        (
+            "agent.kata",
+            "cdh_api_timeout cdh_api_timeout_ms container_pipe_size create_container_timeout debug_console_enabled dial_timeout dial_timeout_ms enable_debug enable_tracing kernel_modules launch_process_timeout log_level reconnect_timeout_ms visible_cdi_devices",
+        ),
+        (
+            "agent.kata.mem_agent",
+            "compact_disable compact_force_times compact_order compact_period_psi_percent_limit compact_period_secs compact_psi_percent_limit compact_sec_max compact_threshold mem_agent_enable memcg_disable memcg_eviction_psi_percent_limit memcg_eviction_run_aging_count_min memcg_period_psi_percent_limit memcg_period_secs memcg_swap memcg_swappiness_max",
+        ),
+        (
+            "factory",
+            "enable_template template_path vm_cache_endpoint vm_cache_number",
+        ),
+        (
+            "hypervisor.clh",
+            "block_device_cache_direct block_device_cache_set block_device_driver cold_plug_vfio default_bridges default_maxmemory default_maxvcpus default_memory default_vcpus disable_block_device_use disable_guest_selinux disable_image_nvdimm disable_nested_virtualization disable_nesting_checks disable_seccomp disable_selinux disk_rate_limiter_bw_max_rate disk_rate_limiter_bw_one_time_burst disk_rate_limiter_ops_max_rate disk_rate_limiter_ops_one_time_burst enable_annotations enable_debug enable_guest_swap enable_hugepages enable_iommu enable_mem_prealloc firmware guest_hook_path guest_swap_create_threshold_secs guest_swap_path guest_swap_size_percent hot_plug_vfio hypervisor_loglevel image kernel kernel_params memory_slots net_rate_limiter_bw_max_rate net_rate_limiter_bw_one_time_burst net_rate_limiter_ops_max_rate net_rate_limiter_ops_one_time_burst network_queues num_queues overhead_memory overhead_vcpus path queue_size reclaim_guest_freed_memory rootfs_type rootless shared_fs valid_ctlpaths valid_hypervisor_paths valid_virtio_fs_daemon_paths virtio_fs_cache virtio_fs_cache_size virtio_fs_daemon virtio_fs_extra_args virtio_fs_queue_size vm_rootfs_driver",
+        ),
+        ("hypervisor.clh.factory", "enable_template template_path"),
+        (
+            "hypervisor.dragonball",
+            "block_device_cache_direct block_device_driver ctlpath default_bridges default_maxmemory default_maxvcpus default_memory default_vcpus disable_nesting_checks disable_seccomp disable_vhost_net enable_annotations enable_debug enable_guest_swap enable_hugepages firmware guest_hook_path guest_swap_create_threshold_secs guest_swap_path guest_swap_size_percent image kernel kernel_params log_level network_queues num_queues overhead_memory overhead_vcpus path queue_size reclaim_guest_freed_memory rootfs_type shared_fs valid_ctlpaths valid_hypervisor_paths virtio_fs_cache virtio_fs_cache_size virtio_fs_extra_args vm_rootfs_driver",
+        ),
+        (
+            "hypervisor.dragonball.factory",
+            "enable_template template_path",
+        ),
+        (
+            "hypervisor.firecracker",
+            "block_device_cache_noflush block_device_cache_set block_device_driver default_bridges default_maxmemory default_maxvcpus default_memory default_vcpus disable_nesting_checks disable_seccomp disable_selinux disk_rate_limiter_bw_max_rate disk_rate_limiter_bw_one_time_burst disk_rate_limiter_ops_max_rate disk_rate_limiter_ops_one_time_burst enable_annotations enable_debug enable_hugepages enable_iommu enable_mem_prealloc entropy_source guest_hook_path image jailer_path kernel kernel_params memory_offset memory_slots msize_9p network_queues num_queues path queue_size rootfs_type rx_rate_limiter_max_rate tx_rate_limiter_max_rate valid_entropy_sources valid_hypervisor_paths valid_jailer_paths",
+        ),
+        (
+            "hypervisor.openvmm",
+            "block_device_cache_direct block_device_driver default_maxvcpus default_memory default_vcpus disable_nesting_checks disable_seccomp enable_annotations enable_debug enable_guest_swap enable_hugepages enable_mem_prealloc firmware guest_hook_path guest_swap_create_threshold_secs guest_swap_path guest_swap_size_percent image kernel kernel_params network_queues num_queues overhead_memory overhead_vcpus path queue_size reclaim_guest_freed_memory rootfs_type rootless shared_fs valid_ctlpaths valid_hypervisor_paths virtio_fs_cache virtio_fs_cache_size virtio_fs_daemon virtio_fs_extra_args virtio_fs_queue_size vm_rootfs_driver",
+        ),
+        (
+            "hypervisor.qemu",
+            "block_device_aio block_device_cache_direct block_device_cache_noflush block_device_cache_set block_device_driver block_device_logical_sector_size block_device_physical_sector_size cold_plug_vfio confidential_guest cpu_features default_bridges default_maxmemory default_maxvcpus default_memory default_vcpus disable_block_device_use disable_guest_selinux disable_image_nvdimm disable_nesting_checks disable_selinux disable_vhost_net enable_annotations enable_debug enable_guest_swap enable_hugepages enable_iommu enable_iommu_platform enable_iothreads enable_mem_prealloc enable_numa enable_vhost_user_store enable_virtio_mem entropy_source extra_monitor_socket firmware firmware_volume guest_hook_path guest_memory_dump_paging guest_memory_dump_path hot_plug_vfio image indep_iothreads kernel kernel_params kernel_verity_params machine_accelerators machine_type memory_offset memory_slots msize_9p network_queues num_queues numa_mapping overhead_memory overhead_vcpus path pcie_root_port pcie_switch_port pflashes queue_size reclaim_guest_freed_memory rootfs_type rootless rx_rate_limiter_max_rate seccomp_sandbox seccompsandbox sev_snp_guest shared_fs snp_guest_policy snp_id_auth snp_id_block tdx_quote_generation_service_socket_port tx_rate_limiter_max_rate use_legacy_serial valid_entropy_sources valid_hypervisor_paths valid_vhost_user_store_paths valid_virtio_fs_daemon_paths vhost_user_reconnect_timeout_sec vhost_user_store_path virtio_fs_cache virtio_fs_cache_size virtio_fs_daemon virtio_fs_extra_args virtio_fs_queue_size vm_rootfs_driver",
+        ),
+        ("hypervisor.qemu.factory", "enable_template template_path"),
+        (
+            "hypervisor.qemu.guest_extension_images",
+            "name path verity_params",
+        ),
+        (
+            "hypervisor.remote",
+            "default_bridges default_maxvcpus default_memory default_vcpus disable_guest_selinux disable_selinux enable_annotations enable_debug firmware guest_hook_path kernel_params memory_slots remote_hypervisor_socket remote_hypervisor_timeout",
+        ),
+        (
+            "hypervisor.stratovirt",
+            "block_device_cache_direct block_device_cache_noflush block_device_cache_set block_device_driver block_device_logical_sector_size block_device_physical_sector_size default_bridges default_maxmemory default_maxvcpus default_memory default_vcpus disable_block_device_use disable_guest_selinux disable_nesting_checks disable_selinux enable_annotations enable_debug enable_hugepages enable_iommu entropy_source guest_hook_path image kernel kernel_params machine_type memory_offset memory_slots path rootfs_type shared_fs valid_hypervisor_paths valid_virtio_fs_daemon_paths virtio_fs_cache virtio_fs_cache_size virtio_fs_daemon virtio_fs_extra_args",
+        ),
+        (
+            "runtime",
+            "agent_name create_container_timeout dan_conf disable_guest_empty_dir disable_guest_seccomp disable_new_netns emptydir_mode enable_debug enable_pprof enable_tracing enable_vcpus_pinning experimental experimental_force_guest_pull guest_selinux_label hypervisor_name internetworking_model jaeger_endpoint jaeger_password jaeger_user keep_abnormal kubelet_root_dir log_level name passfd_listener_port pod_resource_api_sock sandbox_bind_mounts sandbox_cgroup_only static_sandbox_resource_mgmt use_passfd_io vfio_mode",
+        ),
+    ];
+
+    #[test]
+    fn every_key_of_kata_s_own_configurations_is_known() {
+        let refused: Vec<String> = KATA_KEYS
+            .iter()
+            .flat_map(|(table, keys)| keys.split(' ').map(move |key| (*table, key)))
+            .filter_map(|(table, key)| {
+                check(&format!("[{table}]\n{key} = \"\""), &[], &[])
+                    .map(|r| format!("{table}.{key}: {}", r.rule))
+            })
+            .collect();
+        assert!(refused.is_empty(), "{refused:#?}");
     }
 
     #[test]
