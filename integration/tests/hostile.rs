@@ -612,6 +612,13 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
     );
     // Typed, not text: the artifact arrived whole and its content was refused.
     assert_eq!(kind, "install_refused", "{error}");
+    // And for scripts: status exits 4 while a class has failed.
+    assert_eq!(
+        node.status_code(&daemon, &operator, &node_config)
+            .await
+            .expect("status"),
+        4
+    );
     let refused = format!(
         "kata_nri_manager_ensure_failures_total{{class=\"{CLASS}\",kind=\"install_refused\"}}"
     );

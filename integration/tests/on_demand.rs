@@ -277,6 +277,13 @@ async fn an_eager_class_is_ready_after_start(version: Version) {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_kata_used(&node, "eager");
+    // For scripts: 0 while the daemon runs and no class has failed.
+    assert_eq!(
+        node.status_code(&daemon, &operator, &node_config)
+            .await
+            .unwrap(),
+        0
+    );
     cri.remove_all_pods().await.unwrap();
 }
 

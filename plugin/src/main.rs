@@ -25,7 +25,10 @@ fn main() -> ExitCode {
             Command::Policy(command) => cli::policy::run(command),
             Command::Configure(args) => cli::configure::configure(args),
             Command::Uninstall(args) => cli::configure::uninstall(args),
-            Command::Status(args) => cli::status::run(args),
+            Command::Status(args) => match cli::status::run(args) {
+                Ok(exit) => return ExitCode::from(exit.code()),
+                Err(e) => Err(e),
+            },
             Command::Rollback(args) => cli::rollback::run(args),
             Command::Runtimeclass(args) => cli::runtimeclass::run(args),
             Command::Config(ConfigCommand::Check {

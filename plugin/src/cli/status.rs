@@ -49,7 +49,43 @@ struct Shown {
     report: StatusReport,
 }
 
-pub fn run(args: StatusArgs) -> Result<()> {
+/// How `status` ends, for scripts: its exit code says it without parsing the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusExit {
+    /// 0: the daemon runs and no class it serves has failed.
+    Healthy,
+    /// 3: no daemon runs (the report is what the disk holds).
+    NoDaemon,
+    /// 4: the daemon runs and a class has failed (`state: failed`).
+    ClassFailed,
+}
+
+impl StatusExit {
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Healthy => 0,
+            Self::NoDaemon => 3,
+            Self::ClassFailed => 4,
+        }
+    }
+
+    fn of(shown: &Shown) -> Self {
+        if !shown.daemon_running {
+            Self::NoDaemon
+        } else if shown
+            .report
+            .classes
+            .iter()
+            .any(|c| c.state == ArtifactState::Failed)
+        {
+            Self::ClassFailed
+        } else {
+            Self::Healthy
+        }
+    }
+}
+
+pub fn run(args: StatusArgs) -> Result<StatusExit> {
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
     let config = loaded.config;
@@ -71,7 +107,7 @@ pub fn run(args: StatusArgs) -> Result<()> {
         StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
         StatusOutput::Text => print!("{}", render(&shown)),
     }
-    Ok(())
+    Ok(StatusExit::of(&shown))
 }
 
 /// What the artifacts directory says when no daemon reports.
@@ -85,7 +121,7 @@ fn from_disk(config: &Config) -> StatusReport {
             ClassStatus {
                 class: class.name.clone(),
                 provision: class.provision,
-                decision: ClassDecision::Serve,
+                decision: ClassDecision::Unevaluated,
                 reason: Some("policies not evaluated: the daemon is not running".into()),
                 source: installed
                     .as_ref()
@@ -295,6 +331,7 @@ fn render(shown: &Shown) -> String {
                     ClassDecision::Serve => "serve",
                     ClassDecision::Skip => "skip",
                     ClassDecision::Deny => "deny",
+                    ClassDecision::Unevaluated => "-",
                 }
                 .to_owned(),
                 c.state.as_str().to_owned(),
@@ -372,6 +409,75 @@ mod tests {
     use super::*;
     use crate::config::Provision;
 
+    fn class(name: &str, state: ArtifactState, decision: ClassDecision) -> ClassStatus {
+        ClassStatus {
+            class: name.into(),
+            provision: Provision::OnDemand,
+            decision,
+            reason: Some("denied by policy 10-gpu: no GPU".into()),
+            source: Some("registry.local/kata:1".into()),
+            digest: Some(format!("sha256:{}", "a".repeat(64))),
+            previous: vec![format!("sha256:{}", "b".repeat(64))],
+            held_back: Some(format!("sha256:{}", "c".repeat(64))),
+            version_skew: Some(
+                "the artifact needs kata 3.3.0; /opt/kata/shim is kata 3.2.0".into(),
+            ),
+            state,
+            last_error: None,
+            last_error_kind: None,
+            failures: 0,
+            pods: vec!["default/p".into()],
+            updated_at: 0,
+            kata_config: None,
+        }
+    }
+
+    #[test]
+    fn the_exit_code_says_whether_the_daemon_runs_and_a_class_failed() {
+        let shown = |daemon_running: bool, states: &[ArtifactState]| Shown {
+            daemon_running,
+            report: StatusReport {
+                pid: 1,
+                version: "0".into(),
+                started_at: 0,
+                nri: Default::default(),
+                containerd: Default::default(),
+                classes: states
+                    .iter()
+                    .map(|state| class("k", *state, ClassDecision::Serve))
+                    .collect(),
+            },
+        };
+        use ArtifactState::*;
+        assert_eq!(StatusExit::of(&shown(true, &[Ready, Absent])).code(), 0);
+        assert_eq!(StatusExit::of(&shown(true, &[Ready, Failed])).code(), 4);
+        assert_eq!(StatusExit::of(&shown(false, &[Failed])).code(), 3);
+        assert_eq!(StatusExit::of(&shown(false, &[])).code(), 3);
+    }
+
+    #[test]
+    fn without_a_daemon_no_policy_decided_anything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::config::parse_str(
+            &format!(
+                "artifactsDir: {}\nruntimeClasses:\n- {{name: k, artifacts: {{url: nvcr.io/k:1}}}}\n",
+                dir.path().display()
+            ),
+            Path::new("c.yaml"),
+            crate::config::FileKind::Trusted,
+        )
+        .expect("config");
+        let report = from_disk(&config);
+        assert_eq!(report.classes[0].decision, ClassDecision::Unevaluated);
+        let text = render(&Shown {
+            daemon_running: false,
+            report,
+        });
+        let row = text.lines().find(|l| l.starts_with("k ")).expect("row");
+        assert!(!row.contains("serve"), "{row}");
+        assert!(text.contains("reason: policies not evaluated"), "{text}");
+    }
+
     #[test]
     fn says_where_kata_comes_from_and_whether_the_version_was_signed() {
         let config = |signed_by: Option<&str>| KataConfigStatus {
@@ -412,26 +518,6 @@ mod tests {
 
     #[test]
     fn renders_a_row_per_class_with_errors_and_pods() {
-        let class = |name: &str, state, decision| ClassStatus {
-            class: name.into(),
-            provision: Provision::OnDemand,
-            decision,
-            reason: Some("denied by policy 10-gpu: no GPU".into()),
-            source: Some("registry.local/kata:1".into()),
-            digest: Some(format!("sha256:{}", "a".repeat(64))),
-            previous: vec![format!("sha256:{}", "b".repeat(64))],
-            held_back: Some(format!("sha256:{}", "c".repeat(64))),
-            version_skew: Some(
-                "the artifact needs kata 3.3.0; /opt/kata/shim is kata 3.2.0".into(),
-            ),
-            state,
-            last_error: None,
-            last_error_kind: None,
-            failures: 0,
-            pods: vec!["default/p".into()],
-            updated_at: 0,
-            kata_config: None,
-        };
         let shown = Shown {
             daemon_running: false,
             report: StatusReport {

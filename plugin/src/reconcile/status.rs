@@ -53,6 +53,8 @@ pub enum ClassDecision {
     Skip,
     /// A policy (or the host's checks) denied it.
     Deny,
+    /// Nobody asked the policies: `status` read the disk because no daemon runs.
+    Unevaluated,
 }
 
 /// One runtime class as the daemon sees it.
