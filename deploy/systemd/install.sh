@@ -79,9 +79,9 @@ if ((uninstall)); then
   systemctl disable --now kata-nri-manager.service 2>/dev/null || true
   if [ -x "$knm" ] && [ -f "$etc/config.yaml" ]; then
     # Removes every stanza we wrote; restarting is ours to do (see restart_containerd).
-    out="$("$knm" uninstall --config "$etc/config.yaml" --no-restart)"
+    out="$("$knm" uninstall --config "$etc/config.yaml" --no-restart --output json)"
     echo "$out"
-    if grep -q "restart pending" <<<"$out"; then restart_containerd; fi
+    if grep -q '"result": "restartPending"' <<<"$out"; then restart_containerd; fi
   fi
   rm -f "$unit_dir/kata-nri-manager.service"
   systemctl daemon-reload
@@ -126,9 +126,9 @@ fi
 "$knm" policy check "$policies_dir" --config "$etc/config.yaml"
 
 # The stanzas and NRI, in one edit; the restart is done here, after the KillMode check.
-out="$("$knm" configure --config "$etc/config.yaml" --no-restart)"
+out="$("$knm" configure --config "$etc/config.yaml" --no-restart --output json)"
 echo "$out"
-if grep -q "restart pending" <<<"$out"; then restart_containerd; fi
+if grep -q '"result": "restartPending"' <<<"$out"; then restart_containerd; fi
 
 install -m 0644 "$here/kata-nri-manager.service" "$unit_dir/kata-nri-manager.service"
 systemctl daemon-reload

@@ -449,7 +449,9 @@ async fn the_nodes_own_stanza_is_only_replaced_when_adopted() {
         .unwrap();
     assert!(output.status.success(), "{}", text(&output));
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains(&format!("Adopted(\"{CLASS}\")")),
+        String::from_utf8_lossy(&output.stdout).contains(&format!(
+            "runtime class {CLASS}: the node's stanza taken over (runtime.adopt)"
+        )),
         "{}",
         text(&output)
     );
@@ -462,6 +464,24 @@ async fn the_nodes_own_stanza_is_only_replaced_when_adopted() {
     let record =
         std::fs::read_to_string(dir.path().join("state/containerd-ownership.json")).unwrap();
     assert!(record.contains(CLASS), "{record}");
+    // For scripts: one JSON document; a second run has nothing to do.
+    let output = knm(
+        &deps,
+        version,
+        dir.path(),
+        &["configure", "--output", "json"],
+        &operator,
+        &node,
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(report["result"], "unchanged", "{report}");
+    assert_eq!(report["changes"], serde_json::json!([]), "{report}");
+    assert_eq!(report["config"], cd.layout().config.display().to_string());
     cd.shutdown().await.unwrap();
 }
 

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use super::Output;
+
 use crate::config::{Config, Provision};
 use crate::containerd::diff::edit_diff;
 use crate::containerd::restart::Outcome;
@@ -30,6 +32,9 @@ pub struct ConfigureArgs {
     /// Write the config but do not restart containerd (a restart is pending).
     #[arg(long)]
     pub no_restart: bool,
+    /// `text`: a sentence per change; `json`: one document (`config`, `changes`, `result`).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -72,6 +77,7 @@ pub fn configure(args: ConfigureArgs) -> Result<()> {
         &args.node.paths(),
         args.dry_run,
         args.no_restart,
+        args.output,
     )
 }
 
@@ -82,11 +88,23 @@ pub fn uninstall(args: UninstallArgs) -> Result<()> {
     if OwnershipRecord::load(&record)?.is_empty() {
         // Nothing of ours to remove: containerd's file is not ours to read, let alone edit or
         // restart for (it may be one we cannot parse, on a node we never configured).
-        println!(
-            "containerd config {}: nothing of kata-nri-manager's to remove (no stanza recorded in {})",
-            config.containerd.config_path.display(),
-            record.display()
-        );
+        match args.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&Report {
+                    config: &config.containerd.config_path,
+                    changes: &[],
+                    result: "unchanged",
+                    restart_seconds: None,
+                    diff: None,
+                })?
+            ),
+            Output::Text => println!(
+                "containerd config {}: nothing of kata-nri-manager's to remove (no stanza recorded in {})",
+                config.containerd.config_path.display(),
+                record.display()
+            ),
+        }
         return Ok(());
     }
     run(
@@ -95,6 +113,7 @@ pub fn uninstall(args: UninstallArgs) -> Result<()> {
         &args.node.paths(),
         args.dry_run,
         args.no_restart,
+        args.output,
     )
 }
 
@@ -142,28 +161,76 @@ pub fn stanzas(config: &Config) -> Vec<RuntimeStanza> {
         .collect()
 }
 
+/// What `configure` and `uninstall` report, `--output json`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    config: &'a std::path::Path,
+    changes: &'a [crate::containerd::Change],
+    /// `unchanged`, `restartPending` (written, containerd not restarted), `restarted`, or
+    /// `dryRun` (nothing written: `diff` is what would be).
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff: Option<String>,
+}
+
 fn run(
     config: &Config,
     desired: &[RuntimeStanza],
     node: &NodePaths,
     dry_run: bool,
     no_restart: bool,
+    output: Output,
 ) -> Result<()> {
     let planned = plan(config, desired, node)?;
     let main_path = &planned.main_path;
+    let changes = &planned.edit.changes;
+    let report = |result, restart_seconds, diff| Report {
+        config: main_path,
+        changes,
+        result,
+        restart_seconds,
+        diff,
+    };
     if dry_run {
         let diff = edit_diff(&planned.edit, main_path);
-        if diff.is_empty() {
-            println!("containerd config {}: no change", main_path.display());
-        } else {
-            print!("{diff}");
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&report("dryRun", None, Some(diff)))?
+            ),
+            Output::Text if diff.is_empty() => {
+                println!("containerd config {}: no change", main_path.display())
+            }
+            Output::Text => print!("{diff}"),
         }
         return Ok(());
     }
-    for change in &planned.edit.changes {
-        println!("{change:?}");
+    if output == Output::Text {
+        for change in changes {
+            println!("{change}");
+        }
     }
-    match write_and_restart(config, &planned, desired, no_restart)? {
+    let applied = write_and_restart(config, &planned, desired, no_restart)?;
+    if output == Output::Json {
+        let (result, seconds) = match &applied {
+            Applied::Unchanged => ("unchanged", None),
+            Applied::Written {
+                restart: None | Some(Outcome::Pending),
+            } => ("restartPending", None),
+            Applied::Written {
+                restart: Some(Outcome::Restarted { took }),
+            } => ("restarted", Some(took.as_secs_f64())),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report(result, seconds, None))?
+        );
+        return Ok(());
+    }
+    match applied {
         Applied::Unchanged => println!(
             "containerd config {}: already up to date, no restart",
             main_path.display()

@@ -95,6 +95,14 @@ pub struct RunArgs {
     pub node: configure::NodeArgs,
 }
 
+/// `--output` of the commands that report: `text` for people, `json` for scripts (one document
+/// on stdout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<crate::config::Duration>()
         .map(|d| d.get())

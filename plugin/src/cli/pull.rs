@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use super::Output;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
@@ -27,19 +29,13 @@ pub struct PullArgs {
     #[arg(value_name = "CLASS")]
     pub classes: Vec<String>,
     /// `text` for people, `json` for scripts (one document on stdout).
-    #[arg(long, value_enum, default_value_t = PullOutput::Text)]
-    pub output: PullOutput,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PullOutput {
-    Text,
-    Json,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// Pulls the chosen classes at once; fails (after reporting every class) if any failed.
 pub async fn run(args: PullArgs) -> Result<()> {
-    let bars = args.output == PullOutput::Text && std::io::stderr().is_terminal();
+    let bars = args.output == Output::Text && std::io::stderr().is_terminal();
     init_logging(if bars { "warn" } else { "info" });
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
@@ -62,7 +58,7 @@ pub async fn run(args: PullArgs) -> Result<()> {
     for (class, result) in classes.iter().zip(results) {
         match result {
             Ok(installed) => {
-                if args.output == PullOutput::Text {
+                if args.output == Output::Text {
                     println!("{}", summary(&installed));
                 }
                 report.push(serde_json::to_value(&installed)?);
@@ -73,7 +69,7 @@ pub async fn run(args: PullArgs) -> Result<()> {
             }
         }
     }
-    if args.output == PullOutput::Json {
+    if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     collect_retired(&store, &config.containerd.address).await;

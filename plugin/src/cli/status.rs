@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::Output;
+
 use super::configure::NodeArgs;
 use crate::artifacts::{
     ArtifactStore, ClassState, DEFAULT_CONFIG_NAME, StoreSettings, kata_config_file,
@@ -27,16 +29,10 @@ pub struct StatusArgs {
     #[arg(long, value_name = "FILE")]
     pub node_config: Option<PathBuf>,
     /// `text` for people, `json` for scripts.
-    #[arg(long, value_enum, default_value_t = StatusOutput::Text)]
-    pub output: StatusOutput,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub node: NodeArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StatusOutput {
-    Text,
-    Json,
 }
 
 /// The report and where it came from.
@@ -104,8 +100,8 @@ pub fn run(args: StatusArgs) -> Result<StatusExit> {
         },
     };
     match args.output {
-        StatusOutput::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
-        StatusOutput::Text => print!("{}", render(&shown)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+        Output::Text => print!("{}", render(&shown)),
     }
     Ok(StatusExit::of(&shown))
 }

@@ -60,8 +60,10 @@ impl EditOptions {
     }
 }
 
-/// One thing the edit does, for logs and the CLI's summary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One thing the edit does, for logs and the CLI's summary: a sentence (`Display`) for people,
+/// `{"change": "added", "subject": "kata-qemu"}` (`Serialize`) for scripts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase", tag = "change", content = "subject")]
 pub enum Change {
     Added(String),
     Updated(String),
@@ -75,6 +77,30 @@ pub enum Change {
     ImportRemoved(String),
     DropinWritten(PathBuf),
     DropinRemoved(PathBuf),
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Added(class) => write!(f, "runtime class {class}: stanza added"),
+            Self::Updated(class) => write!(f, "runtime class {class}: stanza updated"),
+            Self::Adopted(class) => write!(
+                f,
+                "runtime class {class}: the node's stanza taken over (runtime.adopt)"
+            ),
+            Self::Removed(class) => write!(f, "runtime class {class}: stanza removed"),
+            Self::Moved(class) => write!(
+                f,
+                "runtime class {class}: stanza moved between the main file and the drop-in"
+            ),
+            Self::NriEnabled => write!(f, "NRI enabled"),
+            Self::VersionAdded(version) => write!(f, "version = {version} added"),
+            Self::ImportAdded(path) => write!(f, "imports: {path} added"),
+            Self::ImportRemoved(path) => write!(f, "imports: {path} removed"),
+            Self::DropinWritten(path) => write!(f, "drop-in {} written", path.display()),
+            Self::DropinRemoved(path) => write!(f, "drop-in {} removed", path.display()),
+        }
+    }
 }
 
 /// The result of [`apply`](super::apply): new texts, and the ownership record to store once they are written.
@@ -100,5 +126,28 @@ impl Edit {
     /// Whether writing the edit would change no file (the ownership record may still change).
     pub fn is_noop(&self) -> bool {
         !self.main_changed() && self.dropin == DropinChange::Untouched
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_reads_as_a_sentence_and_as_json() {
+        let added = Change::Added("kata-qemu".into());
+        assert_eq!(added.to_string(), "runtime class kata-qemu: stanza added");
+        assert_eq!(
+            serde_json::to_value(&added).expect("json"),
+            serde_json::json!({"change": "added", "subject": "kata-qemu"})
+        );
+        assert_eq!(
+            serde_json::to_value(Change::NriEnabled).expect("json"),
+            serde_json::json!({"change": "nriEnabled"})
+        );
+        assert_eq!(
+            Change::DropinWritten("/etc/containerd/conf.d/kata.toml".into()).to_string(),
+            "drop-in /etc/containerd/conf.d/kata.toml written"
+        );
     }
 }

@@ -193,7 +193,7 @@ pub fn write_and_restart(
     let writer = AtomicWriter::new();
     let committed = commit::commit(edit, main_path, state_path, owned, &writer)?;
     for change in &edit.changes {
-        tracing::info!(?change, "containerd config changed");
+        tracing::info!(%change, "containerd config changed");
     }
     if no_restart {
         return Ok(Applied::Written { restart: None });
