@@ -70,10 +70,6 @@ impl TrustedKey {
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// The DER inside the PEM armour, so line ends and the file's layout do not change it.

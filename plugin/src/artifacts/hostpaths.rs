@@ -215,20 +215,16 @@ impl HostPathRule<'_> {
                     item.as_str().and_then(|value| self.path(&full_key, value))
                 } else if key == "pflashes" {
                     strings(item).find_map(|value| self.path(&full_key, value))
-                } else if key == "entropy_source" {
-                    item.as_str().and_then(|value| {
-                        self.host_place(&full_key, value, &ENTROPY_DEVICES, false)
-                    })
-                } else if key == "file_mem_backend" {
-                    item.as_str().and_then(|value| {
-                        self.host_place(&full_key, value, &MEMORY_BACKEND_DIRS, true)
-                    })
-                } else if key == "vhost_user_store_path" {
-                    item.as_str()
-                        .and_then(|value| self.host_place(&full_key, value, &SOCKET_DIRS, true))
-                } else if key == "valid_vhost_user_store_paths" {
-                    strings(item)
-                        .find_map(|value| self.host_place(&full_key, value, &SOCKET_DIRS, true))
+                } else if matches!(
+                    key,
+                    "entropy_source"
+                        | "file_mem_backend"
+                        | "vhost_user_store_path"
+                        | "valid_vhost_user_store_paths"
+                ) {
+                    // Held to their kind of host place by the rule over every value
+                    // (`one_string`), in any table.
+                    None
                 } else if key.starts_with("valid_") && key.ends_with("paths") {
                     strings(item).find_map(|value| self.path(&full_key, value))
                 } else if key == "enable_annotations" {

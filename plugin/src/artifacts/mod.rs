@@ -41,7 +41,6 @@ mod unpack;
 mod versions;
 
 pub use auth::{AuthFileError, Credentials, DockerConfig, canonical_host};
-pub use cosign::TrustedKey;
 pub use error::{ArtifactError, AuthHint, Result};
 pub use fetch::MAX_MANIFEST_BYTES;
 pub use kataconf::{

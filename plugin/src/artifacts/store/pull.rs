@@ -35,6 +35,10 @@ impl Inner {
         self.check_link_is_ours(class)?;
         let previous = state::read(&settings.artifacts_dir, &class.name);
         let wanted = self.wanted_settings(class, previous.as_ref());
+        // Whether the installed version carries the signature asked for now (reads the key once).
+        let previous_signed = previous
+            .as_ref()
+            .is_some_and(|state| self.signature_current(class, state));
         let mut pin = class.pinned_digest().map(|d| d.to_string());
         let mut by_digest = None;
         let same_version = |state: &ClassState| {
@@ -46,7 +50,7 @@ impl Inner {
         if freshness == Freshness::Installed
             && let Some(state) = &previous
             && same_version(state)
-            && self.signature_current(class, state)
+            && previous_signed
         {
             if self.usable(class, state)? {
                 let state = self.settle(class, state, &wanted).await?;
@@ -70,7 +74,7 @@ impl Inner {
             && pin
                 .as_ref()
                 .is_none_or(|p| *p == resolved || *p == state.manifest_digest)
-            && self.signature_current(class, state)
+            && previous_signed
             && self.usable(class, state)?
         {
             tracing::info!(digest = %state.manifest_digest, "artifacts up to date");
@@ -80,7 +84,7 @@ impl Inner {
         if let Some(state) = &previous
             && pin.is_none()
             && state.rejected.contains(&resolved)
-            && self.signature_current(class, state)
+            && previous_signed
             && self.usable(class, state)?
         {
             tracing::warn!(resolved = %resolved, current = %state.manifest_digest, "update held back: an operator rolled back from this version");
