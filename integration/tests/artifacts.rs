@@ -156,6 +156,8 @@ fn class(name: &str, url: &str) -> RuntimeClass {
     RuntimeClass {
         name: name.into(),
         node_selector: BTreeMap::new(),
+        overhead: Default::default(),
+        tolerations: Vec::new(),
         provision: Default::default(),
         update_policy: Default::default(),
         version_skew: Default::default(),

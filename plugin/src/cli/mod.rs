@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// Log format [default: the config's log.format, else text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address of /metrics, /healthz and /readyz [default: the config's listen, else
+    /// 127.0.0.1:9464]. For an address known only at start, e.g. the node's IP from the
+    /// Kubernetes downward API: `--listen=$(HOST_IP):9464`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
     /// How long a class that left the config stays unused before its artifacts are removed.
     #[arg(long, value_name = "DURATION", hide = true, env = "KATA_NRI_MANAGER_GC_GRACE", value_parser = parse_duration)]
     pub gc_grace: Option<std::time::Duration>,

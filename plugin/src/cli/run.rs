@@ -16,6 +16,48 @@ const LAUNCHED_LOG_DIR: &str = "/var/log/kata-nri-manager";
 
 /// Runs the daemon against containerd's NRI socket until SIGTERM or SIGINT.
 pub async fn external(args: RunArgs) -> Result<()> {
+    if let Some(node) = &args.node_config
+        && !node.exists()
+    {
+        // Logging and the endpoint come from the operator file, read here as well as it reads:
+        // the full load, after the wait, reports anything wrong with it.
+        let early = early_settings(&args);
+        logging::init(early.format, None).context("setting up logging")?;
+        let waited = daemon::wait_for_node_file(node, early.listen, daemon::shutdown_signal())
+            .await
+            .with_context(|| format!("serving /readyz on {} while waiting", early.listen))?;
+        if let daemon::Waited::Stopped(signal) = waited {
+            info!(signal, "stopping");
+            return Ok(());
+        }
+        return start(args, true).await;
+    }
+    start(args, false).await
+}
+
+/// What the daemon needs before its config is loaded: where to log and listen.
+struct EarlySettings {
+    format: LogFormat,
+    listen: std::net::SocketAddr,
+}
+
+fn early_settings(args: &RunArgs) -> EarlySettings {
+    let operator = std::fs::read_to_string(&args.config)
+        .ok()
+        .and_then(|text| {
+            crate::config::parse_str(&text, &args.config, crate::config::FileKind::Operator).ok()
+        })
+        .unwrap_or_default();
+    EarlySettings {
+        format: args.log_format.unwrap_or(match operator.log.format {
+            crate::config::LogFormat::Text => LogFormat::Text,
+            crate::config::LogFormat::Json => LogFormat::Json,
+        }),
+        listen: args.listen.unwrap_or(operator.listen),
+    }
+}
+
+async fn start(args: RunArgs, logging_ready: bool) -> Result<()> {
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
     let files = ConfigFiles {
@@ -26,11 +68,16 @@ pub async fn external(args: RunArgs) -> Result<()> {
     // What a changed file is compared with: the config as loaded, before the overrides below.
     let as_loaded = loaded.config.clone();
     let mut config = loaded.config;
-    let format = args.log_format.unwrap_or(match config.log.format {
-        crate::config::LogFormat::Text => LogFormat::Text,
-        crate::config::LogFormat::Json => LogFormat::Json,
-    });
-    logging::init(format, None).context("setting up logging")?;
+    if !logging_ready {
+        let format = args.log_format.unwrap_or(match config.log.format {
+            crate::config::LogFormat::Text => LogFormat::Text,
+            crate::config::LogFormat::Json => LogFormat::Json,
+        });
+        logging::init(format, None).context("setting up logging")?;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
     for warning in &loaded.warnings {
         warn!(%warning, "config");
     }

@@ -9,19 +9,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use crate::config::{Config, FileKind, RuntimeClass, parse_str};
+use crate::config::{Config, FileKind, RuntimeClass, Toleration, parse_str};
 
 /// The node label the daemon sets once a class is servable on the node (`docs/daemon.md`, "Node
 /// labels").
 pub const SERVABLE_LABEL_PREFIX: &str = "kata-nri-manager.io/";
 pub const SERVABLE_VALUE: &str = "servable";
-
-/// Memory of the VM beyond the pod's own requests: the guest kernel, the agent and the VMM
-/// (kata-deploy's figure for its QEMU classes). Charged to every pod of the class by the scheduler
-/// and kubelet, so a node is not overcommitted by its kata pods' VMs.
-pub const DEFAULT_OVERHEAD_MEMORY: &str = "160Mi";
-/// CPU of the VMM and kata's I/O threads beyond the pod's requests (kata-deploy's figure).
-pub const DEFAULT_OVERHEAD_CPU: &str = "250m";
 
 #[derive(Debug, Args)]
 pub struct RuntimeClassArgs {
@@ -61,6 +54,8 @@ pub struct Overhead {
 #[serde(rename_all = "camelCase")]
 pub struct Scheduling {
     pub node_selector: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 /// Prints one YAML document per runtime class, in the config's order.
@@ -99,15 +94,65 @@ pub fn render(config: &Config) -> Result<String> {
         let yaml = serde_yaml::to_string(&object(class))
             .with_context(|| format!("rendering RuntimeClass {}", class.name))?;
         out.push_str("---\n");
-        out.push_str(&yaml);
+        out.push_str(&quote_yaml_1_1_scalars(&yaml));
     }
     Ok(out)
 }
 
+/// `yaml` (serde_yaml's block output) with every plain scalar that YAML 1.1 reads as something
+/// other than text put in single quotes. serde_yaml writes YAML 1.2, where `yes`, `on` and `1:20`
+/// are text; kubectl and the API server's decoder (go-yaml v2) read YAML 1.1, where they are a
+/// boolean and a number, and a label value `on` would then fail validation as "not a string".
+fn quote_yaml_1_1_scalars(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len() + 16);
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        let (lead, rest) = line.split_at(indent);
+        out.push_str(lead);
+        match rest.split_once(": ") {
+            Some((key, value)) => {
+                out.push_str(&quoted_if_not_text(key));
+                out.push_str(": ");
+                out.push_str(&quoted_if_not_text(value));
+            }
+            None => match rest.strip_suffix(':') {
+                Some(key) => {
+                    out.push_str(&quoted_if_not_text(key));
+                    out.push(':');
+                }
+                None => out.push_str(&quoted_if_not_text(rest)),
+            },
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn quoted_if_not_text(scalar: &str) -> std::borrow::Cow<'_, str> {
+    const BOOLEANS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+    ];
+    // 1.1's integers and floats also allow `_` separators and base-60 (`1:20` is 80).
+    let numeric_1_1 = scalar.starts_with(|c: char| c.is_ascii_digit())
+        && scalar
+            .chars()
+            .all(|c| c.is_ascii_digit() || "_:.".contains(c))
+        && (scalar.contains('_') || scalar.contains(':'));
+    if BOOLEANS.contains(&scalar) || numeric_1_1 {
+        // Single quotes need no escaping of anything these scalars contain.
+        std::borrow::Cow::Owned(format!("'{scalar}'"))
+    } else {
+        std::borrow::Cow::Borrowed(scalar)
+    }
+}
+
 /// The RuntimeClass of one class: its handler is the class name (the containerd runtime handler
 /// the daemon writes), and it schedules only onto nodes where the daemon reports the class
-/// servable, narrowed by the class's own `nodeSelector`.
+/// servable, narrowed by the class's own `nodeSelector`. The pod overhead is charged to every pod
+/// of the class by the scheduler and kubelet, so a node is not overcommitted by its pods' VMs.
 pub fn object(class: &RuntimeClass) -> RuntimeClassObject {
+    let (cpu, memory) = class.overhead.resolved(&class.name);
     let mut node_selector = class.node_selector.clone();
     // Ours goes in last: a class's nodeSelector cannot switch the servable check off by naming
     // the same key (the config walk only checks label syntax).
@@ -124,12 +169,12 @@ pub fn object(class: &RuntimeClass) -> RuntimeClassObject {
         },
         handler: class.name.clone(),
         overhead: Overhead {
-            pod_fixed: BTreeMap::from([
-                ("cpu".to_owned(), DEFAULT_OVERHEAD_CPU.to_owned()),
-                ("memory".to_owned(), DEFAULT_OVERHEAD_MEMORY.to_owned()),
-            ]),
+            pod_fixed: BTreeMap::from([("cpu".to_owned(), cpu), ("memory".to_owned(), memory)]),
         },
-        scheduling: Scheduling { node_selector },
+        scheduling: Scheduling {
+            node_selector,
+            tolerations: class.tolerations.clone(),
+        },
     }
 }
 
@@ -168,17 +213,95 @@ mod tests {
              kind: RuntimeClass\n\
              metadata:\n  name: kata-qemu\n  labels:\n    app.kubernetes.io/managed-by: kata-nri-manager\n\
              handler: kata-qemu\n\
-             overhead:\n  podFixed:\n    cpu: 250m\n    memory: 160Mi\n\
+             overhead:\n  podFixed:\n    cpu: 250m\n    memory: 320Mi\n\
              scheduling:\n  nodeSelector:\n    kata-nri-manager.io/kata-qemu: servable\n\
              ---\n\
              apiVersion: node.k8s.io/v1\n\
              kind: RuntimeClass\n\
              metadata:\n  name: kata-qemu-nvidia-gpu\n  labels:\n    app.kubernetes.io/managed-by: kata-nri-manager\n\
              handler: kata-qemu-nvidia-gpu\n\
-             overhead:\n  podFixed:\n    cpu: 250m\n    memory: 160Mi\n\
+             overhead:\n  podFixed:\n    cpu: '1'\n    memory: 2Gi\n\
              scheduling:\n  nodeSelector:\n    kata-nri-manager.io/kata-qemu-nvidia-gpu: servable\n    \
              nvidia.com/gpu.present: 'true'\n"
         );
+    }
+
+    #[test]
+    fn a_class_sets_its_own_overhead_and_tolerations() {
+        let config = config(
+            "runtimeClasses:\n\
+             - name: kata-clh\n  overhead: {memory: 512Mi}\n  \
+               tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]\n  \
+               artifacts: {url: nvcr.io/x:1}\n",
+        );
+        let object = object(config.class("kata-clh").expect("class"));
+        assert_eq!(
+            object.overhead.pod_fixed,
+            BTreeMap::from([
+                ("cpu".to_owned(), "250m".to_owned()),
+                ("memory".to_owned(), "512Mi".to_owned()),
+            ])
+        );
+        let text = serde_yaml::to_string(&object).expect("yaml");
+        assert!(
+            text.contains(
+                "  tolerations:\n  - key: nvidia.com/gpu\n    operator: Exists\n    effect: NoSchedule\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_typo_in_overhead_or_tolerations_is_refused_by_config_check() {
+        for (yaml, expected) in [
+            (
+                "overhead: {memory: 320MB}",
+                "runtimeClasses[0].overhead.memory",
+            ),
+            ("overhead: {cpu: fast}", "runtimeClasses[0].overhead.cpu"),
+            (
+                "tolerations: [{operator: Exist}]",
+                "runtimeClasses[0].tolerations[0].operator",
+            ),
+            (
+                "tolerations: [{effect: NoSchedul}]",
+                "runtimeClasses[0].tolerations[0].effect",
+            ),
+        ] {
+            let text = format!(
+                "runtimeClasses:\n- name: k\n  {yaml}\n  artifacts: {{url: nvcr.io/x:1}}\n"
+            );
+            let err = parse_str(&text, Path::new("config.yaml"), FileKind::Operator)
+                .expect_err(yaml)
+                .to_string();
+            assert!(err.contains(expected), "{yaml}: {err}");
+        }
+    }
+
+    /// kubectl and the API server read YAML 1.1, where `yes`, `on` and `1.10` are not text.
+    #[test]
+    fn yaml_1_1_booleans_and_numbers_stay_text() {
+        let config = config(
+            "runtimeClasses:\n- name: k\n  \
+               nodeSelector: {a: \"yes\", b: \"on\", c: \"Off\", d: \"y\", e: \"1.10\", f: \"NO\", g: \"0x1F\", h: \"1e3\", i: \"1_000\", j: \"1-20\", on: \"yes-no\"}\n  \
+               artifacts: {url: nvcr.io/x:1}\n",
+        );
+        let text = render(&config).expect("render");
+        for line in [
+            "a: 'yes'",
+            "b: 'on'",
+            "c: 'Off'",
+            "d: 'y'",
+            "e: '1.10'",
+            "f: 'NO'",
+            "g: '0x1F'",
+            "h: '1e3'",
+            "i: '1_000'",
+            "j: 1-20",
+            "'on': yes-no",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]

@@ -19,6 +19,14 @@ pub struct RuntimeClass {
     /// The RuntimeClass's scheduling selector (k8s-kata-manager's meaning).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// The RuntimeClass's pod overhead; unset parts take the default for the class's kind
+    /// ([`PodOverhead::defaults_for`]).
+    #[serde(default, skip_serializing_if = "PodOverhead::is_empty")]
+    pub overhead: PodOverhead,
+    /// The RuntimeClass's tolerations: kata pods then tolerate the taints of the nodes meant for
+    /// them (GPU nodes are often tainted) without every pod spelling them out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
     #[serde(default)]
     pub provision: Provision,
     #[serde(default)]
@@ -54,6 +62,61 @@ impl RuntimeClass {
             .as_ref()
             .and_then(|f| f.digest.as_ref())
     }
+}
+
+/// `overhead`: what a pod of the class costs beyond its containers' requests (the VM: guest
+/// kernel, agent, VMM), charged by the scheduler and kubelet. Kubernetes quantities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodOverhead {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+impl PodOverhead {
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_none() && self.memory.is_none()
+    }
+
+    /// The overhead a class gets where its config says nothing, by the kind its name says (as
+    /// kata-deploy names its classes): a GPU class's VM holds the GPU driver stack and pins
+    /// its memory for the device's DMA; a QEMU VM costs more than the lighter VMMs.
+    pub fn defaults_for(class: &str) -> (&'static str, &'static str) {
+        if class.contains("gpu") {
+            ("1", "2Gi")
+        } else if class.contains("qemu") {
+            ("250m", "320Mi")
+        } else {
+            ("250m", "160Mi")
+        }
+    }
+
+    /// This overhead with the kind's defaults filled in: `(cpu, memory)`.
+    pub fn resolved(&self, class: &str) -> (String, String) {
+        let (cpu, memory) = Self::defaults_for(class);
+        (
+            self.cpu.clone().unwrap_or_else(|| cpu.to_owned()),
+            self.memory.clone().unwrap_or_else(|| memory.to_owned()),
+        )
+    }
+}
+
+/// A Kubernetes toleration, as a RuntimeClass's `scheduling.tolerations` holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Toleration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

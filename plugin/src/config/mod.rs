@@ -28,8 +28,8 @@ mod walk;
 mod tests;
 
 pub use class::{
-    Artifacts, DEFAULT_KATA_CONFIG, FromArtifact, Provision, RuntimeClass, RuntimeSettings,
-    UpdatePolicy, UpdatePolicyError, Verify, VersionSkew,
+    Artifacts, DEFAULT_KATA_CONFIG, FromArtifact, PodOverhead, Provision, RuntimeClass,
+    RuntimeSettings, Toleration, UpdatePolicy, UpdatePolicyError, Verify, VersionSkew,
 };
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, Problem, Result, Warning};

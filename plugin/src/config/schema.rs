@@ -124,6 +124,32 @@ const RUNTIME_CLASS: Shape = Shape::Struct(&[
         },
         Shared,
     ),
+    key(
+        "overhead",
+        Shape::Struct(&[
+            key("cpu", Shape::Text(values::quantity), Shared),
+            key("memory", Shape::Text(values::quantity), Shared),
+        ]),
+        Shared,
+    ),
+    key(
+        "tolerations",
+        Shape::List {
+            item: &Shape::Struct(&[
+                key("key", Shape::Text(values::label_key), Shared),
+                key("operator", Shape::Enum(&["Exists", "Equal"]), Shared),
+                key("value", Shape::Text(values::label_value), Shared),
+                key(
+                    "effect",
+                    Shape::Enum(&["NoSchedule", "PreferNoSchedule", "NoExecute"]),
+                    Shared,
+                ),
+                key("tolerationSeconds", Shape::Count, Shared),
+            ]),
+            partial: false,
+        },
+        Shared,
+    ),
     key("provision", Shape::Enum(&["eager", "onDemand"]), Shared),
     key("versionSkew", Shape::Enum(&["warn", "refuse"]), Shared),
     key("updatePolicy", Shape::Text(values::update_policy), Shared),

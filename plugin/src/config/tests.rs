@@ -1024,6 +1024,17 @@ fn full_config() -> Config {
     config.runtime_classes[0].artifacts.digest =
         Some(format!("sha256:{HEX}").parse().expect("digest"));
     config.runtime_classes[0].runtime.adopt = true;
+    config.runtime_classes[0].overhead = PodOverhead {
+        cpu: Some("500m".into()),
+        memory: Some("1Gi".into()),
+    };
+    config.runtime_classes[0].tolerations = vec![Toleration {
+        key: Some("nvidia.com/gpu".into()),
+        operator: Some("Equal".into()),
+        value: Some("present".into()),
+        effect: Some("NoExecute".into()),
+        toleration_seconds: Some(30),
+    }];
     // kata itself from a signed and pinned artifact: a class of its own (not with runtimePath).
     let mut from_artifact = config.runtime_classes[0].clone();
     from_artifact.name = "kata-static".into();

@@ -186,6 +186,8 @@ mod tests {
         RuntimeClass {
             name: name.into(),
             node_selector: Default::default(),
+            overhead: Default::default(),
+            tolerations: Vec::new(),
             provision: Default::default(),
             update_policy: Default::default(),
             version_skew: Default::default(),

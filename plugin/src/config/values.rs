@@ -199,6 +199,28 @@ pub(super) fn listen_address(text: &str) -> Result<(), String> {
     })
 }
 
+/// A Kubernetes resource quantity as a RuntimeClass's overhead holds it: a non-negative decimal
+/// number and an optional suffix (`250m`, `1`, `0.5`, `320Mi`, `2Gi`, `1G`). Checked here so a
+/// typo fails `config check` rather than the API server's validation of the RuntimeClass.
+pub(super) fn quantity(text: &str) -> Result<(), String> {
+    const SUFFIXES: &[&str] = &[
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    let well_formed = digits > 0 && number.matches('.').count() <= 1 && SUFFIXES.contains(&suffix);
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a Kubernetes quantity (e.g. 250m or 1 for CPU, 320Mi or 2Gi for memory)"
+        ))
+    }
+}
+
 /// A pod annotation pattern, which must not let pods set the kata config path.
 pub(super) fn annotation_pattern(text: &str) -> Result<(), String> {
     let pattern = AnnotationPattern::parse(text)

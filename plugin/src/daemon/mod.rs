@@ -29,13 +29,16 @@ mod configure;
 mod external;
 mod gc;
 mod launched;
+mod node_file;
 mod reload;
 mod signal;
 mod status_writer;
 
 pub(crate) use external::{External, external};
 pub(crate) use launched::launched;
+pub(crate) use node_file::{Waited, wait_until_present as wait_for_node_file};
 pub(crate) use reload::ConfigFiles;
+pub(crate) use signal::shutdown_signal;
 pub use status_writer::status_file;
 
 use self::configure::{RestartSlots, configure_containerd, failed, retry_containerd};
