@@ -14,7 +14,7 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # The systemd restart tests run a private bus with a fake systemd on it. Debian's dbus-daemon
 # package has the daemon alone (the dbus package adds the system bus's service).
 [ -x /usr/bin/dbus-daemon ] || missing+=(dbus-daemon)
-# scripts/validate-deploy.sh installs kubectl and kubernetes-validate into a venv; Debian ships
+# scripts/validate-deploy.sh installs helm and kubernetes-validate into a venv; Debian ships
 # python3 without ensurepip, which `python3 -m venv` needs, until python3-venv is installed.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # The guest boot tests run a real VM under KVM: bookworm's qemu (7.2). The guest's kernel and

@@ -10,11 +10,12 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 # The example and hostile policies, built as components for the host's tests, and their own tests.
 bash policies-wasm/build.sh --test
-# deploy/: every kustomization renders and validates offline; the configs and RuntimeClasses agree.
+# deploy/: the Helm chart lints, renders and validates offline; the configs and RuntimeClasses agree.
 bash scripts/validate-deploy.sh
 if [ "$(id -u)" -eq 0 ]; then
   export KNM_REQUIRE_E2E="${KNM_REQUIRE_E2E:-1}"
 fi
 cargo test --workspace --locked
-# The optional `kube` feature against fake API servers (`reconcile::l`: labels and lease).
-cargo test -p kata-nri-manager --features kube --locked --lib reconcile::l
+# The optional `kube` feature against fake API servers (`reconcile::l`: labels and lease;
+# `artifacts::pull_secrets`: pull secrets read through the API, with a fake registry).
+cargo test -p kata-nri-manager --features kube --locked --lib -- reconcile::l artifacts::pull_secrets

@@ -1,5 +1,6 @@
 //! containerd versions, the options a test gives, and the config.toml they become.
 
+use crate::NO_KERNEL_MODULES;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -581,6 +582,7 @@ pub fn write_runc_class_configs(
         &node,
         &format!(
             "containerd:\n  configPath: {}\n{node_restart}\
+             {NO_KERNEL_MODULES}\
              runtimeClasses:\n\
              - name: {class}\n  \
                runtime: {{runtimeType: io.containerd.runc.v2}}\n",

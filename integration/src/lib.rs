@@ -48,7 +48,9 @@ pub use deps::{
 };
 pub use lying::LyingRegistry;
 pub use node::{Daemon, KataNode};
-pub use plugin::{EMPTY_CONFIG, PluginOptions, PluginProcess, run_to_completion};
+pub use plugin::{
+    EMPTY_CONFIG, NO_KERNEL_MODULES, PluginOptions, PluginProcess, run_to_completion,
+};
 pub use proxy::CutProxy;
 pub use registry::{Registry, RegistryOptions, TokenAuth};
 pub use systemd::{FakeSystemd, FakeUnit};

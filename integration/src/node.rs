@@ -18,7 +18,10 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::registry::RegistryOptions;
-use crate::{Containerd, ContainerdOptions, Deps, PluginOptions, PluginProcess, Registry, Version};
+use crate::{
+    Containerd, ContainerdOptions, Deps, NO_KERNEL_MODULES, PluginOptions, PluginProcess, Registry,
+    Version,
+};
 
 /// The class every node serves (a kata class: `io.containerd.kata.v2`, shim the stand-in).
 pub const CLASS: &str = "knm-kata";
@@ -249,6 +252,7 @@ impl KataNode {
              \x20 restart: {{method: command, command: [/bin/sh, -c, 'echo >> {marker}'], timeout: 30s}}\n\
              gate: {{dir: {{dir}}/gate, socket: {{dir}}/run/gate.sock, timeout: 60s}}\n\
              policies: {{dir: {policies}}}\n\
+             {NO_KERNEL_MODULES}\
              runtimeClasses:\n\
              - name: {CLASS}\n\
              \x20 runtime: {{runtimePath: {shim}}}\n",
@@ -340,9 +344,10 @@ impl KataNode {
         let out = self
             .cli(daemon, operator, node, &["status", "--output", output])
             .await?;
-        // 3: no daemon runs; 4: a class failed. Both still print the report.
+        // 3: no daemon runs; 4: a class failed; 5: the host lacks a kernel module. Each still
+        // prints the report.
         ensure!(
-            matches!(out.status.code(), Some(0 | 3 | 4)),
+            matches!(out.status.code(), Some(0 | 3 | 4 | 5)),
             "status failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
@@ -350,7 +355,7 @@ impl KataNode {
         Ok(String::from_utf8(out.stdout)?)
     }
 
-    /// `status`'s exit code (0 healthy, 3 no daemon, 4 a class failed).
+    /// `status`'s exit code (0 healthy, 3 no daemon, 4 a class failed, 5 a kernel module missing).
     pub async fn status_code(&self, daemon: &Daemon, operator: &str, node: &str) -> Result<i32> {
         let out = self
             .cli(daemon, operator, node, &["status", "--output", "json"])

@@ -14,12 +14,19 @@ use tokio::process::{Child, Command};
 /// any free port so that tests can run side by side.
 pub const EMPTY_CONFIG: &str = "listen: 127.0.0.1:0\nruntimeClasses: []\n";
 
+/// The node file's line that loads no kernel modules. The test machines' kernel has no vhost
+/// modules (nor modprobe) at all, so a daemon with the default `[vhost_vsock, vhost_net]` would
+/// serve no class there; `integration/tests/kernel_modules.rs` tests the loading itself with a
+/// fake modprobe.
+pub const NO_KERNEL_MODULES: &str = "node: {kernelModules: []}\n";
+
 /// The node-local config every test daemon gets unless it brings its own: everything the daemon
 /// writes stays in its temporary directory (`{dir}` is replaced with it).
 pub const NODE_CONFIG_TEMPLATE: &str = "artifactsDir: {dir}/artifacts\n\
 containerd:\n  configPath: {dir}/containerd/config.toml\n  restart: {method: none}\n\
 gate: {dir: {dir}/gate, socket: {dir}/run/gate.sock}\n\
-policies: {dir: {dir}/policies.d}\n";
+policies: {dir: {dir}/policies.d}\n\
+node: {kernelModules: []}\n";
 
 /// How a test starts the daemon.
 #[derive(Debug, Clone)]

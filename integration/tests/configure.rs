@@ -530,3 +530,109 @@ async fn uninstall_with_nothing_recorded_touches_nothing() {
     );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
 }
+
+/// `uninstall` on a labelled node whose node file was never put there (the Helm chart's hook
+/// runs on every labelled node): the daemon never configured it, so there is nothing to remove
+/// and the hook must not fail. Were stanzas recorded all the same, the command refuses to guess
+/// where containerd's config is.
+#[tokio::test]
+async fn uninstall_without_the_node_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = dir.path().join("operator.yaml");
+    write(
+        &operator,
+        "runtimeClasses:\n- name: knm-x\n  artifacts: {url: nvcr.io/kata/x:1}\n",
+        0o644,
+    );
+    let state = dir.path().join("state");
+    let missing = dir.path().join("no-such-node.yaml");
+    let uninstall = || {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_knm-under-test"));
+        cmd.arg("uninstall")
+            .arg("--config")
+            .arg(&operator)
+            .arg("--node-config")
+            .arg(&missing)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--containerd-binary")
+            .arg(dir.path().join("no-containerd"));
+        cmd
+    };
+    let output = uninstall().output().await.unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("nothing of kata-nri-manager's to remove"),
+        "{}",
+        text(&output)
+    );
+
+    std::fs::create_dir_all(&state).unwrap();
+    write(
+        &state.join("containerd-ownership.json"),
+        "{\"format\": 1, \"runtimes\": [\"knm-x\"]}\n",
+        0o600,
+    );
+    let output = uninstall().output().await.unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the node file {} is missing, but {} records stanzas",
+            missing.display(),
+            state.join("containerd-ownership.json").display()
+        )),
+        "{}",
+        text(&output)
+    );
+}
+
+/// The CDI spec the daemon writes for GPU classes goes with the classes; another tool's spec in
+/// the same directory stays.
+#[tokio::test]
+async fn uninstall_removes_our_cdi_spec_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cdi = dir.path().join("cdi");
+    std::fs::create_dir_all(&cdi).unwrap();
+    write(
+        &cdi.join("kata-nri-manager-nvidia.com-pgpu.json"),
+        "{}",
+        0o644,
+    );
+    write(&cdi.join("nvidia.com-gpu.yaml"), "{}", 0o644);
+    let operator = dir.path().join("operator.yaml");
+    write(
+        &operator,
+        "runtimeClasses:\n- name: knm-gpu\n  artifacts: {url: nvcr.io/kata/x:1}\n",
+        0o644,
+    );
+    let node = dir.path().join("node.yaml");
+    write(
+        &node,
+        &format!(
+            "containerd:\n  configPath: {}\n  restart: {{method: none}}\ncdi: {{dir: {}}}\n",
+            dir.path().join("config.toml").display(),
+            cdi.display()
+        ),
+        0o600,
+    );
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_knm-under-test"))
+        .arg("uninstall")
+        .arg("--config")
+        .arg(&operator)
+        .arg("--node-config")
+        .arg(&node)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("removed the CDI spec"),
+        "{}",
+        text(&output)
+    );
+    assert!(!cdi.join("kata-nri-manager-nvidia.com-pgpu.json").exists());
+    assert!(cdi.join("nvidia.com-gpu.yaml").exists());
+}

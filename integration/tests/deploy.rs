@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kata_nri_integration::node::{ARTIFACT, CLASS, VMLINUX};
-use kata_nri_integration::{KataNode, PodSpec, Version, require_e2e};
+use kata_nri_integration::{KataNode, NO_KERNEL_MODULES, PodSpec, Version, require_e2e};
 use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_knm-under-test");
@@ -74,6 +74,7 @@ async fn installed_by_the_script_and_launched(version: Version, idx: &str) {
          \x20 restart: {{method: none}}\n\
          gate: {{dir: {work}/gate, socket: {work}/run/gate.sock}}\n\
          policies: {{dir: {work}/policies.d}}\n\
+         {NO_KERNEL_MODULES}\
          runtimeClasses:\n\
          - name: {CLASS}\n\
          \x20 provision: onDemand\n\

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use kata_nri_integration::node::{KataNode, check_kata_used};
-use kata_nri_integration::{PodSpec, Version, repo_root, require_e2e};
+use kata_nri_integration::{NO_KERNEL_MODULES, PodSpec, Version, repo_root, require_e2e};
 use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_knm-under-test");
@@ -32,8 +32,9 @@ runtimeClasses:
 /// The `artifactsDir` that file fixes: a real host path, shared by every run on this machine.
 const NVIDIA_ARTIFACTS_DIR: &str = "/opt/nvidia/artifacts/runtimeclasses";
 
-/// The operator config of the nvidia-gpu overlay, used as the DaemonSet's ConfigMap.
-const OVERLAY_CONFIG: &str = "deploy/kubernetes/overlays/nvidia-gpu/config.yaml";
+/// The operator config the Helm chart renders with its nvidia-gpu example values, used as the
+/// DaemonSet's ConfigMap (scripts/validate-deploy.sh checks it equals the rendering).
+const OVERLAY_CONFIG: &str = "deploy/examples/nvidia-gpu-operator-config.yaml";
 
 /// The artifact's files, with the names NVIDIA's kata GPU artifacts use.
 const KERNEL: &str = "vmlinuz-nvidia-gpu.container";
@@ -121,6 +122,7 @@ fn node_config(node: &KataNode, artifacts_dir: &Path, classes: &[&str], extra: &
          \x20 restart: {{method: command, command: [/bin/sh, -c, 'echo >> {marker}'], timeout: 30s}}\n\
          gate: {{dir: {{dir}}/gate, socket: {{dir}}/run/gate.sock, timeout: 60s}}\n\
          policies: {{dir: {policies}}}\n\
+         {NO_KERNEL_MODULES}\
          {extra}\
          runtimeClasses:\n",
         artifacts = artifacts_dir.display(),
@@ -181,7 +183,8 @@ async fn serve_pods(
         operator,
         "the operator file is used as it is"
     );
-    // The node file's `listen` (port 0) wins over the overlay's fixed 127.0.0.1:9464.
+    // The node file's `listen` (port 0) is the address: the ConfigMap sets none (the chart
+    // passes `run --listen`).
     let address = daemon.address().unwrap();
     assert!(!address.ends_with(":9464"), "listening on {address}");
     daemon

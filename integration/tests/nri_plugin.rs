@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kata_nri_integration::{
-    Containerd, ContainerdOptions, FileSource, PluginOptions, PluginProcess, PodSpec, TEST_HANDLER,
-    Version, e2e_guard, run_to_completion,
+    Containerd, ContainerdOptions, FileSource, NO_KERNEL_MODULES, PluginOptions, PluginProcess,
+    PodSpec, TEST_HANDLER, Version, e2e_guard, run_to_completion,
 };
 use serde_json::Value;
 
@@ -216,7 +216,7 @@ async fn launched_by_containerd(version: Version, idx: &str) {
     let conf = format!(
         "listen: 127.0.0.1:0\nstateDir: {dir}/state\nartifactsDir: {dir}/artifacts\n\
          containerd: {{configPath: {dir}/config.toml}}\n\
-         gate: {{dir: {dir}/gate, socket: {dir}/gate.sock}}\nruntimeClasses: []\n",
+         gate: {{dir: {dir}/gate, socket: {dir}/gate.sock}}\n{NO_KERNEL_MODULES}runtimeClasses: []\n",
         dir = work.path().display()
     );
     let opts = ContainerdOptions::default()

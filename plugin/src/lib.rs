@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod daemon;
 pub mod errors;
 pub mod gate;
+pub mod host;
 pub mod kata;
 pub mod nri;
 pub mod pods;

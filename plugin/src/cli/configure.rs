@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use super::Output;
@@ -56,6 +56,15 @@ pub struct NodeArgs {
     /// The containerd binary (version, `config dump` check) [default: `containerd` on PATH].
     #[arg(long, value_name = "FILE", hide = true)]
     pub containerd_binary: Option<PathBuf>,
+    /// Where the kernel's files (`/sys`, `/dev`) are read: kernel modules, PCI devices, GPUs
+    /// [default: /]. A fake tree in tests.
+    #[arg(
+        long,
+        value_name = "DIR",
+        hide = true,
+        env = "KATA_NRI_MANAGER_HOST_ROOT"
+    )]
+    pub host_root: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -64,6 +73,7 @@ impl NodeArgs {
         NodePaths {
             state_dir: self.state_dir.clone(),
             containerd_binary: self.containerd_binary.clone(),
+            host_root: self.host_root.clone(),
         }
     }
 }
@@ -83,8 +93,32 @@ pub fn configure(args: ConfigureArgs) -> Result<()> {
 
 /// `uninstall`: removes every stanza (and the drop-in and its `imports` entry) we wrote.
 pub fn uninstall(args: UninstallArgs) -> Result<()> {
-    let config = load(&args)?;
+    let node_file_missing = args.node_config.as_ref().filter(|node| !node.exists());
+    let config = match node_file_missing {
+        // A node the daemon never configured (it waits for its node file before touching
+        // anything): the defaults say where its record would be. An uninstall run on every
+        // labelled node (the Helm chart's hook) must not fail on such a node.
+        Some(_) => {
+            let _ = super::logging::init(super::LogFormat::Text, None);
+            let text = std::fs::read_to_string(&args.config)
+                .with_context(|| format!("reading config {}", args.config.display()))?;
+            crate::config::parse_str(&text, &args.config, crate::config::FileKind::Operator)?
+        }
+        None => load(&args)?,
+    };
     let record = ownership_path(&config, &args.node.paths());
+    if let Some(node_file) = node_file_missing
+        && !OwnershipRecord::load(&record)?.is_empty()
+    {
+        anyhow::bail!(
+            "the node file {} is missing, but {} records stanzas kata-nri-manager wrote: put the node file back (it says where containerd's config is) and run uninstall again",
+            node_file.display(),
+            record.display()
+        );
+    }
+    if !args.dry_run {
+        remove_cdi_spec(&config);
+    }
     if OwnershipRecord::load(&record)?.is_empty() {
         // Nothing of ours to remove: containerd's file is not ours to read, let alone edit or
         // restart for (it may be one we cannot parse, on a node we never configured).
@@ -115,6 +149,19 @@ pub fn uninstall(args: UninstallArgs) -> Result<()> {
         args.no_restart,
         args.output,
     )
+}
+
+/// The CDI spec the daemon writes for GPU classes goes with the classes. A failure is reported
+/// and does not stop the uninstall: the stanzas are what makes a node run kata pods.
+fn remove_cdi_spec(config: &Config) {
+    let writer = crate::host::CdiWriter::new(&config.cdi.dir, &config.cdi.kind);
+    match writer.sync(None) {
+        Ok(crate::host::cdi::CdiChange::Removed) => {
+            eprintln!("removed the CDI spec {}", writer.path().display())
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: {e}"),
+    }
 }
 
 fn load(args: &ConfigureArgs) -> Result<Config> {

@@ -1,6 +1,6 @@
 //! `kata-nri-manager runtimeclass`: the Kubernetes RuntimeClass objects for a config's runtime
-//! classes, so the manifests in `deploy/kubernetes` are generated from the config, not kept in
-//! step by hand.
+//! classes. The Helm chart renders the same objects from its values; CI compares the two
+//! (`scripts/validate-deploy.sh`), so they cannot drift apart.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -15,7 +15,8 @@ use crate::artifacts::{
     kata_config_path,
 };
 use crate::config::{Config, RuntimeClass};
-use crate::reconcile::status::{self, now};
+use crate::host::modules::ModuleState;
+use crate::reconcile::status::{self, HostStatus, now};
 use crate::reconcile::{
     ArtifactState, ClassDecision, ClassStatus, KataConfigStatus, Provenance, StatusReport,
 };
@@ -54,6 +55,9 @@ pub enum StatusExit {
     NoDaemon,
     /// 4: the daemon runs and a class has failed (`state: failed`).
     ClassFailed,
+    /// 5: the daemon runs and the host lacks what kata needs (a kernel module): no class is
+    /// served.
+    HostNotReady,
 }
 
 impl StatusExit {
@@ -62,12 +66,15 @@ impl StatusExit {
             Self::Healthy => 0,
             Self::NoDaemon => 3,
             Self::ClassFailed => 4,
+            Self::HostNotReady => 5,
         }
     }
 
     fn of(shown: &Shown) -> Self {
         if !shown.daemon_running {
             Self::NoDaemon
+        } else if shown.report.host.problem().is_some() {
+            Self::HostNotReady
         } else if shown
             .report
             .classes
@@ -155,6 +162,7 @@ fn from_disk(config: &Config) -> StatusReport {
         started_at: 0,
         nri: Default::default(),
         containerd: Default::default(),
+        host: Default::default(),
         classes,
     }
 }
@@ -286,6 +294,41 @@ fn process_alive(pid: u32) -> bool {
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
+/// The host's lines: each kernel module, and the CDI spec while a GPU class is served.
+fn render_host(host: &HostStatus) -> String {
+    let mut out = String::new();
+    if !host.kernel_modules.is_empty() {
+        let modules: Vec<String> = host
+            .kernel_modules
+            .iter()
+            .map(|m| match m.state {
+                ModuleState::Loaded => format!("{} (loaded)", m.name),
+                ModuleState::Present => format!("{} (present)", m.name),
+                ModuleState::Failed => format!("{} FAILED", m.name),
+            })
+            .collect();
+        out.push_str(&format!("kernel modules: {}\n", modules.join(", ")));
+        if let Some(problem) = host.problem() {
+            out.push_str(&format!("  no class is served: {problem}\n"));
+        }
+    }
+    if let Some(cdi) = &host.cdi {
+        match (&cdi.last_error, cdi.devices.is_empty()) {
+            (Some(e), _) => out.push_str(&format!("CDI spec: not written: {e}\n")),
+            (None, true) => out.push_str(&format!(
+                "CDI spec: no passthrough GPU (none bound to vfio-pci), {} absent\n",
+                cdi.path
+            )),
+            (None, false) => out.push_str(&format!(
+                "CDI spec: {} ({})\n",
+                cdi.path,
+                cdi.devices.join(", ")
+            )),
+        }
+    }
+    out
+}
+
 fn render(shown: &Shown) -> String {
     let report = &shown.report;
     let mut out = String::new();
@@ -311,6 +354,7 @@ fn render(shown: &Shown) -> String {
                 (false, None) => "not configured yet".to_owned(),
             }
         ));
+        out.push_str(&render_host(&report.host));
     } else {
         out.push_str("daemon: not running (state from the artifacts directory)\n");
     }
@@ -438,6 +482,7 @@ mod tests {
                 started_at: 0,
                 nri: Default::default(),
                 containerd: Default::default(),
+                host: Default::default(),
                 classes: states
                     .iter()
                     .map(|state| class("k", *state, ClassDecision::Serve))
@@ -449,6 +494,20 @@ mod tests {
         assert_eq!(StatusExit::of(&shown(true, &[Ready, Failed])).code(), 4);
         assert_eq!(StatusExit::of(&shown(false, &[Failed])).code(), 3);
         assert_eq!(StatusExit::of(&shown(false, &[])).code(), 3);
+        let mut missing_module = shown(true, &[Ready]);
+        missing_module.report.host.kernel_modules = vec![crate::host::ModuleLoad {
+            name: "vhost_vsock".into(),
+            state: ModuleState::Failed,
+            error: Some("kernel module vhost_vsock: modprobe failed".into()),
+        }];
+        assert_eq!(StatusExit::of(&missing_module).code(), 5);
+        let text = render(&missing_module);
+        assert!(
+            text.contains(
+                "kernel modules: vhost_vsock FAILED\n  no class is served: kernel module vhost_vsock: modprobe failed\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -522,6 +581,7 @@ mod tests {
                 started_at: 0,
                 nri: Default::default(),
                 containerd: Default::default(),
+                host: Default::default(),
                 classes: vec![
                     class("kata-a", ArtifactState::Ready, ClassDecision::Serve),
                     class("kata-b", ArtifactState::NotServed, ClassDecision::Deny),

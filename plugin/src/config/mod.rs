@@ -35,9 +35,10 @@ pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, Problem, Result, Warning};
 pub use load::{FileKind, LoadedConfig, Loader, load, parse_str};
 pub use model::{
-    Annotations, CommandRestart, Config, Containerd, ContainerdMode, DEFAULT_ALLOWED_HOST_PATHS,
-    FailurePolicy, Fleet, Gate, KataConfig, Limits, Log, LogFormat, Nri, Policies, PolicyLimits,
-    Registries, Restart, SystemdRestart,
+    Annotations, Cdi, CommandRestart, Config, Containerd, ContainerdMode,
+    DEFAULT_ALLOWED_HOST_PATHS, DEFAULT_KERNEL_MODULES, FailurePolicy, Fleet, Gate, KataConfig,
+    Limits, Log, LogFormat, NodeSetup, Nri, Policies, PolicyLimits, Registries, Restart,
+    SystemdRestart,
 };
 pub use names::{check_plugin_index, check_plugin_name};
 pub use pattern::{AnnotationPattern, CONFIG_PATH_ANNOTATION};

@@ -39,7 +39,72 @@ pub struct Config {
     pub log: Log,
     /// Coordination across the nodes of a cluster.
     pub fleet: Fleet,
+    /// Node-local as a whole: what the host needs before any class is served.
+    pub node: NodeSetup,
+    /// The CDI spec of the node's passthrough GPUs.
+    pub cdi: Cdi,
     pub runtime_classes: Vec<RuntimeClass>,
+}
+
+/// `node`: the host's side of serving kata classes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeSetup {
+    /// Loaded before any class is served (kata talks to its guest over vsock, and its default
+    /// network model uses vhost-net). A module the kernel already has is not loaded again.
+    pub kernel_modules: Vec<String>,
+    /// The program (and leading arguments) that loads a module; the module's name is appended.
+    /// `None`: `modprobe` from the daemon's `PATH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modprobe: Option<Vec<String>>,
+    /// Run `modprobe` with its root changed to this directory: the host's `/` as a container
+    /// mounts it (k8s-kata-manager's `chroot /host modprobe`), so the host's own modprobe and
+    /// modules are used, not the image's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modprobe_root: Option<PathBuf>,
+}
+
+/// The kernel modules kata needs on every node: vsock to its guest, vhost-net for its network.
+pub const DEFAULT_KERNEL_MODULES: &[&str] = &["vhost_vsock", "vhost_net"];
+
+impl Default for NodeSetup {
+    fn default() -> Self {
+        Self {
+            kernel_modules: DEFAULT_KERNEL_MODULES
+                .iter()
+                .map(|m| (*m).to_owned())
+                .collect(),
+            modprobe: None,
+            modprobe_root: None,
+        }
+    }
+}
+
+/// `cdi`: a CDI spec naming every passthrough GPU (bound to `vfio-pci`) of one PCI vendor, so
+/// pods of a GPU class can ask for one (`cdi.k8s.io/…: nvidia.com/pgpu=0`), as k8s-kata-manager
+/// wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Cdi {
+    /// Written while this node serves a GPU class (a class whose name contains `gpu`).
+    pub enabled: bool,
+    /// The spec's kind, `vendor/class`: devices are `<kind>=<name>`.
+    pub kind: String,
+    /// The PCI vendor ID (hex) whose display controllers are listed.
+    pub pci_vendor: String,
+    /// Node-local. Where the spec is written (containerd's `cdi_spec_dirs` includes it).
+    pub dir: PathBuf,
+}
+
+impl Default for Cdi {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kind: "nvidia.com/pgpu".to_owned(),
+            pci_vendor: "10de".to_owned(),
+            dir: PathBuf::from("/var/run/cdi"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +139,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             log: Log::default(),
             fleet: Fleet::default(),
+            node: NodeSetup::default(),
+            cdi: Cdi::default(),
             runtime_classes: Vec::new(),
         }
     }

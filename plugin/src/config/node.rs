@@ -23,6 +23,8 @@ pub(super) struct NodeConfig {
     pub(super) gate: NodeGate,
     pub(super) policies: NodePolicies,
     pub(super) kata_config: NodeKataConfig,
+    pub(super) node: NodeHostSetup,
+    pub(super) cdi: NodeCdi,
     /// Not node-local (the operator file may set it too): a fact of the node, whose value wins.
     pub(super) listen: Option<SocketAddr>,
     pub(super) runtime_classes: Vec<NodeClass>,
@@ -66,6 +68,20 @@ pub(super) struct NodeKataConfig {
     pub(super) allowed_host_paths: Option<Vec<PathBuf>>,
     pub(super) allowed_keys: Option<Vec<String>>,
     pub(super) allowed_arguments: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeHostSetup {
+    pub(super) kernel_modules: Option<Vec<String>>,
+    pub(super) modprobe: Option<Vec<String>>,
+    pub(super) modprobe_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(super) struct NodeCdi {
+    pub(super) dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +165,10 @@ impl NodeConfig {
             self.kata_config.allowed_arguments,
         );
         set(&mut config.listen, self.listen);
+        set(&mut config.node.kernel_modules, self.node.kernel_modules);
+        config.node.modprobe = self.node.modprobe;
+        config.node.modprobe_root = self.node.modprobe_root;
+        set(&mut config.cdi.dir, self.cdi.dir);
 
         let mut warnings = Vec::new();
         for (node_class, origin) in self.runtime_classes.into_iter().zip(origins) {

@@ -361,6 +361,33 @@ pub(super) const CONFIG: Shape = Shape::Struct(&[
         Shape::Struct(&[key("maxConcurrentRestarts", Shape::Count, Shared)]),
         Shared,
     ),
+    // Loading kernel modules runs a host program as root: the node's decision.
+    key(
+        "node",
+        Shape::Struct(&[
+            key(
+                "kernelModules",
+                Shape::List {
+                    item: &Shape::Text(values::kernel_module),
+                    partial: false,
+                },
+                NodeLocal,
+            ),
+            key("modprobe", Shape::Argv, NodeLocal),
+            key("modprobeRoot", PATH, NodeLocal),
+        ]),
+        NodeLocal,
+    ),
+    key(
+        "cdi",
+        Shape::Struct(&[
+            key("enabled", Shape::Bool, Shared),
+            key("kind", Shape::Text(values::cdi_kind), Shared),
+            key("pciVendor", Shape::Text(values::pci_vendor), Shared),
+            key("dir", PATH, NodeLocal),
+        ]),
+        Both,
+    ),
     key(
         "log",
         Shape::Struct(&[key("format", Shape::Enum(&["text", "json"]), Shared)]),

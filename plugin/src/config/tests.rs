@@ -10,8 +10,8 @@ use serde_yaml::Value;
 
 use super::error::Problems;
 use super::node::{
-    NodeArtifacts, NodeClass, NodeConfig, NodeContainerd, NodeGate, NodeKataConfig, NodePolicies,
-    NodeRegistries, NodeRuntime,
+    NodeArtifacts, NodeCdi, NodeClass, NodeConfig, NodeContainerd, NodeGate, NodeHostSetup,
+    NodeKataConfig, NodePolicies, NodeRegistries, NodeRuntime,
 };
 use super::schema::{CONFIG, Scope, Shape};
 use super::walk::{Role, walk_document};
@@ -1024,6 +1024,8 @@ fn full_config() -> Config {
     config.runtime_classes[0].artifacts.digest =
         Some(format!("sha256:{HEX}").parse().expect("digest"));
     config.runtime_classes[0].runtime.adopt = true;
+    config.node.modprobe_root = Some("/host".into());
+    config.node.modprobe = Some(vec!["/usr/sbin/modprobe".into(), "--quiet".into()]);
     config.runtime_classes[0].overhead = PodOverhead {
         cpu: Some("500m".into()),
         memory: Some("1Gi".into()),
@@ -1125,6 +1127,14 @@ fn the_schema_in_the_node_role_names_exactly_the_keys_of_the_node_type() {
             allowed_keys: Some(vec!["disable_seccomp".into()]),
             allowed_arguments: Some(vec!["--thread-pool-size=4".into()]),
         },
+        node: NodeHostSetup {
+            kernel_modules: Some(vec!["vhost_vsock".into()]),
+            modprobe: Some(vec!["/usr/sbin/modprobe".into(), "--quiet".into()]),
+            modprobe_root: Some("/host".into()),
+        },
+        cdi: NodeCdi {
+            dir: Some("/run/cdi".into()),
+        },
         listen: Some("0.0.0.0:9464".parse().expect("address")),
         runtime_classes: vec![NodeClass {
             name: "kata".into(),
@@ -1212,11 +1222,12 @@ fn every_key_is_documented() {
     );
 }
 
-/// The Kubernetes ConfigMap's config and the example node file are deploy/examples/config.yaml
+/// The Helm chart's default ConfigMap config (deploy/examples/operator-config.yaml, checked against
+/// its rendering) and the example node file are deploy/examples/config.yaml
 /// split along the trust boundary: loaded together, they are that config exactly.
 #[test]
 fn the_configmap_and_the_example_node_file_together_are_the_design_example() {
-    let (_, configmap) = example("../kubernetes/base/config/config.yaml");
+    let (_, configmap) = example("operator-config.yaml");
     let (_, node_text) = example("node.yaml");
     let files = Files::new();
     let operator = files.write("config.yaml", &configmap, 0o644);

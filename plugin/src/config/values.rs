@@ -199,6 +199,53 @@ pub(super) fn listen_address(text: &str) -> Result<(), String> {
     })
 }
 
+/// A kernel module as `modprobe` takes it: letters, digits, `_` and `-` (which the kernel treats
+/// alike), never a path or an option.
+pub(super) fn kernel_module(text: &str) -> Result<(), String> {
+    let plain = !text.is_empty()
+        && text.len() <= 64
+        && !text.starts_with('-')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a kernel module name (e.g. vhost_vsock): letters, digits, `_` and `-`, not starting with `-`"
+        ))
+    }
+}
+
+/// A CDI kind, `vendor/class` (`nvidia.com/pgpu`), with the CDI specification's characters.
+pub(super) fn cdi_kind(text: &str) -> Result<(), String> {
+    let part = |p: &str, extra: &str| {
+        !p.is_empty()
+            && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && p.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    match text.split_once('/') {
+        Some((vendor, class)) if part(vendor, "-_.") && part(class, "-_") => Ok(()),
+        _ => Err(format!(
+            "{text:?} is not a CDI kind `vendor/class` (e.g. nvidia.com/pgpu)"
+        )),
+    }
+}
+
+/// A PCI vendor ID: four hex digits (`10de`), as sysfs prints it without its `0x`.
+pub(super) fn pci_vendor(text: &str) -> Result<(), String> {
+    let hex = text.strip_prefix("0x").unwrap_or(text);
+    if hex.len() == 4 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a PCI vendor ID: four hex digits, e.g. 10de (NVIDIA)"
+        ))
+    }
+}
+
 /// A Kubernetes resource quantity as a RuntimeClass's overhead holds it: a non-negative decimal
 /// number and an optional suffix (`250m`, `1`, `0.5`, `320Mi`, `2Gi`, `1G`). Checked here so a
 /// typo fails `config check` rather than the API server's validation of the RuntimeClass.

@@ -45,6 +45,14 @@ pub struct NodePaths {
     pub state_dir: Option<PathBuf>,
     /// The containerd binary (version, `config dump` check) [default: `containerd` on PATH].
     pub containerd_binary: Option<PathBuf>,
+    /// Where the kernel's files (`/sys`, `/dev`) are read [default: /].
+    pub host_root: Option<PathBuf>,
+}
+
+impl NodePaths {
+    pub fn host_root(&self) -> PathBuf {
+        self.host_root.clone().unwrap_or_else(|| PathBuf::from("/"))
+    }
 }
 
 /// The ownership record's file name in the state dir.

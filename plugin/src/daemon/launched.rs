@@ -47,10 +47,7 @@ pub(crate) async fn launched(launch: LaunchEnv) -> Result<()> {
     let triggers = match launched_config(&name, &text)? {
         Some(config) => {
             // containerd launched us and stops us when it stops: restarting it is not ours to do.
-            let node = NodePaths {
-                state_dir: None,
-                containerd_binary: None,
-            };
+            let node = NodePaths::default();
             // No flags here: the gate binary is looked for beside our own executable.
             Daemon::start(config, node, None, false, None)
                 .await?

@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 mod configure;
 mod external;
 mod gc;
+mod host_setup;
 mod launched;
 mod node_file;
 mod reload;
@@ -107,7 +108,15 @@ impl Daemon {
             }
         }
         policies.watch(WATCH_INTERVAL);
-        let node_facts = Arc::new(tokio::task::spawn_blocking(NodeFacts::probe).await?);
+        let host_root = node.host_root();
+        let node_facts = Arc::new(
+            tokio::task::spawn_blocking({
+                let root = host_root.clone();
+                move || NodeFacts::probe_at(&root)
+            })
+            .await?,
+        );
+        host_setup::load_kernel_modules(&config, &host_root, &board).await;
 
         let store = ArtifactStore::new(StoreSettings::from_config(&config));
         let sweeping = store.clone();
@@ -130,6 +139,15 @@ impl Daemon {
             metrics.clone(),
         );
         let stanzas = reconciler.plan().await;
+        tokio::spawn(host_setup::keep_cdi_spec(
+            config.clone(),
+            host_root.clone(),
+            reconciler
+                .served()
+                .iter()
+                .any(|class| host_setup::is_gpu_class(class)),
+            board.clone(),
+        ));
         let locate_gate =
             || gate::binary::locate(gate_binary.as_deref()).map_err(|e| e.to_string());
         if let Err(e) = reconciler.prepare_gate(locate_gate) {

@@ -20,7 +20,7 @@ impl NodeFacts {
             kernel: read("proc/sys/kernel/osrelease").trim().to_owned(),
             cpu_flags: cpu_flags(&read("proc/cpuinfo")),
             has_kvm: root.join("dev/kvm").exists(),
-            gpus: pci_gpus(&root.join("sys/bus/pci/devices")),
+            gpus: pci_gpus(root),
             labels: None,
         }
     }
@@ -38,30 +38,18 @@ fn cpu_flags(cpuinfo: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// PCI devices of class 0x03 (display: VGA, XGA, 3D controllers).
-fn pci_gpus(devices: &Path) -> Vec<PciGpu> {
-    let Ok(entries) = fs::read_dir(devices) else {
-        return Vec::new();
-    };
-    let hex = |dir: &Path, file: &str| {
-        let text = fs::read_to_string(dir.join(file)).ok()?;
-        u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
-    };
-    let mut gpus: Vec<PciGpu> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let dir = entry.path();
-            let class = hex(&dir, "class")?;
-            (class >> 16 == 0x03).then_some(())?;
-            Some(PciGpu {
-                vendor_id: u16::try_from(hex(&dir, "vendor")?).ok()?,
-                device_id: u16::try_from(hex(&dir, "device")?).ok()?,
-                address: entry.file_name().to_string_lossy().into_owned(),
-            })
+/// PCI display controllers (VGA, XGA, 3D): the node's GPUs, from the same scan the CDI spec
+/// uses.
+fn pci_gpus(root: &Path) -> Vec<PciGpu> {
+    crate::host::scan(root)
+        .into_iter()
+        .filter(|device| device.is_display())
+        .map(|device| PciGpu {
+            vendor_id: device.vendor_id,
+            device_id: device.device_id,
+            address: device.address,
         })
-        .collect();
-    gpus.sort_by(|a, b| a.address.cmp(&b.address));
-    gpus
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Provision;
+use crate::host::modules::{ModuleLoad, ModuleState};
 use crate::pods::PodRecord;
 
 /// The status file's name in the state directory.
@@ -184,6 +185,42 @@ pub struct ContainerdStatus {
     pub last_error: Option<String>,
 }
 
+/// The host's side: kernel modules and the CDI spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_modules: Vec<ModuleLoad>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdi: Option<CdiStatus>,
+}
+
+/// The CDI spec of the node's passthrough GPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CdiStatus {
+    /// The spec file (absent while there is no device).
+    pub path: String,
+    /// The devices as pods name them (`nvidia.com/pgpu=0`).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl HostStatus {
+    /// Why no class can be served on this host, if a required part is missing.
+    pub fn problem(&self) -> Option<String> {
+        let failed: Vec<&str> = self
+            .kernel_modules
+            .iter()
+            .filter(|m| m.state == ModuleState::Failed)
+            .filter_map(|m| m.error.as_deref())
+            .collect();
+        (!failed.is_empty()).then(|| failed.join("; "))
+    }
+}
+
 /// Everything `status` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -193,6 +230,8 @@ pub struct StatusReport {
     pub started_at: u64,
     pub nri: NriStatus,
     pub containerd: ContainerdStatus,
+    #[serde(default)]
+    pub host: HostStatus,
     pub classes: Vec<ClassStatus>,
 }
 
@@ -252,6 +291,7 @@ impl StatusBoard {
                     started_at: started,
                     nri: NriStatus::default(),
                     containerd: ContainerdStatus::default(),
+                    host: HostStatus::default(),
                     classes: Vec::new(),
                 },
                 classes,
@@ -294,6 +334,14 @@ impl StatusBoard {
         f(&mut self.lock().report.containerd);
     }
 
+    pub fn host(&self) -> HostStatus {
+        self.lock().report.host.clone()
+    }
+
+    pub fn update_host(&self, f: impl FnOnce(&mut HostStatus)) {
+        f(&mut self.lock().report.host);
+    }
+
     /// The report, with each class's pods taken from `pods`.
     pub fn report(&self, pods: &[PodRecord]) -> StatusReport {
         let board = self.lock();
@@ -318,6 +366,9 @@ impl StatusBoard {
     /// serves, and every served `eager` class is ready.
     pub fn not_ready(&self) -> Option<String> {
         let board = self.lock();
+        if let Some(problem) = board.report.host.problem() {
+            return Some(format!("no class is served: {problem}"));
+        }
         let containerd = &board.report.containerd;
         if !containerd.configured {
             return Some(match &containerd.last_error {

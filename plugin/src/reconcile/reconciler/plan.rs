@@ -58,6 +58,11 @@ impl Reconciler {
     }
 
     async fn plan_class(&self, class: &RuntimeClass) -> Plan {
+        // The host lacks what every kata VM needs: no stanza, so no pod of the class is sent
+        // to a node where it would fail at boot.
+        if let Some(problem) = self.board.host().problem() {
+            return self.not_served(class, ClassDecision::Deny, problem);
+        }
         let request = Request::for_class(class, Trigger::Startup);
         let source = self
             .policies
