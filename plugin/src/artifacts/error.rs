@@ -207,6 +207,13 @@ pub enum ArtifactError {
         path: PathBuf,
         why: String,
     },
+    /// The class's pull secret, read through the Kubernetes API, is absent, forbidden or not a
+    /// docker config.
+    #[error("pulling {class}: {error}")]
+    PullSecretApi {
+        class: String,
+        error: super::pull_secrets::PullSecretError,
+    },
     #[error("pulling {class}: registries.caFile {}: {why}", path.display())]
     CaFile {
         class: String,
@@ -339,6 +346,7 @@ impl ArtifactError {
             | ArtifactError::UnsafeEntry { class, .. }
             | ArtifactError::BadLayer { class, .. }
             | ArtifactError::PullSecret { class, .. }
+            | ArtifactError::PullSecretApi { class, .. }
             | ArtifactError::CaFile { class, .. }
             | ArtifactError::HostCa { class, .. }
             | ArtifactError::Hosts { class, .. }

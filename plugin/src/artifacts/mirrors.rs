@@ -7,6 +7,7 @@ use oci_client::Reference;
 
 use super::error::{ArtifactError, Result};
 use super::hosts::{self, Endpoint};
+use super::pull_secrets::{Loaded, PullSecrets};
 use super::registry::{Registry, RetryPolicy};
 use super::settings::StoreSettings;
 use crate::config::{OciReference, RuntimeClass};
@@ -28,9 +29,14 @@ pub(crate) struct Served {
 ///
 /// `by_digest`: fetch this digest rather than what the reference names (a repair pulls the
 /// recorded version again, never a newer one).
+///
+/// When an endpoint refuses the class's pull secret (401/403) and that secret is a cached copy
+/// read through the Kubernetes API, the Secret is read again and, if it changed (a rotated
+/// password), the endpoints are tried once more with it.
 pub(crate) async fn resolve(
     class: &RuntimeClass,
     settings: &StoreSettings,
+    secrets: &PullSecrets,
     by_digest: Option<&str>,
 ) -> Result<Served> {
     let source = &class.artifacts.url;
@@ -58,7 +64,43 @@ pub(crate) async fn resolve(
             file: hosts.source.clone().unwrap_or_default(),
         });
     }
+    // Read once for every endpoint: the class's secret is broken for all of them alike.
+    let secret = secrets.load(class).await?;
+    let (result, refused) =
+        try_endpoints(class, settings, &candidates, secret.as_ref(), by_digest).await;
+    let Some(stale) =
+        secret.filter(|stale| refused && result.is_err() && secrets.invalidate(stale))
+    else {
+        return result;
+    };
+    // A Secret read after the refusal: a missing or forbidden one now says more than the
+    // registry's 401 did.
+    let fresh = secrets.load(class).await?;
+    if fresh
+        .as_ref()
+        .is_some_and(|fresh| fresh.same_version(&stale))
+    {
+        // The registry would refuse the same Secret again.
+        return result;
+    }
+    tracing::warn!(secret = %stale.name, "registry refused the cached pull secret; read it again, retrying the pull with it");
+    try_endpoints(class, settings, &candidates, fresh.as_ref(), by_digest)
+        .await
+        .0
+}
+
+/// Tries `candidates` in order; also says whether one of them refused the credentials (or
+/// anonymous access: a Secret with no entry for a registry may have gained one).
+async fn try_endpoints(
+    class: &RuntimeClass,
+    settings: &StoreSettings,
+    candidates: &[&Endpoint],
+    secret: Option<&Loaded>,
+    by_digest: Option<&str>,
+) -> (Result<Served>, bool) {
+    let source = &class.artifacts.url;
     let mut failures = Vec::new();
+    let mut refused = false;
     for (i, endpoint) in candidates.iter().enumerate() {
         let last = i + 1 == candidates.len();
         let retry = if last {
@@ -69,15 +111,22 @@ pub(crate) async fn resolve(
                 ..settings.retry
             }
         };
-        match fetch(class, source, endpoint, settings, retry, by_digest).await {
+        let result = fetch(class, source, endpoint, settings, secret, retry, by_digest).await;
+        refused |= matches!(
+            result,
+            Err(ArtifactError::Unauthorized { .. } | ArtifactError::Forbidden { .. })
+        );
+        match result {
             Ok(served) => {
                 tracing::info!(served_by = %endpoint.host, mirror = endpoint.mirror, digest = %served.digest, "manifest resolved");
-                return Ok(served);
+                return (Ok(served), refused);
             }
             // The class's secret is broken for every endpoint alike.
-            Err(e @ ArtifactError::PullSecret { .. }) => return Err(e),
+            Err(e @ ArtifactError::PullSecret { .. } | e @ ArtifactError::PullSecretApi { .. }) => {
+                return (Err(e), refused);
+            }
             // Without mirrors the registry's own error is the clearest.
-            Err(e) if candidates.len() == 1 => return Err(e),
+            Err(e) if candidates.len() == 1 => return (Err(e), refused),
             Err(e) => {
                 if !last {
                     tracing::warn!(endpoint = %endpoint.host, mirror = endpoint.mirror, error = %e, "endpoint did not serve the manifest; trying the next");
@@ -90,11 +139,12 @@ pub(crate) async fn resolve(
             }
         }
     }
-    Err(ArtifactError::Endpoints {
+    let error = ArtifactError::Endpoints {
         class: class.name.clone(),
         reference: source.as_str().to_owned(),
         tried: failures.join("; "),
-    })
+    };
+    (Err(error), refused)
 }
 
 /// Whether `endpoint` may serve this pull: it must be addressable, serve blobs, and resolve
@@ -128,17 +178,11 @@ async fn fetch(
     source: &OciReference,
     endpoint: &Endpoint,
     settings: &StoreSettings,
+    secret: Option<&Loaded>,
     retry: RetryPolicy,
     by_digest: Option<&str>,
 ) -> Result<Served> {
-    let registry = Registry::connect(
-        class,
-        source,
-        endpoint,
-        &settings.registries,
-        &settings.pull_secrets_dir,
-        retry,
-    )?;
+    let registry = Registry::connect(class, source, endpoint, &settings.registries, secret, retry)?;
     let mut reference = registry.reference(source);
     if let Some(digest) = by_digest {
         reference = reference.clone_with_digest(digest.to_owned());

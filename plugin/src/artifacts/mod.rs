@@ -30,6 +30,7 @@ mod manifest;
 mod mirrors;
 mod paths;
 mod progress;
+mod pull_secrets;
 mod registry;
 mod secret;
 mod settings;
@@ -50,6 +51,7 @@ pub use kataconf::{
     settings_fingerprint as kata_settings_fingerprint, settings_path as kata_settings_path,
 };
 pub use progress::{NoProgress, PullObserver};
+pub use pull_secrets::{PullSecretError, PullSecrets};
 pub use registry::RetryPolicy;
 pub use secret::Secret;
 pub use settings::StoreSettings;

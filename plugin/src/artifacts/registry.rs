@@ -3,7 +3,6 @@
 //! the class's pull secret for the host contacted, and the translation of registry answers
 //! into [`ArtifactError`]s. Manifest requests, with their retries, are `fetch.rs`'s.
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,9 +11,10 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use super::auth::{self, Credentials, DockerConfig};
+use super::auth::Credentials;
 use super::error::{ArtifactError, AuthHint, Result};
 use super::hosts::Endpoint;
+use super::pull_secrets::Loaded;
 use super::secret::Secret;
 use crate::config::{OciReference, Registries, RuntimeClass};
 
@@ -210,12 +210,12 @@ impl Registry {
         source: &OciReference,
         endpoint: &Endpoint,
         registries: &Registries,
-        pull_secrets_dir: &Path,
+        secret: Option<&Loaded>,
         retry: RetryPolicy,
     ) -> Result<Self> {
         let registry = endpoint.host.clone();
         // The host contacted, not the reference's: a mirror has credentials of its own.
-        let (credentials, hint) = credentials(class, &registry, pull_secrets_dir)?;
+        let (credentials, hint) = credentials(class, &registry, secret)?;
         let insecure = endpoint.plain_http;
         let mut config = ClientConfig {
             protocol: if insecure {
@@ -382,32 +382,25 @@ pub(crate) fn to_reference(source: &OciReference) -> Reference {
     }
 }
 
-/// The class's credentials for `host` and the hint an authorization error gives.
+/// The class's credentials for `host` in its pull secret (`None`: it has none) and the hint an
+/// authorization error gives.
 fn credentials(
     class: &RuntimeClass,
     host: &str,
-    pull_secrets_dir: &Path,
+    secret: Option<&Loaded>,
 ) -> Result<(Credentials, AuthHint)> {
-    let Some(secret) = &class.artifacts.pull_secret else {
+    let Some(secret) = secret else {
         return Ok((Credentials::Anonymous, AuthHint::Anonymous));
     };
-    let fail = |path: &Path, why: String| ArtifactError::PullSecret {
-        class: class.name.clone(),
-        secret: secret.clone(),
-        path: path.to_owned(),
-        why,
-    };
-    let path = auth::secret_file(pull_secrets_dir, secret)
-        .map_err(|e| fail(&pull_secrets_dir.join(secret), e.to_string()))?;
-    let config = DockerConfig::read(&path).map_err(|e| fail(&path, e.to_string()))?;
-    match config
+    match secret
+        .config
         .lookup(host)
-        .map_err(|e| fail(&path, e.to_string()))?
+        .map_err(|e| secret.error(class, e))?
     {
-        Some(credentials) => Ok((credentials, AuthHint::Secret(secret.clone()))),
+        Some(credentials) => Ok((credentials, AuthHint::Secret(secret.name.clone()))),
         None => Ok((
             Credentials::Anonymous,
-            AuthHint::SecretWithoutEntry(secret.clone()),
+            AuthHint::SecretWithoutEntry(secret.name.clone()),
         )),
     }
 }
@@ -415,6 +408,7 @@ fn credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::artifacts::pull_secrets::PullSecrets;
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
@@ -450,13 +444,15 @@ mod tests {
         let secrets = tempfile::tempdir().expect("tempdir");
         let mut mirror = Endpoint::upstream("127.0.0.1:5000", true);
         mirror.mirror = true;
+        let files = PullSecrets::files(secrets.path());
         let connect = |endpoint: &Endpoint| {
+            let secret = files.load_file(&class)?;
             Registry::connect(
                 &class,
                 &source,
                 endpoint,
                 &Registries::default(),
-                secrets.path(),
+                secret.as_ref(),
                 RetryPolicy::default(),
             )
         };
@@ -504,6 +500,9 @@ mod tests {
             r#"{"auths": {"mirror.example:5001": {"username": "m", "password": "p"}}}"#,
         )
         .expect("secret");
+        let secret = PullSecrets::files(secrets.path())
+            .load_file(&class)
+            .expect("secret");
         let mut endpoint = Endpoint::upstream("mirror.example:5001", true);
         endpoint.mirror = true;
         let registry = Registry::connect(
@@ -511,7 +510,7 @@ mod tests {
             &source,
             &endpoint,
             &Registries::default(),
-            secrets.path(),
+            secret.as_ref(),
             RetryPolicy::default(),
         )
         .expect("connect");
@@ -526,7 +525,7 @@ mod tests {
             &source,
             &Endpoint::upstream("registry.example:5000", false),
             &Registries::default(),
-            secrets.path(),
+            secret.as_ref(),
             RetryPolicy::default(),
         )
         .expect("connect");

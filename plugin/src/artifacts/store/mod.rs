@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use super::error::ArtifactError;
 use super::progress::{NoProgress, PullObserver};
+use super::pull_secrets::PullSecrets;
 use super::settings::StoreSettings;
 use super::staging;
 use super::state::{self, ClassState, FileRecord};
@@ -114,6 +115,8 @@ struct Inner {
     kata_settings: Mutex<HashMap<String, Vec<KataSetting>>>,
     /// Installs by manifest digest: classes sharing a version download it once.
     digest_locks: share::DigestLocks,
+    /// The classes' pull secrets: mounted, or read through the Kubernetes API and cached.
+    pull_secrets: PullSecrets,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -137,7 +140,21 @@ impl ArtifactStore {
     }
 
     /// A store that reports layer progress to `observer` (the CLI's progress bars).
+    ///
+    /// Pull secrets come from `pullSecretsDir`, and in a cluster (`kube` feature, in-cluster
+    /// credentials, `POD_NAMESPACE`) from the Kubernetes API too: [`PullSecrets::detect`].
     pub fn with_observer(settings: StoreSettings, observer: Arc<dyn PullObserver>) -> Self {
+        let pull_secrets = PullSecrets::detect(&settings.pull_secrets_dir);
+        Self::with_pull_secrets(settings, observer, pull_secrets)
+    }
+
+    /// A store with the pull secrets of `pull_secrets` rather than those [`PullSecrets::detect`]
+    /// finds.
+    pub fn with_pull_secrets(
+        settings: StoreSettings,
+        observer: Arc<dyn PullObserver>,
+        pull_secrets: PullSecrets,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -145,6 +162,7 @@ impl ArtifactStore {
                 inflight: SingleFlight::new(),
                 kata_settings: Mutex::new(HashMap::new()),
                 digest_locks: Default::default(),
+                pull_secrets,
             }),
         }
     }
@@ -242,6 +260,15 @@ impl ArtifactStore {
             // Leave no empty `.staging` behind (it fails harmlessly while another pull uses it).
             staging::remove_parent_if_empty(&inner.settings.artifacts_dir);
             if let Err(e) = &result {
+                // A refusal after the manifest (a blob, a signature) also means the cached
+                // Secret may be stale: the next pull reads it again.
+                if matches!(
+                    **e,
+                    ArtifactError::Unauthorized { .. } | ArtifactError::Forbidden { .. }
+                ) && let Some(secret) = &class.artifacts.pull_secret
+                {
+                    inner.pull_secrets.forget(secret);
+                }
                 tracing::error!(error = %e, "artifacts not installed");
             }
             result

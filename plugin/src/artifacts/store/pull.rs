@@ -67,7 +67,7 @@ impl Inner {
             reference,
             body,
             digest: resolved,
-        } = mirrors::resolve(class, settings, by_digest.as_deref()).await?;
+        } = mirrors::resolve(class, settings, &self.pull_secrets, by_digest.as_deref()).await?;
 
         if let Some(state) = &previous
             && state.resolved_digest == resolved

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use super::ArtifactStore;
 use crate::artifacts::kataconf;
+use crate::artifacts::progress::NoProgress;
+use crate::artifacts::pull_secrets::PullSecrets;
 use crate::artifacts::registry::RetryPolicy;
 use crate::artifacts::settings::StoreSettings;
 use crate::artifacts::state::{self, ClassState, FileRecord};
@@ -22,7 +24,7 @@ pub(super) fn digest(c: char) -> String {
 }
 
 pub(super) fn store(dir: &Path) -> ArtifactStore {
-    ArtifactStore::new(StoreSettings {
+    let settings = StoreSettings {
         artifacts_dir: dir.join("artifacts"),
         pull_secrets_dir: dir.join("secrets"),
         registries: Registries::default(),
@@ -33,7 +35,10 @@ pub(super) fn store(dir: &Path) -> ArtifactStore {
         allowed_keys: Vec::new(),
         allowed_arguments: Vec::new(),
         hosts_dirs: Vec::new(),
-    })
+    };
+    // Mounted secrets only, wherever the tests run (even in a pod).
+    let secrets = PullSecrets::files(&settings.pull_secrets_dir);
+    ArtifactStore::with_pull_secrets(settings, Arc::new(NoProgress), secrets)
 }
 
 /// A class as k8s-kata-manager's config gives it (no `runtime`), or with `runtime`.
