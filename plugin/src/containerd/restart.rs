@@ -114,6 +114,15 @@ pub enum RestartError {
         cause: Box<RestartError>,
     },
     #[error(
+        "containerd was restarted onto the new config, but its socket {} could not be seen before the restart nor after it ({cause}), so whether it serves is unknown; the new config stays (nothing showed it at fault, and a rollback would restart containerd again just as blindly): check containerd (e.g. systemctl status containerd), and if this runs in a container, mount the socket's directory (containerd.address)",
+        address.display()
+    )]
+    Unverified {
+        address: PathBuf,
+        #[source]
+        cause: Box<RestartError>,
+    },
+    #[error(
         "{cause}; restoring the previous containerd config then failed too ({rollback}): the node may be left without a working containerd, restore the backups (*.kata-nri-manager.bak) by hand"
     )]
     RollbackFailed {
@@ -393,7 +402,22 @@ pub fn restart_or_roll_back(
     committed: &Committed,
     writer: &AtomicWriter,
 ) -> Result<Outcome, RestartError> {
-    restart(strategy, probe).map_err(|cause| roll_back(cause, strategy, probe, committed, writer))
+    // A probe that never saw containerd's socket proves nothing either way (an uninstall Job
+    // without the socket's mount, a containerd that was down): its silence is no reason to put
+    // the old config back and restart again.
+    let seen_before = probe.socket_identity().is_some();
+    restart(strategy, probe).map_err(|cause| {
+        if !seen_before
+            && probe.socket_identity().is_none()
+            && matches!(cause, RestartError::NotReady { .. })
+        {
+            return RestartError::Unverified {
+                address: probe.address.clone(),
+                cause: Box::new(cause),
+            };
+        }
+        roll_back(cause, strategy, probe, committed, writer)
+    })
 }
 
 /// After the restart failed with `cause`: puts the previous files back and, unless nothing was
@@ -643,6 +667,52 @@ mod tests {
         let err = roll_back(cause, &strategy, &probe, &committed, &writer);
         assert!(matches!(err, RestartError::NotRestarted { .. }), "{err}");
         assert!(err.to_string().contains("nothing was restarted"), "{err}");
+        assert_eq!(std::fs::read_to_string(&main).unwrap(), "old");
+    }
+
+    /// A restart whose probe never saw containerd's socket (before or after) keeps the new
+    /// config: its silence shows no fault of the config, and restarting again is as blind.
+    #[test]
+    fn a_blind_probe_never_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, writer, committed) = committed_new_config(dir.path());
+        let marker = dir.path().join("restarts");
+        let strategy = Strategy::Command {
+            argv: argv(&["/bin/sh", "-c", &format!("echo >> {}", marker.display())]),
+            timeout: Duration::from_millis(300),
+        };
+        let probe = ReadyProbe::new(dir.path().join("not-mounted/containerd.sock"));
+        let err = restart_or_roll_back(&strategy, &probe, &committed, &writer).unwrap_err();
+        assert!(matches!(err, RestartError::Unverified { .. }), "{err}");
+        assert!(err.to_string().contains("the new config stays"), "{err}");
+        assert_eq!(std::fs::read_to_string(&main).unwrap(), "new");
+        assert_eq!(
+            std::fs::read_to_string(&marker).unwrap(),
+            "\n",
+            "restarted once, not again for a rollback"
+        );
+    }
+
+    /// A containerd that was seen before the restart and does not come back is rolled back.
+    #[test]
+    fn a_containerd_seen_before_that_does_not_come_back_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (main, writer, committed) = committed_new_config(dir.path());
+        let address = dir.path().join("containerd.sock");
+        let _old = std::os::unix::net::UnixListener::bind(&address).unwrap();
+        let strategy = Strategy::Command {
+            argv: argv(&["/bin/true"]),
+            timeout: Duration::from_millis(300),
+        };
+        let probe = ReadyProbe::new(&address);
+        let err = restart_or_roll_back(&strategy, &probe, &committed, &writer).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RestartError::RolledBack { .. } | RestartError::RollbackFailed { .. }
+            ),
+            "{err}"
+        );
         assert_eq!(std::fs::read_to_string(&main).unwrap(), "old");
     }
 
