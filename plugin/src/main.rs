@@ -34,7 +34,8 @@ fn main() -> ExitCode {
             Command::Config(ConfigCommand::Check {
                 config,
                 node_config,
-            }) => cli::config::check(&config, node_config.as_deref()),
+                operator,
+            }) => cli::config::check(&config, node_config.as_deref(), operator),
         }
     };
     match result {

@@ -6,8 +6,25 @@ use anyhow::Result;
 
 /// Loads and validates the config as the daemon would, printing warnings and a summary; every
 /// problem is reported at once by the returned error.
-pub fn check(config: &Path, node_config: Option<&Path>) -> Result<()> {
-    let loaded = crate::config::load(config, node_config)?;
+///
+/// `operator`: the file is a ConfigMap's config, checked without a node file and without the
+/// ownership check (a non-root user cannot own a file as root): node-local keys are errors.
+/// Chosen by itself when not root and without a node file.
+pub fn check(config: &Path, node_config: Option<&Path>, operator: bool) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let operator = operator || (node_config.is_none() && !root);
+    let loaded = if operator {
+        if !root {
+            eprintln!(
+                "note: checking {} as an operator config (a ConfigMap's): node-local keys are errors; as root with --node-config, the pair is checked as the daemon loads it",
+                config.display()
+            );
+        }
+        crate::config::load_operator(config)?
+    } else {
+        crate::config::load(config, node_config)?
+    };
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }

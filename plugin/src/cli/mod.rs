@@ -61,6 +61,11 @@ pub enum ConfigCommand {
         /// Node-local config file (root-owned), as the daemon would get it.
         #[arg(long, value_name = "FILE")]
         node_config: Option<PathBuf>,
+        /// Check FILE as an operator config alone (a ConfigMap's): node-local keys are errors
+        /// and its owner does not matter, so any user may check it. The default when not root
+        /// and without --node-config.
+        #[arg(long, conflicts_with = "node_config")]
+        operator: bool,
     },
 }
 

@@ -12,6 +12,7 @@ use super::decode::{Decoded, decode};
 use super::error::{ConfigError, Problems, Result, Warning};
 use super::model::Config;
 use super::node::{NodeClass, NodeConfig};
+use super::sanity;
 use super::trust;
 use super::validate::{duplicate_names, validate};
 use super::walk::{Role, walk_document, walk_operator_document};
@@ -42,6 +43,23 @@ pub enum FileKind {
 /// nobody else, nor swappable through its directories.
 pub fn load(operator: &Path, node: Option<&Path>) -> Result<LoadedConfig> {
     Loader::new().load(operator, node)
+}
+
+/// Loads an operator config alone, as a ConfigMap's: node-local keys are errors, and the file's
+/// owner is not checked (nothing node-local can come from it). For `config check` by any user.
+pub fn load_operator(operator: &Path) -> Result<LoadedConfig> {
+    let text = std::fs::read_to_string(operator).map_err(|source| ConfigError::Io {
+        file: operator.to_owned(),
+        source,
+    })?;
+    let config = parse_operator(&text, operator, Role::Operator, None)?;
+    let warnings = sanity::warnings(&config, operator);
+    Ok(LoadedConfig {
+        config,
+        operator_file: operator.to_owned(),
+        node_file: None,
+        warnings,
+    })
 }
 
 /// Parses and validates config text that was read elsewhere, without the file checks of [`load`].
@@ -89,6 +107,16 @@ impl Loader {
             .and_then(|(_, _, walked)| walked.as_ref().ok())
             .map(|walked| &walked.document);
         let (trusted, text) = self.read(operator, role == Role::Trusted);
+        // The node file as written (its walk drops what a node file may not hold, which is
+        // exactly what shows a swap).
+        if let (Some(node_path), Ok(operator_text)) = (node, &text)
+            && let Ok(node_text) = std::fs::read_to_string(node_path)
+            && let Ok(node_raw) = serde_yaml::from_str::<Value>(&node_text)
+            && let Ok(operator_document) = serde_yaml::from_str::<Value>(operator_text)
+            && sanity::swapped(&operator_document, &node_raw)
+        {
+            return Err(invalid(operator, sanity::swapped_problem(node_path)));
+        }
         let config = both(
             trusted,
             text.and_then(|text| parse_operator(&text, operator, role, node_document)),
@@ -101,10 +129,11 @@ impl Loader {
             })
             .transpose();
         let (mut config, node_config) = both(config, node_config)?;
-        let warnings = match node_config {
+        let mut warnings = match node_config {
             Some((path, (node_config, origins))) => node_config.apply(&mut config, &origins, path),
             None => Vec::new(),
         };
+        warnings.extend(sanity::warnings(&config, operator));
         Ok(LoadedConfig {
             config,
             operator_file: operator.to_owned(),
@@ -164,10 +193,22 @@ fn both<A, B>(a: Result<A>, b: Result<B>) -> Result<(A, B)> {
 }
 
 fn parse_yaml(text: &str, file: &Path) -> Result<Value> {
-    serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
+    let alone = |message: String| {
+        let mut problems = Problems::default();
+        problems.push("", message);
+        invalid(file, problems)
+    };
+    if let Some(message) = sanity::too_large(text) {
+        return Err(alone(message));
+    }
+    let document: Value = serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
         file: file.to_owned(),
         source,
-    })
+    })?;
+    match sanity::kubernetes_object(&document) {
+        Some(message) => Err(alone(message)),
+        None => Ok(document),
+    }
 }
 
 fn invalid(file: &Path, problems: Problems) -> ConfigError {
@@ -193,6 +234,16 @@ fn parse_operator(text: &str, file: &Path, role: Role, node: Option<&Value>) -> 
         return Err(invalid(file, problems));
     };
     let (origins, classes): (Vec<usize>, Vec<RuntimeClass>) = classes.into_iter().unzip();
+    if classes.len() > sanity::MAX_CLASSES {
+        problems.push(
+            "runtimeClasses",
+            format!(
+                "{} classes; at most {} (each is a containerd runtime, a RuntimeClass and a directory of artifacts on every node)",
+                classes.len(),
+                sanity::MAX_CLASSES
+            ),
+        );
+    }
     top.runtime_classes = classes;
     let indexed: Vec<(usize, &RuntimeClass)> =
         origins.iter().copied().zip(&top.runtime_classes).collect();

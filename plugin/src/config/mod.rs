@@ -17,6 +17,7 @@ mod node;
 mod pattern;
 mod quantity;
 mod reference;
+mod sanity;
 mod schema;
 mod suggest;
 mod trust;
@@ -33,7 +34,7 @@ pub use class::{
 };
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, Problem, Result, Warning};
-pub use load::{FileKind, LoadedConfig, Loader, load, parse_str};
+pub use load::{FileKind, LoadedConfig, Loader, load, load_operator, parse_str};
 pub use model::{
     Annotations, Cdi, CommandRestart, Config, Containerd, ContainerdMode,
     DEFAULT_ALLOWED_HOST_PATHS, DEFAULT_KERNEL_MODULES, FailurePolicy, Fleet, Gate, KataConfig,

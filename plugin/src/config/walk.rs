@@ -119,23 +119,24 @@ impl Walker<'_> {
             Shape::Tagged { tag, variants } => self.walk_tagged(value, tag, variants, path, node),
             Shape::List { item, partial } => self.walk_list(value, item, *partial, path, node),
             Shape::Dict { key, value: shape } => self.walk_dict(value, *key, shape, path),
-            Shape::Text(check) => match self.text(value, path) {
-                Some(text) => self.checked(check(text), path),
-                None => false,
+            Shape::Text(check) => match value {
+                Value::String(text) => self.checked(check(text), path),
+                _ => self.not_text(path, value, *check),
             },
             Shape::Bool => value.is_bool() || self.mismatch(path, "true or false", value),
             Shape::Count => {
                 let fits = value.as_u64().is_some_and(|n| u32::try_from(n).is_ok());
                 fits || self.mismatch(path, "a whole number (0 or more)", value)
             }
-            Shape::Enum(names) => match self.text(value, path) {
-                Some(text) if names.contains(&text) => true,
-                Some(text) => {
+            Shape::Enum(names) => match value {
+                Value::String(text) if names.contains(&text.as_str()) => true,
+                Value::String(text) => {
                     let message = not_one_of(text, names);
                     self.problems.push(path, message);
                     false
                 }
-                None => false,
+                // `provision: on` is YAML's true: naming the choices helps, "quote it" would not.
+                _ => self.mismatch(path, &format!("one of: {}", names.join(", ")), value),
             },
             Shape::Size(check) => match value {
                 Value::String(text) => self.checked(check(text), path),
@@ -437,16 +438,41 @@ impl Walker<'_> {
         }
     }
 
+    /// Reports a number or boolean where text was expected. The hint to quote it names the text
+    /// only when that is exactly what was written and passes `check`: YAML keeps no digits of a
+    /// float (`1.10` reads as 1.1) nor the spelling of an integer (`0x1F` is 31), and quoting
+    /// `9464` does not make it an address.
+    fn not_text(&mut self, path: &str, got: &Value, check: Check) -> bool {
+        let mut message = format!("expected text, got {}", describe(got));
+        let literal = match got {
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            _ => None,
+        };
+        match (got, literal) {
+            (_, Some(literal)) => match check(&literal) {
+                Ok(()) => message.push_str(&format!(" (quote it as written, e.g. \"{literal}\")")),
+                Err(why) => message.push_str(&format!("; as text, {why}")),
+            },
+            (Value::Number(n), None) => message.push_str(&format!(
+                " (quote it exactly as meant: YAML read the digits as the number {n}, so \
+                 trailing zeros are gone)"
+            )),
+            _ => {}
+        }
+        if path.is_empty() {
+            message.push_str(" at the top of the file");
+        }
+        self.problems.push(path, message);
+        false
+    }
+
     /// Reports a value of the wrong type; always false, for use in boolean chains.
     fn mismatch(&mut self, path: &str, expected: &str, got: &Value) -> bool {
-        let mut message = format!("expected {expected}, got {}", describe(got));
         if expected == "text" {
-            match got {
-                Value::Number(n) => message.push_str(&format!(" (quote it: \"{n}\")")),
-                Value::Bool(b) => message.push_str(&format!(" (quote it: \"{b}\")")),
-                _ => {}
-            }
+            return self.not_text(path, got, |_| Ok(()));
         }
+        let mut message = format!("expected {expected}, got {}", describe(got));
         if path.is_empty() {
             message.push_str(" at the top of the file");
         }
@@ -529,6 +555,26 @@ mod tests {
         assert!(value["runtimeClasses"][0].get("artifact").is_none());
     }
 
+    /// The hint to quote a value names it only when the text is exactly what was written and
+    /// valid where it goes.
+    #[test]
+    fn quote_hints_never_change_the_value_or_suggest_an_invalid_one() {
+        let (_, problems) = walk(
+            "listen: 9464\nruntimeClasses:\n- name: k\n  provision: true\n  nodeSelector: {a: 1.10, b: true, c: 0x1F}\n  artifacts: {url: nvcr.io/x:1}\n",
+            Role::Trusted,
+        );
+        assert_eq!(
+            problems,
+            [
+                "listen: expected text, got the number 9464; as text, \"9464\" is not an IP address and port (e.g. 127.0.0.1:9464 or [::]:9464)",
+                "runtimeClasses[0].provision: expected one of: eager, onDemand, got true",
+                "runtimeClasses[0].nodeSelector.a: expected text, got the number 1.1 (quote it exactly as meant: YAML read the digits as the number 1.1, so trailing zeros are gone)",
+                "runtimeClasses[0].nodeSelector.b: expected text, got true (quote it as written, e.g. \"true\")",
+                "runtimeClasses[0].nodeSelector.c: expected text, got the number 31 (quote it as written, e.g. \"31\")",
+            ]
+        );
+    }
+
     #[test]
     fn unknown_key_without_a_near_miss_lists_the_known_ones() {
         let (_, problems) = walk("log: {colour: red}", Role::Trusted);
@@ -544,7 +590,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "nri.pluginIdx: expected text, got the number 50 (quote it: \"50\")",
+                "nri.pluginIdx: expected text, got the number 50 (quote it as written, e.g. \"50\")",
                 "limits.keepVersions: expected a whole number (0 or more), got the text \"two\"",
                 "runtimeClasses: expected a list, got a mapping",
             ]
@@ -769,7 +815,7 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert_eq!(
             problems[0],
-            "runtimeClasses[0].nodeSelector[\"nvidia.com/gpu.present\"]: expected text, got true (quote it: \"true\")"
+            "runtimeClasses[0].nodeSelector[\"nvidia.com/gpu.present\"]: expected text, got true (quote it as written, e.g. \"true\")"
         );
         assert!(problems[1].starts_with(
             "runtimeClasses[0].nodeSelector[\"Bad Key\"]: \"Bad Key\" is not a label key"
