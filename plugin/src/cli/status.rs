@@ -354,6 +354,9 @@ fn render(shown: &Shown) -> String {
                 (false, None) => "not configured yet".to_owned(),
             }
         ));
+        if let Some(gap) = &report.containerd.unchecked {
+            out.push_str(&format!("  not checked: {gap}\n"));
+        }
         out.push_str(&render_host(&report.host));
     } else {
         out.push_str("daemon: not running (state from the artifacts directory)\n");

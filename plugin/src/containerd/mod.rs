@@ -50,7 +50,7 @@ pub use schema::{ContainerdVersion, Schema};
 pub use stanza::{OptionValue, RuntimeStanza};
 pub use sync::{
     Applied, ConfigSync, ContainerdSync, NodePaths, OWNERSHIP_FILE, Planned, RestartPermit,
-    SyncOutcome, ownership_path, plan, state_dir, sync, write_and_restart,
+    SyncOutcome, ownership_path, plan, state_dir, sync, unchecked, write_and_restart,
 };
 
 /// Where `binary` is on `PATH`, as containerd looks up its own helpers and shims.

@@ -92,6 +92,30 @@ pub fn strategy(restart: &Restart) -> Strategy {
 }
 
 /// The containerd binary: the flag, else `containerd` on PATH.
+/// What the daemon cannot check before it writes containerd's config on this node, or `None`
+/// when containerd checks every edit (`containerd config dump` with the new file). For
+/// `status`: a check that is skipped must be visible where an operator looks, not only in the
+/// log of a start long ago.
+pub fn unchecked(config: &Config, node: &NodePaths) -> Option<String> {
+    unchecked_with(
+        config,
+        containerd_binary(node.containerd_binary.as_deref()).as_deref(),
+    )
+}
+
+fn unchecked_with(config: &Config, binary: Option<&Path>) -> Option<String> {
+    let path = &config.containerd.config_path;
+    if super::schema::is_template(path) {
+        return Some(format!(
+            "{} is a template: containerd checks it only once k3s renders it",
+            path.display()
+        ));
+    }
+    binary.is_none().then(|| {
+        "no containerd binary here (none on PATH, no --containerd-binary): containerd does not check a new config before it is written (`containerd config dump`), and its version comes from the file's `version` key; in a pod, mount the host's binary (the chart's hostPaths.containerdBinary)".to_owned()
+    })
+}
+
 fn containerd_binary(flag: Option<&Path>) -> Option<PathBuf> {
     match flag {
         Some(path) => Some(path.to_path_buf()),
@@ -318,6 +342,23 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(adopted(&config), BTreeSet::from(["kata".to_string()]));
+    }
+
+    /// `status` says what is not checked: a k3s template, or a node without containerd's binary.
+    #[test]
+    fn what_is_not_checked_is_named() {
+        let mut config = Config::default();
+        let binary = Some(Path::new("/usr/bin/containerd"));
+        assert_eq!(unchecked_with(&config, binary), None);
+        let gap = unchecked_with(&config, None).expect("no binary");
+        assert!(gap.starts_with("no containerd binary here"), "{gap}");
+        config.containerd.config_path =
+            "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl".into();
+        let gap = unchecked_with(&config, binary).expect("a template is not checked");
+        assert!(
+            gap.ends_with("is a template: containerd checks it only once k3s renders it"),
+            "{gap}"
+        );
     }
 
     #[test]

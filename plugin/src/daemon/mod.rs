@@ -108,6 +108,11 @@ impl Daemon {
             }
         }
         policies.watch(WATCH_INTERVAL);
+        let unchecked = crate::containerd::unchecked(&config, &node);
+        if let Some(gap) = &unchecked {
+            warn!(reason = %gap, "containerd's config check is skipped on this node");
+        }
+        board.update_containerd(|c| c.unchecked = unchecked);
         let host_root = node.host_root();
         let node_facts = Arc::new(
             tokio::task::spawn_blocking({

@@ -181,6 +181,9 @@ pub struct ContainerdStatus {
     pub configured: bool,
     /// The config was written but containerd still runs the old one (restart method `none`).
     pub restart_pending: bool,
+    /// What is not checked before containerd's config is written here, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchecked: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
