@@ -35,6 +35,10 @@ pub struct RegistryOptions {
     pub basic_auth: Option<(String, String)>,
     /// Require tokens from a token service instead (see [`crate::token`]).
     pub token_auth: Option<TokenAuth>,
+    /// With `tls`: serve a self-signed certificate made as Docker's documentation shows
+    /// (`openssl req -x509 … -addext subjectAltName=<this>`, which OpenSSL marks `CA:TRUE`)
+    /// instead of one issued by a test CA; [`Registry::ca_file`] is then that certificate.
+    pub self_signed: Option<String>,
 }
 
 /// `auth: token` for a registry: the configuration section and the account `oras` pushes with.
@@ -54,6 +58,16 @@ impl RegistryOptions {
             tls: true,
             basic_auth: Some((user.into(), password.into())),
             token_auth: None,
+            self_signed: None,
+        }
+    }
+
+    /// TLS with a self-signed `CA:TRUE` certificate for `subject_alt_name` (e.g.
+    /// `IP:127.0.0.1`), and basic auth.
+    pub fn self_signed_with_auth(subject_alt_name: &str, user: &str, password: &str) -> Self {
+        Self {
+            self_signed: Some(subject_alt_name.into()),
+            ..Self::tls_with_auth(user, password)
         }
     }
 
@@ -67,6 +81,7 @@ impl RegistryOptions {
                 section: service.registry_auth(),
                 pusher: (user.into(), password.into()),
             }),
+            self_signed: None,
         }
     }
 }
@@ -101,8 +116,8 @@ fn run(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it (a self-signed leaf is refused by
-/// webpki as a CA used as an end entity).
+/// A CA and a server certificate for 127.0.0.1 signed by it (a `CA:FALSE` leaf; for a
+/// self-signed `CA:TRUE` one see [`self_signed_certificate`]).
 fn make_certificates(dir: &Path) -> Result<()> {
     let p = |name: &str| dir.join(name).display().to_string();
     run(Command::new("openssl").args([
@@ -156,6 +171,32 @@ fn make_certificates(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A self-signed certificate for `subject_alt_name` as Docker's documentation makes one for a
+/// registry: `openssl req -x509` with the default extensions, so `basicConstraints=CA:TRUE`.
+pub fn self_signed_certificate(key: &Path, cert: &Path, subject_alt_name: &str) -> Result<()> {
+    let key = key.display().to_string();
+    let cert = cert.display().to_string();
+    let san = format!("subjectAltName={subject_alt_name}");
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        &san,
+    ]))?;
+    Ok(())
+}
+
 impl Registry {
     pub fn start(deps: &Deps, options: RegistryOptions) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("knm-registry-").tempdir()?;
@@ -165,7 +206,17 @@ impl Registry {
             dir.path().join("storage").display()
         );
         if options.tls {
-            make_certificates(dir.path())?;
+            match &options.self_signed {
+                Some(subject_alt_name) => {
+                    self_signed_certificate(
+                        &dir.path().join("server.key"),
+                        &dir.path().join("server.pem"),
+                        subject_alt_name,
+                    )?;
+                    fs::copy(dir.path().join("server.pem"), dir.path().join("ca.pem"))?;
+                }
+                None => make_certificates(dir.path())?,
+            }
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 dir.path().join("server.pem").display(),

@@ -22,19 +22,6 @@ pub enum Credentials {
     Bearer(Secret),
 }
 
-impl Credentials {
-    pub(crate) fn to_registry_auth(&self) -> oci_client::secrets::RegistryAuth {
-        use oci_client::secrets::RegistryAuth;
-        match self {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => {
-                RegistryAuth::Basic(username.clone(), password.expose().to_owned())
-            }
-            Credentials::Bearer(token) => RegistryAuth::Bearer(token.expose().to_owned()),
-        }
-    }
-}
-
 /// Why a docker config could not be used. The text never contains credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthFileError {

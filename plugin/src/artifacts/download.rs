@@ -6,9 +6,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use oci_client::client::BlobResponse;
-use oci_client::errors::DigestError;
 use sha2::{Digest as _, Sha256};
 
 use super::error::{ArtifactError, Result};
@@ -194,31 +191,26 @@ async fn attempt_once(
             source: e,
         })
     };
-    // Always a Range request: the registry then leaves verification to us (one hash pass, not
-    // two), and a retry resumes where the cut happened.
-    let response = registry
-        .client
-        .pull_blob_stream_partial(reference, layer.digest.as_str(), transfer.received, None)
-        .await
-        .map_err(|e| context.failure(e))?;
-    let mut stream = match response {
-        BlobResponse::Partial(stream) => stream,
-        BlobResponse::Full(stream) => {
-            if transfer.received > 0 {
-                transfer
-                    .writer
-                    .send(Write::Restart)
-                    .await
-                    .map_err(write_failed)?;
-                transfer.received = 0;
-            }
-            stream
-        }
-    };
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(e) => return Err(stream_failure(registry, layer, name, e)),
+    // Always a Range request, so that a retry resumes where the cut happened. The writer
+    // hashes what it writes; `fetch` checks that digest at the end (200 or 206 alike).
+    let mut response = registry
+        .blob(reference, layer.digest.as_str(), Some(transfer.received))
+        .await?;
+    if response.status() != reqwest::StatusCode::PARTIAL_CONTENT && transfer.received > 0 {
+        // The registry ignored the Range: the whole blob again.
+        transfer
+            .writer
+            .send(Write::Restart)
+            .await
+            .map_err(write_failed)?;
+        transfer.received = 0;
+    }
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            // Connection reset, timeout: retried (and resumed).
+            Err(e) => return Err(Failure::Transient(crate::errors::chain(&e))),
         };
         let received = transfer.received + chunk.len() as u64;
         if received > layer.size {
@@ -246,32 +238,4 @@ async fn attempt_once(
         )));
     }
     Ok(())
-}
-
-/// A failure inside the body: oci-client's own digest check (on a full response) is
-/// permanent, anything else (connection reset, timeout) transient.
-fn stream_failure(
-    registry: &Registry,
-    layer: &Layer,
-    name: &str,
-    error: std::io::Error,
-) -> Failure {
-    let context = &registry.context;
-    if let Some(DigestError::VerificationError { expected, actual }) = error
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<DigestError>())
-    {
-        return Failure::Permanent(ArtifactError::DigestMismatch {
-            class: context.class.clone(),
-            reference: context.reference.clone(),
-            layer: name.to_owned(),
-            expected: if expected.is_empty() {
-                layer.digest.to_string()
-            } else {
-                expected.clone()
-            },
-            actual: actual.clone(),
-        });
-    }
-    Failure::Transient(crate::errors::chain(&error))
 }

@@ -2,8 +2,8 @@
 //! ([`Registry::manifest`]).
 //!
 //! oci-client's `pull_manifest_raw` reads the whole body into memory whatever its size, so a
-//! hostile registry could make us buffer gigabytes. We send the GET on our own HTTP client (same
-//! TLS settings as oci-client's), refuse a `Content-Length` beyond containerd's cap before
+//! hostile registry could make us buffer gigabytes. We send the GET on our own HTTP client (the
+//! one blobs use, with containerd's TLS rules: `tls.rs`), refuse a `Content-Length` beyond containerd's cap before
 //! reading the body, and stop reading at the cap when no length is announced. A HEAD first
 //! would not bound anything: the GET that follows may send something else.
 //!
@@ -11,15 +11,14 @@
 //! and password to the token service (the realm) and presents the token it issues; `Basic`
 //! sends them to the registry. Doing the exchange here lets errors say who refused and how
 //! (oci-client drops a failed token request and reports the registry's plain 401 instead).
-//! Blobs are still fetched by oci-client. It is handed the token we were issued, so a pull asks
-//! the token service once; it keeps the pull secret as well and exchanges it again only when
-//! that token expires (a long pull).
+//! Blobs go through the same client and authorization (`blob.rs`), so a pull asks the token
+//! service once, and again only when that token expires (a long pull).
+
+use std::time::Duration;
 
 use base64::Engine;
 use oci_client::Reference;
-use oci_client::RegistryOperation;
 use oci_client::errors::{OciDistributionError, OciEnvelope};
-use oci_client::secrets::RegistryAuth;
 use reqwest::StatusCode;
 use sha2::Digest as _;
 
@@ -47,11 +46,6 @@ impl Registry {
         &self,
         reference: &Reference,
     ) -> super::error::Result<(bytes::Bytes, String)> {
-        // The blobs that follow go through oci-client, which authenticates on its own with
-        // these credentials.
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &self.auth)
-            .await;
         let mut attempt = 1;
         loop {
             match manifest(self, reference).await {
@@ -129,7 +123,7 @@ async fn manifest(
 }
 
 /// `<scheme>://<host>/v2/<repo>/manifests/<tag or digest>`, with containerd's `?ns=<registry>`
-/// for a mirror (as oci-client builds it for blobs).
+/// for a mirror (as oci-client builds it).
 fn manifest_url(registry: &Registry, reference: &Reference) -> String {
     let target = reference.digest().or(reference.tag()).unwrap_or("latest");
     let ns = reference
@@ -156,7 +150,7 @@ async fn get(registry: &Registry, url: &str) -> Result<reqwest::Response, Failur
 }
 
 /// Sets the registry's authorization as its challenge asks.
-async fn authorize(
+pub(super) async fn authorize(
     registry: &Registry,
     reference: &Reference,
     challenge: Option<&Challenge>,
@@ -172,7 +166,7 @@ async fn authorize(
         ("bearer", credentials) => {
             let realm = challenge.param("realm").ok_or_else(denied)?;
             let scope = format!("repository:{}:pull", reference.repository());
-            let token = exchange(
+            let (token, expires_in) = exchange(
                 registry,
                 credentials,
                 realm,
@@ -181,18 +175,7 @@ async fn authorize(
             )
             .await?;
             registry.set_authorization(Secret::new(format!("Bearer {}", token.expose())));
-            // With a bearer token oci-client makes no request: it caches the token for this
-            // repository until the token's `exp`. The registry's stored credentials (the pull
-            // secret, set before the manifest request) are what it falls back on after that.
-            registry
-                .client
-                .auth(
-                    reference,
-                    &RegistryAuth::Bearer(token.expose().to_owned()),
-                    RegistryOperation::Pull,
-                )
-                .await
-                .map_err(|e| registry.context.failure(e))?;
+            registry.set_renewal(challenge.clone(), expires_in);
             Ok(())
         }
         ("basic", Credentials::Basic { username, password }) => {
@@ -215,7 +198,7 @@ async fn exchange(
     realm: &str,
     service: Option<&str>,
     scope: &str,
-) -> Result<Secret, Failure> {
+) -> Result<(Secret, Duration), Failure> {
     let context = &registry.context;
     // Shown in errors and logs without its query (the realm is the registry's to choose).
     let shown = realm.split('?').next().unwrap_or(realm).to_owned();
@@ -269,13 +252,16 @@ async fn exchange(
     struct Answer {
         token: Option<Secret>,
         access_token: Option<Secret>,
+        expires_in: Option<u64>,
     }
     let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
         Failure::Permanent(context.refused(format!(
             "its token service {shown} sent something other than a token"
         )))
     })?;
-    answer
+    // The token specification's (and containerd's) default lifetime when none is given.
+    let expires_in = Duration::from_secs(answer.expires_in.filter(|s| *s > 0).unwrap_or(60));
+    let token = answer
         .token
         .or(answer.access_token)
         .filter(|token| !token.expose().is_empty())
@@ -283,11 +269,12 @@ async fn exchange(
             Failure::Permanent(
                 context.refused(format!("its token service {shown} sent an empty token")),
             )
-        })
+        })?;
+    Ok((token, expires_in))
 }
 
 /// Reads a body, at most `limit` bytes; `Ok(Err(n))` when it goes beyond (n: bytes read).
-async fn read_at_most(
+pub(super) async fn read_at_most(
     registry: &Registry,
     mut response: reqwest::Response,
     limit: u64,
@@ -321,7 +308,7 @@ fn too_large(registry: &Registry, size: u64, announced: bool) -> ArtifactError {
 }
 
 /// A connection error, a timeout or a body cut short: retried, except an untrusted certificate.
-fn transport(registry: &Registry, error: &reqwest::Error) -> Failure {
+pub(super) fn transport(registry: &Registry, error: &reqwest::Error) -> Failure {
     let text = crate::errors::chain(error);
     if text.contains("certificate") {
         Failure::Permanent(registry.context.unreachable(1, text))
@@ -331,7 +318,7 @@ fn transport(registry: &Registry, error: &reqwest::Error) -> Failure {
 }
 
 /// The error oci-client would make of this answer, so that one classification serves both.
-fn registry_error(status: StatusCode, body: &[u8], url: &str) -> OciDistributionError {
+pub(super) fn registry_error(status: StatusCode, body: &[u8], url: &str) -> OciDistributionError {
     let message = String::from_utf8_lossy(body).into_owned();
     if status.is_client_error()
         && let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(body)

@@ -16,6 +16,7 @@
 //! nothing changed, one pull shared by every concurrent caller otherwise.
 
 mod auth;
+mod blob;
 mod challenge;
 mod cosign;
 mod digest;
@@ -38,6 +39,7 @@ mod skew;
 mod staging;
 mod state;
 mod store;
+mod tls;
 mod unpack;
 mod versions;
 

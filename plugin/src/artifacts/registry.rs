@@ -1,21 +1,22 @@
-//! Talking to one registry endpoint for one class: the clients (TLS, CA bundles, plain HTTP only
+//! Talking to one registry endpoint for one class: the client (TLS, CA bundles, plain HTTP only
 //! for `registries.insecure` or an `http://` host of containerd's `hosts.toml`), credentials from
 //! the class's pull secret for the host contacted, and the translation of registry answers
-//! into [`ArtifactError`]s. Manifest requests, with their retries, are `fetch.rs`'s.
+//! into [`ArtifactError`]s. Manifest requests, with their retries, are `fetch.rs`'s, blob
+//! requests `blob.rs`'s, certificate checks `tls.rs`'s.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::Reference;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 
 use super::auth::Credentials;
+use super::challenge::Challenge;
 use super::error::{ArtifactError, AuthHint, Result};
 use super::hosts::Endpoint;
 use super::pull_secrets::Loaded;
 use super::secret::Secret;
+use super::tls;
 use crate::config::{OciReference, Registries, RuntimeClass};
 
 /// How often and how patiently transient failures (connection errors, 5xx, 429, bodies cut
@@ -187,17 +188,19 @@ impl Context {
     }
 }
 
-/// Clients and credentials for one endpoint of the class's registry (the registry itself or
+/// The client and credentials for one endpoint of the class's registry (the registry itself or
 /// a mirror).
 pub(crate) struct Registry {
-    /// oci-client: blobs (streamed, resumed, verified by us).
-    pub client: Client,
-    pub auth: RegistryAuth,
-    /// Our own HTTP client with the same TLS settings: manifests (bounded, see `fetch`).
+    /// Our HTTP client: manifests (bounded, see `fetch`), blobs (`blob`), tokens. oci-client's
+    /// own takes no TLS configuration of ours (see `tls`), so it sends nothing.
     pub http: reqwest::Client,
     pub credentials: Credentials,
-    /// The `Authorization` header manifest requests carry, once a challenge asked for one.
+    /// The `Authorization` header manifest and blob requests carry, once a challenge asked for one.
     authorization: Mutex<Option<Secret>>,
+    /// The challenge a bearer token answered and when that token expires: blob requests ask for
+    /// a new one first once it has, as containerd does (a registry may accept an expired token
+    /// for a while, but not for ever).
+    renewal: Mutex<Option<(Challenge, Instant)>>,
     pub context: Context,
     pub retry: RetryPolicy,
     /// A mirror: requests go to `context.registry` on behalf of the reference's registry.
@@ -217,21 +220,6 @@ impl Registry {
         // The host contacted, not the reference's: a mirror has credentials of its own.
         let (credentials, hint) = credentials(class, &registry, secret)?;
         let insecure = endpoint.plain_http;
-        let mut config = ClientConfig {
-            protocol: if insecure {
-                ClientProtocol::HttpsExcept(vec![registry.clone()])
-            } else {
-                ClientProtocol::Https
-            },
-            // We pick the platform ourselves, to report what an index offers.
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(10)),
-            // A stalled transfer is a transient failure, retried (and resumed) like a cut one.
-            read_timeout: Some(Duration::from_secs(60)),
-            // hosts.toml is root-owned node configuration, like registries.caFile.
-            accept_invalid_certificates: endpoint.skip_verify,
-            ..ClientConfig::default()
-        };
         let mut roots = Vec::new();
         if let Some(ca_file) = &registries.ca_file {
             let data = std::fs::read(ca_file).map_err(|e| ArtifactError::CaFile {
@@ -250,12 +238,6 @@ impl Registry {
             })?;
             roots.push(data);
         }
-        config
-            .extra_root_certificates
-            .extend(roots.iter().map(|data| Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: data.clone(),
-            }));
         // reqwest is built without a default crypto provider; install ring's once per process
         // (a second install is refused harmlessly).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -276,19 +258,18 @@ impl Registry {
                 }
             },
         };
-        let http = http_client(&config, &roots).map_err(|e| client_error(e.to_string()))?;
-        let client = Client::try_from(config).map_err(|e| client_error(e.to_string()))?;
+        // hosts.toml is root-owned node configuration, like registries.caFile.
+        let http = http_client(endpoint.skip_verify, &roots).map_err(client_error)?;
         // A docker config's `registrytoken` goes to the registry as it is, from the first request.
         let authorization = match &credentials {
             Credentials::Bearer(token) => Some(Secret::new(format!("Bearer {}", token.expose()))),
             _ => None,
         };
         Ok(Self {
-            client,
-            auth: credentials.to_registry_auth(),
             http,
             credentials,
             authorization: Mutex::new(authorization),
+            renewal: Mutex::new(None),
             context: Context {
                 class: class.name.clone(),
                 registry,
@@ -302,8 +283,8 @@ impl Registry {
     }
 
     /// oci-client's reference for `source` as this endpoint serves it. For a mirror, requests
-    /// go to the mirror with containerd's `?ns=<registry>` parameter, and oci-client keys the
-    /// credentials and tokens by the mirror's host (`Reference::resolve_registry`).
+    /// go to the mirror (`Reference::resolve_registry`) with containerd's `?ns=<registry>`
+    /// parameter.
     pub fn reference(&self, source: &OciReference) -> Reference {
         let mut reference = to_reference(source);
         if self.mirror {
@@ -325,7 +306,7 @@ impl Registry {
         reference
     }
 
-    /// `http` or `https`, as oci-client chooses for this endpoint.
+    /// `http` or `https` for this endpoint.
     pub fn scheme(&self) -> &'static str {
         if self.context.insecure {
             "http"
@@ -341,6 +322,25 @@ impl Registry {
             .clone()
     }
 
+    /// Remembers that the bearer token just set answers `challenge` for `lifetime`.
+    pub fn set_renewal(&self, challenge: Challenge, lifetime: Duration) {
+        *self
+            .renewal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((challenge, Instant::now() + lifetime));
+    }
+
+    /// The challenge to answer again when the bearer token has expired.
+    pub fn expired(&self) -> Option<Challenge> {
+        self.renewal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .filter(|(_, expires)| Instant::now() >= *expires)
+            .map(|(challenge, _)| challenge.clone())
+    }
+
     pub fn set_authorization(&self, value: Secret) {
         *self
             .authorization
@@ -349,23 +349,29 @@ impl Registry {
     }
 }
 
-/// Our HTTP client for manifests and tokens, configured as oci-client configures its own.
-fn http_client(config: &ClientConfig, roots: &[Vec<u8>]) -> reqwest::Result<reqwest::Client> {
-    let mut certificates = Vec::new();
-    for data in roots {
-        certificates.extend(reqwest::Certificate::from_pem_bundle(data)?);
-    }
+/// The user agent oci-client sent when it fetched blobs, kept for registries' logs.
+const USER_AGENT: &str = "oci-client/0.18.0";
+
+/// Our HTTP client for manifests, blobs and tokens. With CA files (and verification on), its
+/// TLS is [`tls::client_config`]: what reqwest builds from them, plus containerd's acceptance
+/// of a server certificate that is exactly one of them.
+fn http_client(
+    skip_verify: bool,
+    roots: &[Vec<u8>],
+) -> std::result::Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
-        .danger_accept_invalid_certs(config.accept_invalid_certificates)
-        .tls_certs_merge(certificates)
-        .user_agent(config.user_agent);
-    if let Some(timeout) = config.read_timeout {
-        builder = builder.read_timeout(timeout);
+        .user_agent(USER_AGENT)
+        .connect_timeout(Duration::from_secs(10))
+        // A stalled transfer is a transient failure, retried (and resumed) like a cut one.
+        .read_timeout(Duration::from_secs(60));
+    if skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    } else if !roots.is_empty() {
+        let configured = tls::certificates(roots).map_err(|e| e.to_string())?;
+        let config = tls::client_config(configured).map_err(|e| e.to_string())?;
+        builder = builder.tls_backend_preconfigured(config);
     }
-    if let Some(timeout) = config.connect_timeout {
-        builder = builder.connect_timeout(timeout);
-    }
-    builder.build()
+    builder.build().map_err(|e| crate::errors::chain(&e))
 }
 
 /// oci-client's reference for ours (already normalised: registry, repository, tag, digest).
@@ -477,10 +483,12 @@ mod tests {
         )
         .expect("secret");
         let registry = connect(&mirror).expect("connect");
-        assert!(matches!(registry.auth, RegistryAuth::Anonymous));
+        assert!(matches!(registry.credentials, Credentials::Anonymous));
         assert_eq!(registry.scheme(), "http");
         let upstream = connect(&Endpoint::upstream("stg.nvcr.io", false)).expect("connect");
-        assert!(matches!(upstream.auth, RegistryAuth::Basic(ref user, _) if user == "$oauthtoken"));
+        assert!(
+            matches!(upstream.credentials, Credentials::Basic { ref username, .. } if username == "$oauthtoken")
+        );
         assert_eq!(upstream.scheme(), "https");
     }
 
@@ -517,7 +525,9 @@ mod tests {
         let reference = registry.reference(&source);
         assert_eq!(reference.resolve_registry(), "mirror.example:5001");
         assert_eq!(reference.registry(), "registry.example:5000");
-        assert!(matches!(registry.auth, RegistryAuth::Basic(ref user, _) if user == "m"));
+        assert!(
+            matches!(registry.credentials, Credentials::Basic { ref username, .. } if username == "m")
+        );
         assert_eq!(registry.context.hint, AuthHint::Secret("s".into()));
 
         let upstream = Registry::connect(
@@ -533,7 +543,7 @@ mod tests {
             upstream.reference(&source).resolve_registry(),
             "registry.example:5000"
         );
-        assert!(matches!(upstream.auth, RegistryAuth::Anonymous));
+        assert!(matches!(upstream.credentials, Credentials::Anonymous));
         assert_eq!(
             upstream.context.hint,
             AuthHint::SecretWithoutEntry("s".into())

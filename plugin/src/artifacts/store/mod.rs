@@ -269,7 +269,6 @@ impl ArtifactStore {
                 {
                     inner.pull_secrets.forget(secret);
                 }
-                tracing::error!(error = %e, "artifacts not installed");
             }
             result
         }

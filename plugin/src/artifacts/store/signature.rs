@@ -2,16 +2,10 @@
 //! downloaded: the `.sig` manifest and its payloads come from the endpoint that serves the
 //! artifact, bounded in size, and are checked by [`cosign`](crate::artifacts::cosign).
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use oci_client::errors::OciDistributionError;
-
 use super::Inner;
 use crate::artifacts::cosign::{self, SignatureLayer, TrustedKey};
 use crate::artifacts::error::{ArtifactError, Result};
-use crate::artifacts::registry::Registry;
+use crate::artifacts::registry::{Failure, Registry};
 use crate::artifacts::state::ClassState;
 use crate::config::RuntimeClass;
 
@@ -98,55 +92,24 @@ async fn payload(
             cosign::MAX_PAYLOAD_BYTES
         ));
     }
-    let mut out = Capped {
-        bytes: Vec::new(),
-        cap: cosign::MAX_PAYLOAD_BYTES as usize,
-    };
-    match registry
-        .client
-        .pull_blob(signatures, layer.digest.as_str(), &mut out)
+    let fetched = match registry
+        .blob_at_most(signatures, layer.digest.as_str(), cosign::MAX_PAYLOAD_BYTES)
         .await
     {
-        Ok(()) => Ok(out.bytes),
-        Err(OciDistributionError::DigestError(_)) => Err(format!(
-            "payload {} is not what its descriptor names: tampered with in the registry",
-            layer.digest
-        )),
-        Err(e) => Err(format!(
-            "fetching payload {}: {}",
-            layer.digest,
-            crate::errors::chain(&e)
-        )),
-    }
-}
-
-/// A buffer that refuses to grow beyond `cap`: the registry decides how much it sends.
-struct Capped {
-    bytes: Vec<u8>,
-    cap: usize,
-}
-
-impl tokio::io::AsyncWrite for Capped {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.bytes.len() + data.len() > self.cap {
-            return Poll::Ready(Err(io::Error::other(format!(
-                "more than {} bytes",
-                self.cap
-            ))));
+        Ok(fetched) => fetched,
+        Err(Failure::Permanent(e)) => {
+            return Err(format!("fetching payload {}: {e}", layer.digest));
         }
-        self.bytes.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
+        Err(Failure::Transient(why)) => {
+            return Err(format!("fetching payload {}: {why}", layer.digest));
+        }
+    };
+    // The digest is `cosign::check`'s to verify.
+    fetched.map(Vec::from).map_err(|read| {
+        format!(
+            "payload {}: more than {} bytes ({read} read)",
+            layer.digest,
+            cosign::MAX_PAYLOAD_BYTES
+        )
+    })
 }
