@@ -626,6 +626,17 @@ async fn the_daemon_refuses_a_hostile_class_and_serves_the_others() {
         daemon.metric(&refused).await.expect("metrics") >= 1.0,
         "{refused} not counted"
     );
+    // One failure, one line: the ensure's own record (with its kind), not the store's and the
+    // retry loop's as well. A retry is another failure, with a line of its own.
+    let log = daemon.process.log();
+    let mentions: Vec<&str> = log.lines().filter(|l| l.contains("setuid file")).collect();
+    assert!(
+        !mentions.is_empty()
+            && mentions
+                .iter()
+                .all(|l| l.contains("runtime class not ready") && l.contains("install_refused")),
+        "{log}"
+    );
     assert!(fs::symlink_metadata(node.artifacts().join(CLASS)).is_err());
 
     let mut cri = node.cd.cri().await.expect("cri");

@@ -157,7 +157,7 @@ async fn a_damaged_ready_class_is_repaired_before_the_start_2_1() {
     a_damaged_ready_class_is_repaired_before_the_start(Version::V2_1).await;
 }
 
-const PULLED: &str = "kata_nri_manager_artifact_pulls_total{class=\"knm-kata\",result=\"pulled\"}";
+const PULLED: &str = "kata_nri_manager_artifact_downloads_total{class=\"knm-kata\"}";
 
 async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {
     let Some(mut node) = start(version).await else {
@@ -200,6 +200,19 @@ async fn on_demand_pods_start_on_the_first_try(version: Version, pods: usize) {
         metric(&daemon, PULLED).await,
         1.0,
         "one pull for {pods} pods"
+    );
+    // The starts that asked the daemon waited at the gate, and the wait was measured.
+    let waited = "kata_nri_manager_gate_wait_seconds_count{class=\"knm-kata\",result=\"ready\"}";
+    assert!(
+        metric(&daemon, waited).await >= 1.0,
+        "no gate wait observed"
+    );
+    assert_eq!(metric(&daemon, "kata_nri_manager_nri_connected").await, 1.0);
+    let pulled_at =
+        "kata_nri_manager_artifact_last_successful_pull_timestamp_seconds{class=\"knm-kata\"}";
+    assert!(
+        metric(&daemon, pulled_at).await > 1.7e9,
+        "no last successful pull time"
     );
     assert_eq!(
         node.registry.blob_gets() - gets_before,
@@ -522,13 +535,22 @@ async fn a_class_removed_from_the_config_loses_its_stanza_then_its_artifacts(ver
         .wait_until("the removal is counted", async || {
             metric(
                 &second,
-                "kata_nri_manager_gc_removed_total{class=\"knm-kata\"}",
+                "kata_nri_manager_gc_removed_classes_total{class=\"knm-kata\"}",
             )
             .await
                 == 1.0
         })
         .await
         .unwrap();
+    assert!(
+        metric(
+            &second,
+            "kata_nri_manager_gc_removed_versions_total{class=\"knm-kata\"}",
+        )
+        .await
+            >= 1.0,
+        "the class's versions are counted too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

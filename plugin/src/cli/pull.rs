@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::Output;
+use super::logging::{self, LogFormat};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tracing_subscriber::EnvFilter;
 
 use crate::artifacts::{ArtifactError, ArtifactStore, Installed, PullObserver, StoreSettings};
 use crate::config::RuntimeClass;
@@ -31,14 +31,22 @@ pub struct PullArgs {
     /// `text` for people, `json` for scripts (one document on stdout).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Log format (stderr) [default: the config's log.format, else text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// Pulls the chosen classes at once; fails (after reporting every class) if any failed.
 pub async fn run(args: PullArgs) -> Result<()> {
     let bars = args.output == Output::Text && std::io::stderr().is_terminal();
-    init_logging(if bars { "warn" } else { "info" });
+    // Logging waits for the config, whose log.format it follows: a config that does not load
+    // is this command's error, printed on its own.
     let loaded = crate::config::load(&args.config, args.node_config.as_deref())
         .with_context(|| format!("loading config {}", args.config.display()))?;
+    let format = args
+        .log_format
+        .unwrap_or_else(|| loaded.config.log.format.into());
+    logging::init_stderr(format, if bars { "warn" } else { "info" });
     for warning in &loaded.warnings {
         tracing::warn!(%warning, "config");
     }
@@ -113,16 +121,6 @@ async fn collect_retired(store: &ArtifactStore, cri_address: &std::path::Path) {
             }
         }
     }
-}
-
-fn init_logging(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // A second init (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
 
 /// The classes named on the command line, in that order, or all of them.

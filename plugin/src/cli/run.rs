@@ -49,10 +49,7 @@ fn early_settings(args: &RunArgs) -> EarlySettings {
         })
         .unwrap_or_default();
     EarlySettings {
-        format: args.log_format.unwrap_or(match operator.log.format {
-            crate::config::LogFormat::Text => LogFormat::Text,
-            crate::config::LogFormat::Json => LogFormat::Json,
-        }),
+        format: args.log_format.unwrap_or(operator.log.format.into()),
         listen: args.listen.unwrap_or(operator.listen),
     }
 }
@@ -69,10 +66,7 @@ async fn start(args: RunArgs, logging_ready: bool) -> Result<()> {
     let as_loaded = loaded.config.clone();
     let mut config = loaded.config;
     if !logging_ready {
-        let format = args.log_format.unwrap_or(match config.log.format {
-            crate::config::LogFormat::Text => LogFormat::Text,
-            crate::config::LogFormat::Json => LogFormat::Json,
-        });
+        let format = args.log_format.unwrap_or(config.log.format.into());
         logging::init(format, None).context("setting up logging")?;
     }
     if let Some(listen) = args.listen {

@@ -442,7 +442,10 @@ fn roll_back(
     if untouched {
         return RestartError::NotRestarted { cause };
     }
-    tracing::warn!(error = %cause, "containerd did not come back with the new config: restarting it with the previous one");
+    // The cause is in the error this returns, logged once by whoever asked for the restart.
+    tracing::warn!(
+        "containerd did not come back with the new config: restarting it with the previous one"
+    );
     // The previous config need not serve the new handlers: containerd serving at all is the aim.
     let previous = probe.clone().with_handlers(Vec::new());
     match restart(strategy, &previous) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::containerd::{ContainerdSync, RuntimeStanza, SyncOutcome};
+use crate::reconcile::metrics::ConfigApplied;
 use crate::reconcile::status::ContainerdStatus;
 use crate::reconcile::{Metrics, Reconciler, StatusBoard};
 
@@ -51,16 +52,12 @@ pub(super) async fn configure_containerd(
     let result = tokio::task::spawn_blocking(move || sync.sync(&stanzas))
         .await
         .unwrap_or_else(|e| Err(format!("configuring containerd did not finish: {e}")));
-    let label = match &result {
-        Ok(SyncOutcome::Unchanged) => "unchanged",
-        Ok(SyncOutcome::Restarted { .. }) => "restarted",
-        Ok(SyncOutcome::Pending) => "pending",
-        Err(_) => "failed",
-    };
-    metrics
-        .containerd_restarts
-        .get_or_create(&crate::reconcile::metrics::ResultLabels { result: label })
-        .inc();
+    metrics.config_applied(match &result {
+        Ok(SyncOutcome::Unchanged) => ConfigApplied::Unchanged,
+        Ok(SyncOutcome::Restarted { .. }) => ConfigApplied::Restarted,
+        Ok(SyncOutcome::Pending) => ConfigApplied::Pending,
+        Err(_) => ConfigApplied::Failed,
+    });
     match result {
         Ok(SyncOutcome::Pending) => {
             warn!(

@@ -53,6 +53,7 @@ pub(super) async fn collect_garbage(
                 match tokio::task::spawn_blocking(move || store.collect_retired(&name, &ages)).await
                 {
                     Ok(Ok(versions)) if !versions.is_empty() => {
+                        metrics.gc_removed(class, versions.len(), false);
                         info!(runtime_class = %class, ?versions, "retired versions removed")
                     }
                     Ok(Ok(_)) => {}
@@ -69,12 +70,7 @@ pub(super) async fn collect_garbage(
             match remove(&store, &class).await {
                 Ok(versions) => {
                     info!(runtime_class = %class, ?versions, "artifacts of a class no longer served removed");
-                    metrics
-                        .gc_removed
-                        .get_or_create(&crate::reconcile::metrics::ClassLabels {
-                            class: class.clone(),
-                        })
-                        .inc();
+                    metrics.gc_removed(&class, versions.len(), true);
                     collector.removed(&class);
                 }
                 Err(e) => warn!(runtime_class = %class, error = %e, "artifacts not removed"),

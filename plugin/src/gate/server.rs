@@ -28,6 +28,9 @@ pub trait Ensurer: Send + Sync + 'static {
 pub struct Refusal {
     pub kind: &'static str,
     pub reason: String,
+    /// The ensurer logged the reason already: the gate's own line then says only who was
+    /// refused, so one failure is logged once.
+    pub logged: bool,
 }
 
 impl std::fmt::Display for Refusal {
@@ -42,6 +45,7 @@ impl From<String> for Refusal {
         Self {
             kind: "refused",
             reason,
+            logged: false,
         }
     }
 }
@@ -150,8 +154,16 @@ async fn answer(
             let class = request.class.clone();
             match ensurer.ensure(request).await {
                 Ok(()) => EnsureReply::Ready,
-                Err(Refusal { kind, reason }) => {
-                    warn!(runtime_class = %class, kind, %reason, "gate refused");
+                Err(Refusal {
+                    kind,
+                    reason,
+                    logged,
+                }) => {
+                    if logged {
+                        info!(runtime_class = %class, kind, "gate refused");
+                    } else {
+                        warn!(runtime_class = %class, kind, %reason, "gate refused");
+                    }
                     EnsureReply::Failed { reason }
                 }
             }

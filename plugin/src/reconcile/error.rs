@@ -94,6 +94,24 @@ impl EnsureError {
             Self::Interrupted { .. } => "interrupted",
         }
     }
+
+    /// Whether the ensure that failed logged this error itself (once, with the class, the kind
+    /// and the installed version): the failures of a pull, which callers sharing that pull must
+    /// not log again. The others (the class unknown or not served, a pod refused, an
+    /// interrupted task) end before that record and are each caller's to log.
+    pub fn logged(&self) -> bool {
+        match self {
+            Self::SkippedByPolicy { .. }
+            | Self::DeniedByPolicy(_)
+            | Self::NoSource
+            | Self::PullFailed { .. }
+            | Self::InstallRefused { .. } => true,
+            Self::NotConfigured { .. }
+            | Self::NotServed { .. }
+            | Self::PodDenied { .. }
+            | Self::Interrupted { .. } => false,
+        }
+    }
 }
 
 impl From<EnsureError> for Refusal {
@@ -101,6 +119,7 @@ impl From<EnsureError> for Refusal {
         Self {
             kind: error.kind(),
             reason: error.to_string(),
+            logged: error.logged(),
         }
     }
 }
@@ -194,5 +213,14 @@ mod tests {
             "pull_failed"
         );
         assert_eq!(kind(vec![failure("a", false)]), "pull_failed");
+    }
+
+    #[test]
+    fn a_pull_failure_reaches_the_gate_as_already_logged() {
+        let pulled = Refusal::from(EnsureError::from_sources(vec![failure("a", false)]));
+        assert!(pulled.logged, "the ensure logged it");
+        let unknown = Refusal::from(EnsureError::NotConfigured { class: "k".into() });
+        assert!(!unknown.logged, "nothing logged it: the gate must");
+        assert!(!Refusal::from("bare").logged);
     }
 }

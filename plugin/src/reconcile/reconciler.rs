@@ -131,7 +131,12 @@ impl Reconciler {
             tokio::spawn(async move {
                 let mut delay = FIRST_RETRY;
                 while let Err(e) = this.ensure(&class, Trigger::Startup, None).await {
-                    warn!(runtime_class = %class, error = %e, retry_in_s = delay.as_secs(), "eager runtime class failed; retrying");
+                    if e.logged() {
+                        // The failure itself is logged once, by the ensure.
+                        info!(runtime_class = %class, kind = e.kind(), retry_in_s = delay.as_secs(), "eager runtime class retried later");
+                    } else {
+                        warn!(runtime_class = %class, kind = e.kind(), error = %e, retry_in_s = delay.as_secs(), "eager runtime class failed; retrying");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_RETRY);
                 }
@@ -182,7 +187,11 @@ impl Reconciler {
                 info!(runtime_class = %class.name, digest = %ready.digest, "updated to a new version")
             }
             Ok(_) => {}
-            Err(e) => warn!(runtime_class = %class.name, error = %e, "update check failed"),
+            // The ensure logged it ("update failed; the installed version stays current").
+            Err(e) if e.logged() => {}
+            Err(e) => {
+                warn!(runtime_class = %class.name, kind = e.kind(), error = %e, "update check failed")
+            }
         }
     }
 
@@ -200,8 +209,11 @@ impl Reconciler {
                             Ok(ready) => {
                                 info!(runtime_class = %class, pod = %who, digest = %ready.digest, "prepared on a pod's request")
                             }
+                            Err(e) if e.logged() => {
+                                info!(runtime_class = %class, pod = %who, kind = e.kind(), "prepare annotation not honoured")
+                            }
                             Err(e) => {
-                                warn!(runtime_class = %class, pod = %who, error = %e, "prepare annotation not honoured")
+                                warn!(runtime_class = %class, pod = %who, kind = e.kind(), error = %e, "prepare annotation not honoured")
                             }
                         }
                     });

@@ -134,7 +134,7 @@ impl NriHandler for NriTriggers {
 impl ConnectionObserver for NriTriggers {
     fn registered(&self, _elapsed: Duration) {
         // The session logs the registration itself.
-        self.metrics.nri_registrations.inc();
+        self.metrics.nri_connection(true);
         self.board.update_nri(|n| {
             n.connected = true;
             n.registrations += 1;
@@ -142,7 +142,7 @@ impl ConnectionObserver for NriTriggers {
     }
 
     fn connection_lost(&self) {
-        self.metrics.nri_disconnects.inc();
+        self.metrics.nri_connection(false);
         self.board.update_nri(|n| n.connected = false);
     }
 }

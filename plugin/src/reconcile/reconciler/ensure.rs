@@ -10,7 +10,7 @@ use crate::artifacts::{ClassState, Freshness};
 use crate::config::{Provision, RuntimeClass};
 use crate::policy::{AdmitOutcome, PodInfo, Request, SourceOutcome, Trigger};
 use crate::reconcile::error::{EnsureError, SourceFailure};
-use crate::reconcile::metrics::{ClassLabels, FailureLabels, PullLabels};
+use crate::reconcile::metrics::FailureLabels;
 use crate::reconcile::status::ArtifactState;
 
 impl Reconciler {
@@ -161,23 +161,14 @@ impl Reconciler {
             }
             match self.store.ensure_with(&attempt, freshness).await {
                 Ok(installed) => {
-                    let labels = ClassLabels {
-                        class: class.name.clone(),
-                    };
-                    let result = if installed.pulled {
+                    if installed.pulled {
                         self.metrics
-                            .pull_bytes
-                            .get_or_create(&labels)
-                            .inc_by(installed.bytes);
-                        self.metrics
-                            .pull_seconds
-                            .get_or_create(&labels)
-                            .observe(installed.duration.as_secs_f64());
-                        "pulled"
+                            .downloaded(&class.name, installed.bytes, installed.duration);
                     } else {
-                        "up_to_date"
-                    };
-                    self.count_pull(&class.name, result);
+                        // Only `Latest` asks the registry; `Installed` trusts intact files.
+                        self.metrics
+                            .up_to_date(&class.name, freshness == Freshness::Latest);
+                    }
                     return Ok(Ready {
                         digest: installed.digest,
                         source: source.reference.as_str().to_owned(),
@@ -187,22 +178,12 @@ impl Reconciler {
                     });
                 }
                 Err(e) => {
-                    self.count_pull(&class.name, "failed");
+                    self.metrics.source_failed(&class.name);
                     failures.push(SourceFailure::of(&e));
                 }
             }
         }
         Err(EnsureError::from_sources(failures))
-    }
-
-    fn count_pull(&self, class: &str, result: &'static str) {
-        self.metrics
-            .pulls
-            .get_or_create(&PullLabels {
-                class: class.to_owned(),
-                result,
-            })
-            .inc();
     }
 
     /// `on_disk`: the class's install record, and the same only when its files are intact.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use tracing::info;
@@ -13,7 +14,6 @@ use crate::artifacts::ClassState;
 use crate::config::Provision;
 use crate::gate::{self, EnsureRequest, Ensurer, GateState, Refusal};
 use crate::policy::{PodInfo, Trigger};
-use crate::reconcile::metrics::GateLabels;
 use crate::reconcile::status::ArtifactState;
 
 impl Reconciler {
@@ -120,17 +120,13 @@ impl Ensurer for GateEnsurer {
                 name: request.pod_name.unwrap_or_default(),
                 annotations: BTreeMap::new(),
             };
+            let started = Instant::now();
             let result = reconciler
                 .ensure(&request.class, Trigger::Gate, Some(pod))
                 .await;
             reconciler
                 .metrics
-                .gate_requests
-                .get_or_create(&GateLabels {
-                    class: request.class.clone(),
-                    result: if result.is_ok() { "ready" } else { "failed" },
-                })
-                .inc();
+                .gate_answered(&request.class, result.is_ok(), started.elapsed());
             result.map(|_| ()).map_err(Refusal::from)
         })
     }
