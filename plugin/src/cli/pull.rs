@@ -51,6 +51,7 @@ pub async fn run(args: PullArgs) -> Result<()> {
         Arc::new(LogLines)
     };
     let store = ArtifactStore::with_observer(StoreSettings::from_config(&config), observer);
+    sweep_interrupted(&store);
     let results = futures::future::join_all(classes.iter().map(|class| store.ensure(class))).await;
 
     let mut failures = Vec::new();
@@ -83,6 +84,23 @@ pub async fn run(args: PullArgs) -> Result<()> {
             Err(anyhow::Error::new(failures.remove(n - 1)))
                 .context(format!("{n} of {} runtime classes failed", classes.len()))
         }
+    }
+}
+
+/// Removes what an interrupted pull (this command or the daemon killed mid-pull) left: its
+/// staging directory and the blobs no version records. Both skip whatever a pull running now
+/// (the daemon's) still uses.
+fn sweep_interrupted(store: &ArtifactStore) {
+    match store.sweep_staging() {
+        Ok(removed) => {
+            for dir in removed {
+                tracing::info!(dir = %dir.display(), "removed what an interrupted pull left behind");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot sweep interrupted pulls' staging directories"),
+    }
+    if let Err(e) = store.collect_blobs() {
+        tracing::warn!(error = %e, "cannot collect unreferenced blobs");
     }
 }
 

@@ -135,6 +135,18 @@ impl Daemon {
                 warn!(error = %e, dir = %config.artifacts_dir.display(), "cannot sweep interrupted pulls' staging directories")
             }
         }
+        // A pull killed between fetching a blob and recording its version left the blob
+        // unreferenced (and maybe a temp file): gone before anything new is pulled.
+        let collecting = store.clone();
+        match tokio::task::spawn_blocking(move || collecting.collect_blobs()).await? {
+            Ok(collected) if collected.busy => {
+                info!("blob collection deferred: another process is installing")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, dir = %config.artifacts_dir.display(), "cannot collect unreferenced blobs")
+            }
+        }
         let reconciler = Reconciler::new(
             config.clone(),
             store.clone(),

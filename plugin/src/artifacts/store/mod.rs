@@ -5,8 +5,10 @@
 //! One job per file: this one is the API and the single-flight of pulls; `pull.rs` resolves a
 //! class's version, `install.rs` downloads, unpacks and installs it, `kata.rs` handles its kata
 //! configurations, `intact.rs` checks an installed version, `lifecycle.rs` removes, rolls back
-//! and collects versions, `disk.rs` holds the filesystem helpers.
+//! and collects versions, `blobs.rs` fetches each layer once into the blob store and collects
+//! the blobs no version records, `disk.rs` holds the filesystem helpers.
 
+mod blobs;
 mod disk;
 mod install;
 mod intact;
@@ -36,6 +38,7 @@ use super::state::{self, ClassState, FileRecord};
 use crate::config::RuntimeClass;
 use crate::kata::KataSetting;
 use crate::single_flight::SingleFlight;
+pub use blobs::BlobsCollected;
 
 /// A class's artifacts as installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
