@@ -1,5 +1,6 @@
 //! A TCP proxy that cuts a connection after a number of bytes from upstream: a registry that
-//! dies or a network that drops in the middle of a blob, on demand and at a known point.
+//! dies or a network that drops in the middle of a blob, on demand and at a known point. It
+//! counts the bytes it carries downstream: what the registry served, headers included.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ struct Shared {
     hold_after: AtomicU64,
     held: AtomicUsize,
     released: Notify,
+    /// Bytes carried downstream over every connection.
+    served: AtomicU64,
 }
 
 impl CutProxy {
@@ -41,6 +44,7 @@ impl CutProxy {
             hold_after: AtomicU64::new(u64::MAX),
             held: AtomicUsize::new(0),
             released: Notify::new(),
+            served: AtomicU64::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
@@ -82,6 +86,11 @@ impl CutProxy {
         self.shared.released.notify_waiters();
     }
 
+    /// Bytes the upstream sent through the proxy so far (responses with their headers).
+    pub fn served(&self) -> u64 {
+        self.shared.served.load(Ordering::SeqCst)
+    }
+
     /// Resolves when a connection has been cut.
     pub async fn wait_cut(&self) {
         self.shared.cut.notified().await
@@ -119,7 +128,9 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
                 .is_ok()
         {
             let keep = (limit - sent) as usize;
-            let _ = client_write.write_all(&buf[..keep]).await;
+            if client_write.write_all(&buf[..keep]).await.is_ok() {
+                shared.served.fetch_add(keep as u64, Ordering::SeqCst);
+            }
             shared.cuts.fetch_add(1, Ordering::SeqCst);
             shared.cut.notify_one();
             break;
@@ -135,6 +146,7 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
         if client_write.write_all(&buf[..n]).await.is_err() {
             break;
         }
+        shared.served.fetch_add(n as u64, Ordering::SeqCst);
         sent += n as u64;
     }
     up.abort();
