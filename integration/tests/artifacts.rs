@@ -1041,7 +1041,9 @@ async fn a_disk_too_small_refuses_before_downloading_with_the_numbers() {
             "{error}"
         );
         assert_eq!(needed, 2 * total, "{error}");
-        assert!(total > 4 << 20, "the big version's size: {error}");
+        // What the big version adds: its kernel and image (the configuration, once stored, is
+        // shared with the small version).
+        assert!(total >= 4 << 20, "the big version's size: {error}");
         assert!(available < needed && available <= 8 << 20, "{error}");
     }
     eventually("the small version's 3 blob GETs", || {

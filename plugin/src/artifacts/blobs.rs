@@ -7,7 +7,7 @@
 //! A blob is written to `.tmp-…` in the blob directory, fsynced, then renamed to its digest:
 //! a crash leaves only temp files, never a digest name over partial bytes.
 //!
-//! Installs hold [`Lock::Shared`] on `blobs/.lock` from before they look for a blob until
+//! Installs hold [`Lock::Shared`] on the `blobs` directory from before they look for a blob until
 //! their record names it; collection holds it exclusively (and skips a round rather than
 //! wait), so it never sees a blob that an install has fetched but not yet recorded, nor a temp
 //! file still being written.
@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,7 +23,6 @@ use crate::config::Digest;
 
 /// Prefix of a blob being written: never a digest's name.
 const TEMP_PREFIX: &str = ".tmp-";
-const LOCK_FILE: &str = ".lock";
 /// Every blob's mode: a file's mode lives in its inode, shared by each version linking it, so
 /// one mode for all (kata reads kernels, images and configurations; it runs none of them).
 pub(crate) const BLOB_MODE: u32 = 0o444;
@@ -72,23 +71,41 @@ impl Blobs {
             .create(self.dir())
     }
 
-    /// `blobs/.lock`, held as `how` until the file is dropped. `None` when `wait` is false and
-    /// someone holds it in a conflicting way.
+    /// `.store/blobs` itself, locked as `how` until the file is dropped. `None` when `wait` is
+    /// false and someone holds it in a conflicting way, or (exclusively) when there is no blob
+    /// store. The lock is on the directory, which collection removes when it empties it: one
+    /// removed between our open and our lock is not the one at the path any more, so a shared
+    /// lock opens it again (as `staging.rs` does for `.staging`).
     pub(crate) fn lock(&self, how: Lock, wait: bool) -> io::Result<Option<fs::File>> {
-        self.create()?;
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(self.root.join(LOCK_FILE))?;
-        let taken = match (how, wait) {
-            (Lock::Shared, true) => file.lock_shared().map(|()| true),
-            (Lock::Exclusive, true) => file.lock().map(|()| true),
-            (Lock::Shared, false) => try_lock(file.try_lock_shared()),
-            (Lock::Exclusive, false) => try_lock(file.try_lock()),
-        }?;
-        Ok(taken.then_some(file))
+        loop {
+            if how == Lock::Shared {
+                self.create()?;
+            }
+            let dir = match fs::File::open(&self.root) {
+                Ok(dir) => dir,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match how {
+                    Lock::Shared => continue,
+                    Lock::Exclusive => return Ok(None),
+                },
+                Err(e) => return Err(e),
+            };
+            let taken = match (how, wait) {
+                (Lock::Shared, true) => dir.lock_shared().map(|()| true),
+                (Lock::Exclusive, true) => dir.lock().map(|()| true),
+                (Lock::Shared, false) => try_lock(dir.try_lock_shared()),
+                (Lock::Exclusive, false) => try_lock(dir.try_lock()),
+            }?;
+            if !taken {
+                return Ok(None);
+            }
+            if is_at(&dir, &self.root) {
+                return Ok(Some(dir));
+            }
+            if how == Lock::Exclusive {
+                // Emptied and made again meanwhile: someone is installing.
+                return Ok(None);
+            }
+        }
     }
 
     /// The blob of `digest`, when it is there with `size` bytes. A blob of another size is not
@@ -153,7 +170,11 @@ impl Blobs {
             return Ok(Some(Collected::default()));
         }
         let Some(_held) = self.lock(Lock::Exclusive, false)? else {
-            return Ok(None);
+            return Ok(if self.root.exists() {
+                None
+            } else {
+                Some(Collected::default())
+            });
         };
         let referenced = referenced();
         let mut collected = Collected::default();
@@ -181,7 +202,25 @@ impl Blobs {
                 }
             }
         }
+        // An empty store leaves no directories behind (a refused first pull leaves
+        // artifactsDir as it found it); `.store` goes too when no version is in it. Each fails,
+        // harmlessly, when not empty. An install waiting for the lock finds its directory gone
+        // and makes a new one.
+        if fs::remove_dir(self.dir()).is_ok()
+            && fs::remove_dir(&self.root).is_ok()
+            && let Some(store) = self.root.parent()
+        {
+            let _ = fs::remove_dir(store);
+        }
         Ok(Some(collected))
+    }
+}
+
+/// Whether `dir` is the directory now at `path`.
+fn is_at(dir: &fs::File, path: &Path) -> bool {
+    match (dir.metadata(), fs::metadata(path)) {
+        (Ok(held), Ok(now)) => held.ino() == now.ino() && held.dev() == now.dev(),
+        _ => false,
     }
 }
 
@@ -286,6 +325,10 @@ mod tests {
         drop(install);
         let collected = blobs.collect(HashSet::new).expect("collect");
         assert_eq!(collected.map(|c| c.blobs), Some(vec![fetched.to_string()]));
+        // Empty now: nothing of the store is left, and an install makes it again.
+        assert!(!dir.path().join(".store").exists());
+        assert!(blobs.lock(Lock::Shared, true).expect("lock").is_some());
+        assert!(blobs.dir().is_dir());
     }
 
     #[test]

@@ -37,7 +37,19 @@ impl ArtifactStore {
     /// holds the store: the next call does it. Versions keep their files either way (a version
     /// links its blobs; removing one only drops the store's name for it).
     pub fn collect_blobs(&self) -> std::io::Result<BlobsCollected> {
-        let dir = &self.inner.settings.artifacts_dir;
+        self.inner.collect_blobs()
+    }
+
+    /// [`collect_blobs`](Self::collect_blobs) after something left the records, logged rather
+    /// than returned: the removal it follows has succeeded whatever happens here.
+    pub(super) fn collect_blobs_quietly(&self) {
+        self.inner.collect_blobs_quietly();
+    }
+}
+
+impl Inner {
+    fn collect_blobs(&self) -> std::io::Result<BlobsCollected> {
+        let dir = &self.settings.artifacts_dir;
         // Read under the exclusive lock (inside `collect`): an install records its blobs
         // before it lets the shared lock go, so none is missed.
         let referenced = || -> HashSet<String> {
@@ -47,8 +59,7 @@ impl ArtifactStore {
                 .flat_map(|s| s.all_blobs().cloned().collect::<Vec<_>>())
                 .collect()
         };
-        let collected = Blobs::new(dir).collect(referenced)?;
-        Ok(match collected {
+        Ok(match self.blobs().collect(referenced)? {
             None => BlobsCollected {
                 busy: true,
                 ..Default::default()
@@ -72,8 +83,6 @@ impl ArtifactStore {
         })
     }
 
-    /// [`collect_blobs`](Self::collect_blobs) after something left the records, logged rather
-    /// than returned: the removal it follows has succeeded whatever happens here.
     pub(super) fn collect_blobs_quietly(&self) {
         match self.collect_blobs() {
             Ok(c) if c.busy => {
@@ -83,9 +92,17 @@ impl ArtifactStore {
             Err(e) => tracing::warn!(error = %e, "unreferenced blobs not removed"),
         }
     }
-}
 
-impl Inner {
+    /// After a failed install: the blobs it fetched that no version records go at once (a
+    /// refused or failed pull leaves the store as it found it), unless another install is
+    /// under way, which may be using them; then the next collection takes them.
+    pub(super) async fn collect_after_failure(self: &Arc<Self>, class: &str) {
+        let inner = Arc::clone(self);
+        if let Err(e) = blocking(class, move || inner.collect_blobs_quietly()).await {
+            tracing::warn!(error = %e, "unreferenced blobs not removed");
+        }
+    }
+
     pub(super) fn blobs(&self) -> Blobs {
         Blobs::new(&self.settings.artifacts_dir)
     }

@@ -142,7 +142,7 @@ impl Inner {
         // Installing a version a record names again is a repair: its damaged file may be a
         // stored blob itself (they share an inode), so reused blobs are hashed first.
         let repair = self.recorded_anywhere(&digest);
-        let (state, fetched) = self
+        let installing = self
             .install(
                 class,
                 &registry,
@@ -155,7 +155,14 @@ impl Inner {
                 signed_by,
                 repair,
             )
-            .await?;
+            .await;
+        let (state, fetched) = match installing {
+            Ok(done) => done,
+            Err(e) => {
+                self.collect_after_failure(&class.name).await;
+                return Err(e);
+            }
+        };
         tracing::info!(digest = %state.manifest_digest, files = state.files.len(), bytes = total, downloaded = fetched, elapsed_ms = started.elapsed().as_millis() as u64, "artifacts installed");
         let mut done = installed(&state, self.link(class), fetched, true, started);
         done.version_skew = version_skew.map(|skew| skew.to_string());
