@@ -126,6 +126,8 @@ impl Node {
         RuntimeClass {
             name: name.into(),
             node_selector: BTreeMap::new(),
+            overhead: Default::default(),
+            tolerations: Vec::new(),
             provision: Default::default(),
             update_policy: Default::default(),
             version_skew: Default::default(),
