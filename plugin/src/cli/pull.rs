@@ -51,6 +51,12 @@ pub async fn run(args: PullArgs) -> Result<()> {
         Arc::new(LogLines)
     };
     let store = ArtifactStore::with_observer(StoreSettings::from_config(&config), observer);
+    // `pull` is what an eager ensure does: in a cluster it waits for a pull slot as the daemon
+    // would (a node's image running `pull` at boot is one of the fleet too).
+    #[cfg(feature = "kube")]
+    if let Some(slots) = crate::reconcile::lease::pull_slots(&config.fleet) {
+        store.use_pull_slots(slots);
+    }
     sweep_interrupted(&store);
     let results = futures::future::join_all(classes.iter().map(|class| store.ensure(class))).await;
 

@@ -48,9 +48,22 @@ impl Inner {
         let jobs = self.plan(class, layers, &root)?;
         // Held until the record names the blobs: collection must not take one in between.
         let held = self.hold_blobs(name).await?;
-        let (blobs, fetched) = self
+        // A fleet-wide turn only when bytes will cross the network: a node whose blob store
+        // has every layer (another class's version, a re-install) installs at once. A repair
+        // (`verify_reused`) re-downloads at most the damaged blob, without a turn.
+        let turn = match self.pull_slots.get() {
+            Some(slots) if self.missing_bytes(layers) > 0 => Some(slots.turn().await),
+            _ => None,
+        };
+        let fetching = self
             .fetch_blobs(registry, reference, layers, verify_reused)
-            .await?;
+            .await;
+        // Given back when the download ends, before unpacking: the registry is what the slots
+        // protect, not this node's disk.
+        if let Some(turn) = turn {
+            turn.end().await;
+        }
+        let (blobs, fetched) = fetching?;
         let titled: Vec<(Layer, PathBuf)> = jobs
             .iter()
             .filter_map(|(layer, dest)| dest.clone().map(|dest| (layer.clone(), dest)))

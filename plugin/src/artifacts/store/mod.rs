@@ -23,7 +23,7 @@ mod testing;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -33,6 +33,7 @@ use super::error::ArtifactError;
 use super::progress::{NoProgress, PullObserver};
 use super::pull_secrets::PullSecrets;
 use super::settings::StoreSettings;
+use super::slots::PullSlots;
 use super::staging;
 use super::state::{self, ClassState, FileRecord};
 use crate::config::RuntimeClass;
@@ -120,6 +121,9 @@ struct Inner {
     digest_locks: share::DigestLocks,
     /// The classes' pull secrets: mounted, or read through the Kubernetes API and cached.
     pull_secrets: PullSecrets,
+    /// The fleet's pull slots (`fleet.maxConcurrentPulls`, in a cluster); unset: downloads go
+    /// at once.
+    pull_slots: OnceLock<PullSlots>,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -166,8 +170,16 @@ impl ArtifactStore {
                 kata_settings: Mutex::new(HashMap::new()),
                 digest_locks: Default::default(),
                 pull_secrets,
+                pull_slots: OnceLock::new(),
             }),
         }
+    }
+
+    /// Downloads wait for one of the fleet's pull slots from now on (up-to-date checks and
+    /// installs from blobs already stored never do). Set once; a second call is ignored and
+    /// returns false.
+    pub fn use_pull_slots(&self, slots: PullSlots) -> bool {
+        self.inner.pull_slots.set(slots).is_ok()
     }
 
     pub fn settings(&self) -> &StoreSettings {
