@@ -35,6 +35,9 @@ pub struct RegistryOptions {
     pub basic_auth: Option<(String, String)>,
     /// Require tokens from a token service instead (see [`crate::token`]).
     pub token_auth: Option<TokenAuth>,
+    /// A pull-through cache of the registry at this URL (`proxy.remoteurl`): it fetches what it
+    /// lacks from there and keeps it. Such a registry takes no pushes.
+    pub proxy_remote: Option<String>,
 }
 
 /// `auth: token` for a registry: the configuration section and the account `oras` pushes with.
@@ -53,7 +56,7 @@ impl RegistryOptions {
         Self {
             tls: true,
             basic_auth: Some((user.into(), password.into())),
-            token_auth: None,
+            ..Self::default()
         }
     }
 
@@ -67,6 +70,7 @@ impl RegistryOptions {
                 section: service.registry_auth(),
                 pusher: (user.into(), password.into()),
             }),
+            ..Self::default()
         }
     }
 }
@@ -182,6 +186,9 @@ impl Registry {
         }
         if let Some(token) = &options.token_auth {
             config.push_str(&token.section);
+        }
+        if let Some(remote) = &options.proxy_remote {
+            config.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
         }
         let mut registry = Self {
             child: None,
