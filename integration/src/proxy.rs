@@ -36,6 +36,9 @@ struct Shared {
     /// Blob responses being carried now, and the most at once.
     blobs_in_flight: AtomicUsize,
     peak_blobs: AtomicUsize,
+    /// Connections whose answers could not be framed (chunked, no length, an answer to no
+    /// request): their later blob downloads are not counted in the peak.
+    unframed: AtomicUsize,
 }
 
 impl CutProxy {
@@ -53,6 +56,7 @@ impl CutProxy {
             served: AtomicU64::new(0),
             blobs_in_flight: AtomicUsize::new(0),
             peak_blobs: AtomicUsize::new(0),
+            unframed: AtomicUsize::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
@@ -103,6 +107,14 @@ impl CutProxy {
     /// start or [`reset_peak`](Self::reset_peak).
     pub fn peak_blob_downloads(&self) -> usize {
         self.shared.peak_blobs.load(Ordering::SeqCst)
+    }
+
+    /// Connections the blob count lost track of (see [`peak_blob_downloads`]): when not 0, the
+    /// peak is a lower bound.
+    ///
+    /// [`peak_blob_downloads`]: Self::peak_blob_downloads
+    pub fn unframed_connections(&self) -> usize {
+        self.shared.unframed.load(Ordering::SeqCst)
     }
 
     /// Starts counting the peak again (from the downloads in flight now).
@@ -279,6 +291,9 @@ impl Answers {
                     let head = String::from_utf8_lossy(&pending[..end]).into_owned();
                     bytes = &bytes[end + 4 - before..];
                     self.state = self.answer(&head);
+                    if matches!(self.state, Answer::Lost) {
+                        self.shared.unframed.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             }
         }
