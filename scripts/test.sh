@@ -16,6 +16,9 @@ if [ "$(id -u)" -eq 0 ]; then
   export KNM_REQUIRE_E2E="${KNM_REQUIRE_E2E:-1}"
 fi
 cargo test --workspace --locked
-# The optional `kube` feature against fake API servers (`reconcile::l`: labels and lease;
-# `artifacts::pull_secrets`: pull secrets read through the API, with a fake registry).
-cargo test -p kata-nri-manager --features kube --locked --lib -- reconcile::l artifacts::pull_secrets
+# The optional `kube` feature against fake API servers (`reconcile::l`: labels and Lease slots;
+# `artifacts::pull_secrets`: pull secrets read through the API, with a fake registry;
+# `artifacts::slots`: the store's side of the fleet's pull slots).
+cargo test -p kata-nri-manager --features kube --locked --lib -- reconcile::l artifacts::pull_secrets artifacts::slots
+# Fleet pull slots end to end: two `pull` processes against a real registry and a fake Lease API.
+cargo test -p kata-nri-integration --features kube --locked --test pull_slots

@@ -24,6 +24,7 @@ pub mod cri;
 pub mod dbus;
 pub mod deps;
 pub mod http1;
+pub mod lease_api;
 pub mod lying;
 pub mod node;
 pub mod plugin;
@@ -46,6 +47,7 @@ pub use deps::{
     Deps, Guest, PAUSE_IMAGE_REF, REQUIRE_E2E_ENV, SkipReason, built_policy, repo_root,
     require_e2e, skip,
 };
+pub use lease_api::FakeLeaseApi;
 pub use lying::LyingRegistry;
 pub use node::{Daemon, KataNode};
 pub use plugin::{

@@ -39,6 +39,9 @@ pub struct RegistryOptions {
     /// (`openssl req -x509 … -addext subjectAltName=<this>`, which OpenSSL marks `CA:TRUE`)
     /// instead of one issued by a test CA; [`Registry::ca_file`] is then that certificate.
     pub self_signed: Option<String>,
+    /// A pull-through cache of the registry at this URL (`proxy.remoteurl`): it fetches what it
+    /// lacks from there and keeps it. Such a registry takes no pushes.
+    pub proxy_remote: Option<String>,
 }
 
 /// `auth: token` for a registry: the configuration section and the account `oras` pushes with.
@@ -57,8 +60,7 @@ impl RegistryOptions {
         Self {
             tls: true,
             basic_auth: Some((user.into(), password.into())),
-            token_auth: None,
-            self_signed: None,
+            ..Self::default()
         }
     }
 
@@ -81,7 +83,7 @@ impl RegistryOptions {
                 section: service.registry_auth(),
                 pusher: (user.into(), password.into()),
             }),
-            self_signed: None,
+            ..Self::default()
         }
     }
 }
@@ -233,6 +235,9 @@ impl Registry {
         }
         if let Some(token) = &options.token_auth {
             config.push_str(&token.section);
+        }
+        if let Some(remote) = &options.proxy_remote {
+            config.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
         }
         let mut registry = Self {
             child: None,

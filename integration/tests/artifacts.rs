@@ -1015,7 +1015,7 @@ async fn a_disk_too_small_refuses_before_downloading_with_the_numbers() {
     assert_eq!(node.snapshot(), before, "the installed version changed");
 
     for error in [&error, &again] {
-        // "… has A bytes free, … needs N (twice its T bytes): free disk space"
+        // "… has A bytes free, … needs N (twice the T bytes it adds to the store): free disk space"
         let number_after = |word: &str| -> u64 {
             let rest = &error[error
                 .find(word)
@@ -1034,14 +1034,16 @@ async fn a_disk_too_small_refuses_before_downloading_with_the_numbers() {
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or_else(|| panic!("free bytes in {error}"));
         let needed = number_after(" needs ");
-        let total = number_after("twice its ");
+        let total = number_after("twice the ");
         assert!(error.ends_with("free disk space"), "{error}");
         assert!(
             error.contains(&node.artifacts().display().to_string()),
             "{error}"
         );
         assert_eq!(needed, 2 * total, "{error}");
-        assert!(total > 4 << 20, "the big version's size: {error}");
+        // What the big version adds: its kernel and image (the configuration, once stored, is
+        // shared with the small version).
+        assert!(total >= 4 << 20, "the big version's size: {error}");
         assert!(available < needed && available <= 8 << 20, "{error}");
     }
     eventually("the small version's 3 blob GETs", || {

@@ -161,7 +161,7 @@ pub enum ArtifactError {
         limit: ByteSize,
     },
     #[error(
-        "pulling {class}: {} has {available} bytes free, {reference} needs {needed} (twice its {total} bytes): free disk space",
+        "pulling {class}: {} has {available} bytes free, {reference} needs {needed} (twice the {total} bytes it adds to the store): free disk space",
         dir.display()
     )]
     NoSpace {

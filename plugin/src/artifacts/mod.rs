@@ -4,6 +4,8 @@
 //!
 //! Layout under `artifactsDir`:
 //! - `.store/<manifest digest>/`: one installed version, immutable once renamed into place;
+//! - `.store/blobs/sha256/<hex>`: every layer once, verified and read-only; versions link
+//!   their titled files to them and unpack their tar layers from them (`blobs.rs`);
 //! - `.store/<digest>/kata-nri-manager.toml`: a link to the artifact's one top-level `*.toml`,
 //!   the configuration of classes without `runtime.configFile` ([`DEFAULT_CONFIG_NAME`]);
 //! - `<class>`: a symlink to `.store/<digest>`, switched atomically (temp link + rename);
@@ -17,6 +19,7 @@
 
 mod auth;
 mod blob;
+mod blobs;
 mod challenge;
 mod cosign;
 mod digest;
@@ -36,6 +39,7 @@ mod registry;
 mod secret;
 mod settings;
 mod skew;
+mod slots;
 mod staging;
 mod state;
 mod store;
@@ -58,6 +62,7 @@ pub use registry::RetryPolicy;
 pub use secret::Secret;
 pub use settings::StoreSettings;
 pub use skew::{KATA_VERSION_ANNOTATION, Skew};
+pub use slots::{HeldSlot, PullSlots, PullTurn, SlotSource};
 pub use state::{ClassState, FileRecord, VersionRecord};
-pub use store::{ArtifactStore, Freshness, Installed, RolledBack};
+pub use store::{ArtifactStore, BlobsCollected, Freshness, Installed, RolledBack};
 pub use versions::SandboxAge;

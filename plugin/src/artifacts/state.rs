@@ -45,6 +45,11 @@ pub struct ClassState {
     pub installed_at: u64,
     /// Every regular file by path relative to the version's directory.
     pub files: BTreeMap<String, FileRecord>,
+    /// The blobs of `.store/blobs` the version was built from (its layers' digests, sorted):
+    /// a blob no version of any class names is collected. Empty in records written before
+    /// the blob store, whose versions own all their files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
     /// Kata configurations rewritten to point at this version's files.
     #[serde(default)]
     pub kata_configs: Vec<String>,
@@ -98,6 +103,13 @@ impl ClassState {
             .chain(&self.previous)
             .chain(&self.retired)
     }
+
+    /// The blobs of every version the record names: what collection must keep for the class.
+    pub fn all_blobs(&self) -> impl Iterator<Item = &String> {
+        self.blobs
+            .iter()
+            .chain(self.versions.values().flat_map(|v| &v.blobs))
+    }
 }
 
 /// A version that is no longer current: enough to verify it before a rollback makes it current
@@ -112,6 +124,9 @@ pub struct VersionRecord {
     /// later cannot be running on it.
     pub superseded_at_ms: u64,
     pub files: BTreeMap<String, FileRecord>,
+    /// As [`ClassState::blobs`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
     #[serde(default)]
     pub kata_configs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,6 +227,7 @@ mod tests {
                     sha256: "sha256:bb".into(),
                 },
             )]),
+            blobs: vec!["sha256:bb".into()],
             kata_configs: vec![],
             kata_version: None,
             previous: vec![],

@@ -59,6 +59,13 @@ pub async fn run(args: PullArgs) -> Result<()> {
         Arc::new(LogLines)
     };
     let store = ArtifactStore::with_observer(StoreSettings::from_config(&config), observer);
+    // `pull` is what an eager ensure does: in a cluster it waits for a pull slot as the daemon
+    // would (a node's image running `pull` at boot is one of the fleet too).
+    #[cfg(feature = "kube")]
+    if let Some(slots) = crate::reconcile::lease::pull_slots(&config.fleet) {
+        store.use_pull_slots(slots);
+    }
+    sweep_interrupted(&store);
     let results = futures::future::join_all(classes.iter().map(|class| store.ensure(class))).await;
 
     let mut failures = Vec::new();
@@ -91,6 +98,23 @@ pub async fn run(args: PullArgs) -> Result<()> {
             Err(anyhow::Error::new(failures.remove(n - 1)))
                 .context(format!("{n} of {} runtime classes failed", classes.len()))
         }
+    }
+}
+
+/// Removes what an interrupted pull (this command or the daemon killed mid-pull) left: its
+/// staging directory and the blobs no version records. Both skip whatever a pull running now
+/// (the daemon's) still uses.
+fn sweep_interrupted(store: &ArtifactStore) {
+    match store.sweep_staging() {
+        Ok(removed) => {
+            for dir in removed {
+                tracing::info!(dir = %dir.display(), "removed what an interrupted pull left behind");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot sweep interrupted pulls' staging directories"),
+    }
+    if let Err(e) = store.collect_blobs() {
+        tracing::warn!(error = %e, "cannot collect unreferenced blobs");
     }
 }
 

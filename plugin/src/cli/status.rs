@@ -653,6 +653,7 @@ mod tests {
                 path: version,
                 installed_at: 1,
                 files: BTreeMap::new(),
+                blobs: Vec::new(),
                 kata_configs: Vec::new(),
                 kata_version: None,
                 previous: Vec::new(),

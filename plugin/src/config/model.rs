@@ -112,12 +112,24 @@ impl Default for Cdi {
 pub struct Fleet {
     /// Nodes that may restart containerd at the same time (Kubernetes Leases; in-cluster only).
     pub max_concurrent_restarts: u32,
+    /// Nodes that may download artifacts at the same time (Kubernetes Leases; in-cluster
+    /// only); 0: no limit.
+    pub max_concurrent_pulls: u32,
+    /// Most a node waits, at random, before asking for a pull slot: a rollout that reaches
+    /// every node at once does not reach the API server at once.
+    pub pull_jitter: Duration,
 }
+
+/// Long enough to spread a thousand nodes' first requests over the API server, short next to
+/// the download they wait for.
+pub const DEFAULT_PULL_JITTER: Duration = Duration::from_secs(10);
 
 impl Default for Fleet {
     fn default() -> Self {
         Self {
             max_concurrent_restarts: 1,
+            max_concurrent_pulls: 0,
+            pull_jitter: DEFAULT_PULL_JITTER,
         }
     }
 }

@@ -358,7 +358,11 @@ pub(super) const CONFIG: Shape = Shape::Struct(&[
     key("listen", Shape::Text(values::listen_address), Both),
     key(
         "fleet",
-        Shape::Struct(&[key("maxConcurrentRestarts", Shape::Count, Shared)]),
+        Shape::Struct(&[
+            key("maxConcurrentRestarts", Shape::Count, Shared),
+            key("maxConcurrentPulls", Shape::Count, Shared),
+            key("pullJitter", Shape::Text(values::duration), Shared),
+        ]),
         Shared,
     ),
     // Loading kernel modules runs a host program as root: the node's decision.

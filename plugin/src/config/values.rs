@@ -70,6 +70,10 @@ pub(super) fn path_inside_artifacts(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+pub(super) fn duration(text: &str) -> Result<(), String> {
+    parses_as::<Duration>(text)
+}
+
 pub(super) fn positive_duration(text: &str) -> Result<(), String> {
     if parse::<Duration>(text)?.is_zero() {
         Err(format!("must be longer than 0, got {text:?}"))

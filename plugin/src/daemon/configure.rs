@@ -19,7 +19,7 @@ const SYNC_RETRY: Duration = Duration::from_secs(30);
 /// cluster), held while containerd restarts.
 pub(super) struct RestartSlots {
     #[cfg(feature = "kube")]
-    pub restart_lease: Option<crate::reconcile::lease::RestartLease>,
+    pub restart_lease: Option<crate::reconcile::lease::LeaseSlots>,
     /// The daemon's runtime, for the slot's API calls from the blocking sync.
     #[cfg_attr(not(feature = "kube"), allow(dead_code))]
     pub runtime: tokio::runtime::Handle,

@@ -124,6 +124,11 @@ impl Daemon {
         host_setup::load_kernel_modules(&config, &host_root, &board).await;
 
         let store = ArtifactStore::new(StoreSettings::from_config(&config));
+        // Before the eager ensures start: a rollout to every node downloads a few at a time.
+        #[cfg(feature = "kube")]
+        if let Some(slots) = crate::reconcile::lease::pull_slots(&config.fleet) {
+            store.use_pull_slots(slots);
+        }
         let sweeping = store.clone();
         match tokio::task::spawn_blocking(move || sweeping.sweep_staging()).await? {
             Ok(removed) => {
@@ -133,6 +138,18 @@ impl Daemon {
             }
             Err(e) => {
                 warn!(error = %e, dir = %config.artifacts_dir.display(), "cannot sweep interrupted pulls' staging directories")
+            }
+        }
+        // A pull killed between fetching a blob and recording its version left the blob
+        // unreferenced (and maybe a temp file): gone before anything new is pulled.
+        let collecting = store.clone();
+        match tokio::task::spawn_blocking(move || collecting.collect_blobs()).await? {
+            Ok(collected) if collected.busy => {
+                info!("blob collection deferred: another process is installing")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, dir = %config.artifacts_dir.display(), "cannot collect unreferenced blobs")
             }
         }
         let reconciler = Reconciler::new(
@@ -161,7 +178,8 @@ impl Daemon {
 
         #[cfg(feature = "kube")]
         let restart_lease = if may_restart {
-            let lease = crate::reconcile::lease::RestartLease::in_cluster(
+            let lease = crate::reconcile::lease::LeaseSlots::in_cluster(
+                crate::reconcile::lease::RESTART,
                 config.fleet.max_concurrent_restarts,
             );
             if lease.is_none() {

@@ -1,15 +1,23 @@
-//! Fleet-wide restart slots (the optional `kube` feature): before a node restarts containerd,
-//! the daemon takes one of `fleet.maxConcurrentRestarts` Leases
-//! (`kata-nri-manager-restart-<i>` in its own namespace), holds it while containerd restarts,
-//! and gives it back. A ConfigMap change reaches every node within a minute, but only that many
-//! nodes have containerd down at once; the others wait their turn.
+//! Fleet-wide slots (the optional `kube` feature): N Leases `<prefix><i>` in the daemon's own
+//! namespace, of which a node takes one before doing what the fleet must not do all at once,
+//! holds it (renewed) meanwhile, and gives it back.
+//!
+//! - Restart slots (`fleet.maxConcurrentRestarts`, `kata-nri-manager-restart-<i>`): a ConfigMap
+//!   change reaches every node within a minute, but only that many nodes have containerd down at
+//!   once; the others wait their turn.
+//! - Pull slots (`fleet.maxConcurrentPulls`, `kata-nri-manager-pull-<i>`): a new artifact rolled
+//!   out to every node is downloaded by that many nodes at a time, so the registry is not
+//!   stampeded (the store asks through [`crate::artifacts::PullSlots`]).
 //!
 //! A slot is free when it has no holder, is held by this node (a daemon that died holding it),
 //! or its holder stopped renewing it for `leaseDurationSeconds`. Taking a slot is a
 //! compare-and-swap on the Lease's `resourceVersion`, so two nodes never both win one.
 
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -18,82 +26,144 @@ use kube::api::{Api, PostParams};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-/// Name prefix of the slots.
-pub const LEASE_PREFIX: &str = "kata-nri-manager-restart-";
+use crate::artifacts::{HeldSlot, PullSlots, SlotSource};
+use crate::config::Fleet;
+
+/// Name prefix of the restart slots.
+pub const RESTART_PREFIX: &str = "kata-nri-manager-restart-";
+/// Name prefix of the pull slots.
+pub const PULL_PREFIX: &str = "kata-nri-manager-pull-";
 /// Environment variable with the daemon's namespace (the DaemonSet sets it).
 pub const NAMESPACE_ENV: &str = "POD_NAMESPACE";
+/// Test-only seam: the API server's URL (plain HTTP, no credentials) instead of the in-cluster
+/// one. The fleet bench and the pull-slot test point many `pull` processes at one fake Lease
+/// server with it; a cluster never sets it.
+pub const TEST_API_ENV: &str = "KATA_NRI_MANAGER_TEST_KUBE_API";
 /// How long a holder that stopped renewing keeps its slot.
 const LEASE_DURATION: Duration = Duration::from_secs(30);
+/// Wait between rounds when every slot is taken (plus up to as much again of jitter).
+const RETRY: Duration = Duration::from_secs(2);
 
-/// The restart slots of one node.
+/// What the slots are for: their Leases' prefix and the word logs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotKind {
+    pub prefix: &'static str,
+    pub what: &'static str,
+}
+
+pub const RESTART: SlotKind = SlotKind {
+    prefix: RESTART_PREFIX,
+    what: "restart",
+};
+pub const PULL: SlotKind = SlotKind {
+    prefix: PULL_PREFIX,
+    what: "pull",
+};
+
+/// The client for the cluster the daemon runs in: in-cluster credentials, or the test seam's
+/// URL ([`TEST_API_ENV`]). `None` outside a cluster.
+pub fn cluster_config() -> Option<kube::Config> {
+    if let Some(url) = std::env::var(TEST_API_ENV).ok().filter(|u| !u.is_empty()) {
+        match url.parse() {
+            Ok(uri) => {
+                warn!(url = %url, "Kubernetes API from {TEST_API_ENV} (a test seam; never set in a cluster)");
+                return Some(kube::Config::new(uri));
+            }
+            Err(e) => {
+                warn!(url = %url, error = %e, "{TEST_API_ENV} is not a URL; ignored");
+            }
+        }
+    }
+    kube::Config::incluster().ok()
+}
+
+/// The slots of one kind, as one node takes them.
 #[derive(Clone)]
-pub struct RestartLease {
+pub struct LeaseSlots {
     leases: Api<Lease>,
+    kind: SlotKind,
     holder: String,
     slots: u32,
     /// Wait between rounds when every slot is taken.
     retry: Duration,
+    /// Up to this long (random) before the first request.
+    jitter: Duration,
 }
 
-impl RestartLease {
-    pub fn new(client: Client, namespace: &str, holder: impl Into<String>, slots: u32) -> Self {
+impl LeaseSlots {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        kind: SlotKind,
+        holder: impl Into<String>,
+        slots: u32,
+    ) -> Self {
         Self {
             leases: Api::namespaced(client, namespace),
+            kind,
             holder: holder.into(),
             slots: slots.max(1),
-            retry: Duration::from_secs(2),
+            retry: RETRY,
+            // Nodes that got the same ConfigMap update at the same moment do not all ask at once.
+            jitter: RETRY,
         }
     }
 
-    /// Sets the wait between rounds (tests).
+    /// Sets the wait between rounds.
     pub fn with_retry(mut self, retry: Duration) -> Self {
         self.retry = retry;
         self
     }
 
+    /// Sets the most a node waits (at random) before its first request.
+    pub fn with_jitter(mut self, jitter: Duration) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
     /// In-cluster credentials, `NODE_NAME` and `POD_NAMESPACE`, or `None` (outside a cluster
     /// there is no fleet to coordinate with).
-    pub fn in_cluster(slots: u32) -> Option<Self> {
+    pub fn in_cluster(kind: SlotKind, slots: u32) -> Option<Self> {
         let node = std::env::var(super::labels::NODE_NAME_ENV)
             .ok()
             .filter(|n| !n.is_empty())?;
         let namespace = std::env::var(NAMESPACE_ENV)
             .ok()
             .filter(|n| !n.is_empty())?;
-        let config = kube::Config::incluster().ok()?;
+        let config = cluster_config()?;
         match Client::try_from(config) {
-            Ok(client) => Some(Self::new(client, &namespace, node, slots)),
+            Ok(client) => Some(Self::new(client, &namespace, kind, node, slots)),
             Err(e) => {
-                warn!(error = %e, "in-cluster Kubernetes client not built: containerd restarts are not coordinated");
+                warn!(error = %e, what = kind.what, "in-cluster Kubernetes client not built: not coordinated across the fleet");
                 None
             }
         }
     }
 
     /// Waits for a free slot and takes it; the permit renews it until dropped or released.
-    /// API errors are retried: a restart waits for its turn rather than risk the fleet.
-    pub async fn acquire(&self) -> RestartPermit {
-        // Nodes that got the same ConfigMap update at the same moment do not all ask at once.
-        tokio::time::sleep(jitter(self.retry)).await;
+    /// API errors are retried: a node waits for its turn rather than risk the fleet.
+    pub async fn acquire(&self) -> SlotPermit {
+        tokio::time::sleep(jitter(self.jitter)).await;
         let mut waiting_logged = false;
         loop {
             for slot in 0..self.slots {
-                let name = format!("{LEASE_PREFIX}{slot}");
+                let name = format!("{}{slot}", self.kind.prefix);
                 match self.try_take(&name).await {
                     Ok(true) => {
-                        info!(lease = %name, holder = %self.holder, "restart slot taken");
-                        return RestartPermit::new(self.clone(), name);
+                        info!(lease = %name, holder = %self.holder, what = self.kind.what, "slot taken");
+                        return SlotPermit::new(self.clone(), name);
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        warn!(lease = %name, error = %e, "restart slot not readable; retrying")
+                        warn!(lease = %name, error = %e, what = self.kind.what, "slot not readable; retrying")
                     }
                 }
             }
             if !waiting_logged {
                 info!(
                     slots = self.slots,
-                    "every restart slot is taken: waiting for another node's containerd restart to finish"
+                    what = self.kind.what,
+                    "every slot is taken: waiting for another node to finish"
                 );
                 waiting_logged = true;
             }
@@ -154,7 +224,7 @@ impl RestartLease {
             return Ok(());
         };
         if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
-            warn!(lease = %name, "restart slot lost to another node (it was not renewed in time)");
+            warn!(lease = %name, what = self.kind.what, "slot lost to another node (it was not renewed in time)");
             return Ok(());
         }
         spec.renew_time = Some(MicroTime(Timestamp::now()));
@@ -185,24 +255,64 @@ impl RestartLease {
     }
 }
 
+#[async_trait]
+impl SlotSource for LeaseSlots {
+    async fn take(&self) -> Box<dyn HeldSlot> {
+        Box::new(self.acquire().await)
+    }
+}
+
+#[async_trait]
+impl HeldSlot for SlotPermit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn give_back(self: Box<Self>) {
+        (*self).release().await;
+    }
+}
+
+/// The store's pull slots in a cluster: `fleet.maxConcurrentPulls` Leases, asked for after up
+/// to `fleet.pullJitter`. `None` when the key is 0 (unlimited) or outside a cluster.
+pub fn pull_slots(fleet: &Fleet) -> Option<PullSlots> {
+    if fleet.max_concurrent_pulls == 0 {
+        return None;
+    }
+    let Some(slots) = LeaseSlots::in_cluster(PULL, fleet.max_concurrent_pulls) else {
+        info!(
+            "not in a Kubernetes cluster (no in-cluster credentials, NODE_NAME or POD_NAMESPACE): fleet.maxConcurrentPulls is not applied"
+        );
+        return None;
+    };
+    info!(
+        slots = fleet.max_concurrent_pulls,
+        jitter_ms = fleet.pull_jitter.get().as_millis() as u64,
+        "downloads take one of the fleet's pull slots"
+    );
+    Some(PullSlots::new(Arc::new(
+        slots.with_jitter(fleet.pull_jitter.get()),
+    )))
+}
+
 /// A held slot: renewed every third of its duration until released (or dropped, which releases
 /// it in the background).
-pub struct RestartPermit {
-    lease: RestartLease,
+pub struct SlotPermit {
+    lease: LeaseSlots,
     name: String,
     renewer: JoinHandle<()>,
     released: bool,
 }
 
-impl RestartPermit {
-    fn new(lease: RestartLease, name: String) -> Self {
+impl SlotPermit {
+    fn new(lease: LeaseSlots, name: String) -> Self {
         let renewing = (lease.clone(), name.clone());
         let renewer = tokio::spawn(async move {
             let (lease, name) = renewing;
             loop {
                 tokio::time::sleep(LEASE_DURATION / 3).await;
                 if let Err(e) = lease.renew(&name).await {
-                    warn!(lease = %name, error = %e, "restart slot not renewed");
+                    warn!(lease = %name, error = %e, what = lease.kind.what, "slot not renewed");
                 }
             }
         });
@@ -223,16 +333,17 @@ impl RestartPermit {
     pub async fn release(mut self) {
         self.renewer.abort();
         self.released = true;
+        let what = self.lease.kind.what;
         match self.lease.release(&self.name).await {
-            Ok(()) => info!(lease = %self.name, "restart slot released"),
+            Ok(()) => info!(lease = %self.name, what, "slot released"),
             Err(e) => {
-                warn!(lease = %self.name, error = %e, "restart slot not released; it expires on its own")
+                warn!(lease = %self.name, error = %e, what, "slot not released; it expires on its own")
             }
         }
     }
 }
 
-impl Drop for RestartPermit {
+impl Drop for SlotPermit {
     fn drop(&mut self) {
         self.renewer.abort();
         if !self.released
@@ -241,7 +352,7 @@ impl Drop for RestartPermit {
             let (lease, name) = (self.lease.clone(), self.name.clone());
             handle.spawn(async move {
                 if let Err(e) = lease.release(&name).await {
-                    warn!(lease = %name, error = %e, "restart slot not released; it expires on its own");
+                    warn!(lease = %name, error = %e, what = lease.kind.what, "slot not released; it expires on its own");
                 }
             });
         }
@@ -268,19 +379,25 @@ fn free(spec: Option<&LeaseSpec>, holder: &str, now: Timestamp) -> bool {
     }
 }
 
-/// Up to `max`, from the clock's nanoseconds: spreads nodes out without a random generator.
+/// A random wait in `0..=max`. `RandomState` is seeded from the OS once per process (and
+/// stepped per call), so nodes started by the same rollout in the same millisecond still
+/// spread out, without a random-number crate.
 fn jitter(max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    max.mul_f64(f64::from(nanos % 1000) / 1000.0)
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    let fraction = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    max.mul_f64(fraction)
 }
 
 /// A permit held by blocking code: released on the runtime it came from when dropped, and
 /// waited for, so the next restart's turn starts only after the slot is free.
 pub struct HeldOn {
-    pub permit: Option<RestartPermit>,
+    pub permit: Option<SlotPermit>,
     pub runtime: tokio::runtime::Handle,
 }
 
@@ -394,8 +511,8 @@ mod tests {
     async fn one_slot_lets_one_node_restart_at_a_time() {
         let (client, store) = fake_apiserver().await;
         let retry = Duration::from_millis(20);
-        let a = RestartLease::new(client.clone(), "knm", "node-a", 1).with_retry(retry);
-        let b = RestartLease::new(client, "knm", "node-b", 1).with_retry(retry);
+        let a = LeaseSlots::new(client.clone(), "knm", RESTART, "node-a", 1).with_retry(retry);
+        let b = LeaseSlots::new(client, "knm", RESTART, "node-b", 1).with_retry(retry);
         let held = a.acquire().await;
         assert_eq!(held.name(), "kata-nri-manager-restart-0");
         assert_eq!(holder(&store, held.name()).as_deref(), Some("node-a"));
@@ -419,8 +536,8 @@ mod tests {
     async fn two_slots_let_two_nodes_restart_together() {
         let (client, store) = fake_apiserver().await;
         let retry = Duration::from_millis(20);
-        let a = RestartLease::new(client.clone(), "knm", "node-a", 2).with_retry(retry);
-        let b = RestartLease::new(client, "knm", "node-b", 2).with_retry(retry);
+        let a = LeaseSlots::new(client.clone(), "knm", RESTART, "node-a", 2).with_retry(retry);
+        let b = LeaseSlots::new(client, "knm", RESTART, "node-b", 2).with_retry(retry);
         let (first, second) = tokio::time::timeout(
             Duration::from_secs(10),
             futures::future::join(a.acquire(), b.acquire()),
@@ -430,6 +547,64 @@ mod tests {
         assert_ne!(first.name(), second.name());
         assert_eq!(holder(&store, first.name()).as_deref(), Some("node-a"));
         assert_eq!(holder(&store, second.name()).as_deref(), Some("node-b"));
+    }
+
+    #[tokio::test]
+    async fn pull_slots_let_at_most_n_nodes_download_at_once() {
+        let (client, store) = fake_apiserver().await;
+        let retry = Duration::from_millis(10);
+        let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let nodes = (0..6).map(|i| {
+            let slots = LeaseSlots::new(client.clone(), "knm", PULL, format!("node-{i}"), 2)
+                .with_retry(retry)
+                .with_jitter(Duration::from_millis(30));
+            let pulls = PullSlots::new(Arc::new(slots));
+            let (inside, peak) = (inside.clone(), peak.clone());
+            async move {
+                let turn = pulls.turn().await;
+                let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                turn.end().await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(nodes))
+            .await
+            .expect("every node gets its turn");
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let names: Vec<String> = store.lock().unwrap().keys().cloned().collect();
+        assert!(
+            names.iter().all(|n| n.starts_with(PULL_PREFIX)),
+            "{names:?}"
+        );
+        assert_eq!(names.len(), 2, "{names:?}");
+        for name in names {
+            assert_eq!(holder(&store, &name), None, "{name} given back");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_its_bound_and_spreads() {
+        let max = Duration::from_secs(10);
+        let waits: Vec<Duration> = (0..200).map(|_| jitter(max)).collect();
+        assert!(waits.iter().all(|w| *w <= max));
+        assert!(waits.iter().any(|w| *w < max / 4));
+        assert!(waits.iter().any(|w| *w > max * 3 / 4));
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn no_pull_slots_without_a_limit_or_outside_a_cluster() {
+        let mut fleet = Fleet::default();
+        assert_eq!(fleet.max_concurrent_pulls, 0);
+        assert!(pull_slots(&fleet).is_none());
+        // The test runs outside a cluster (no NODE_NAME/POD_NAMESPACE set by the harness).
+        fleet.max_concurrent_pulls = 1;
+        if std::env::var(NAMESPACE_ENV).is_err() {
+            assert!(pull_slots(&fleet).is_none());
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Installing a version: staging, the layers downloaded and unpacked, the commit to
+//! Installing a version: staging, the blobs the store lacks downloaded (`blobs.rs`), titled
+//! files linked from their blobs and tar layers unpacked from theirs, the commit to
 //! `.store/<digest>`, the record and the link switch, under the class's lock.
 
 use std::collections::BTreeMap;
@@ -8,13 +9,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::future::{BoxFuture, FutureExt};
-use futures::{StreamExt, TryStreamExt};
-
 use super::Inner;
 use super::disk::{blocking, exchange, sync_filesystem, unix_now, unix_now_ms};
 use super::kata::keep_renderings;
-use crate::artifacts::download;
 use crate::artifacts::error::{ArtifactError, Result};
 use crate::artifacts::manifest::{self, Layer, LayerKind};
 use crate::artifacts::paths;
@@ -39,34 +36,43 @@ impl Inner {
         kata_version: Option<String>,
         kata_settings: Vec<KataSetting>,
         signed_by: Option<String>,
-    ) -> Result<ClassState> {
+        verify_reused: bool,
+    ) -> Result<(ClassState, u64)> {
         let name = class.name.as_str();
         let dir = &self.settings.artifacts_dir;
         let staging = self.staging_dir(name).await?;
         let root = staging.path().join("tree");
-        let blobs = staging.path().join("blobs");
-        for d in [&root, &blobs] {
-            fs::create_dir(d).map_err(self.io(name, "creating", d))?;
-        }
+        fs::create_dir(&root).map_err(self.io(name, "creating", &root))?;
         let final_dir = dir.join(".store").join(digest);
 
-        let jobs = self.plan(class, layers, &root, &blobs)?;
-        // Boxed so the stream's type names no closure: a closure over borrowed data inside a
-        // spawned future trips the compiler's higher-ranked `Send` check.
-        let downloads: Vec<BoxFuture<'_, Result<()>>> = jobs
+        let jobs = self.plan(class, layers, &root)?;
+        // Held until the record names the blobs: collection must not take one in between.
+        let held = self.hold_blobs(name).await?;
+        // A fleet-wide turn only when bytes will cross the network: a node whose blob store
+        // has every layer (another class's version, a re-install) installs at once. A repair
+        // (`verify_reused`) re-downloads at most the damaged blob, without a turn.
+        let turn = match self.pull_slots.get() {
+            Some(slots) if self.missing_bytes(layers) > 0 => Some(slots.turn().await),
+            _ => None,
+        };
+        let fetching = self
+            .fetch_blobs(registry, reference, layers, verify_reused)
+            .await;
+        // Given back when the download ends, before unpacking: the registry is what the slots
+        // protect, not this node's disk.
+        if let Some(turn) = turn {
+            turn.end().await;
+        }
+        let (blobs, fetched) = fetching?;
+        let titled: Vec<(Layer, PathBuf)> = jobs
             .iter()
-            .map(|(layer, dest)| {
-                download::fetch(registry, reference, layer, dest, 0o644, &self.observer).boxed()
-            })
+            .filter_map(|(layer, dest)| dest.clone().map(|dest| (layer.clone(), dest)))
             .collect();
-        futures::stream::iter(downloads)
-            .buffer_unordered(self.settings.parallel_layers.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        self.link_blobs(name, titled).await?;
 
         let mut files = BTreeMap::new();
         let mut budget = self.settings.limits.max_artifact_bytes.bytes();
-        for (layer, dest) in &jobs {
+        for (layer, _) in &jobs {
             match &layer.kind {
                 LayerKind::File(title) => {
                     let rel = paths::relative(Path::new(title)).unwrap_or_default();
@@ -80,13 +86,14 @@ impl Inner {
                     budget = budget.saturating_sub(layer.size);
                 }
                 LayerKind::Tar { into, compression } => {
+                    // Unpacked afresh into each version (the files keep the modes the layer
+                    // gives them); the compressed blob stays for the next version.
+                    let blob = self.blobs().path(&layer.digest);
                     let unpacked = self
-                        .unpack(class, layer, dest, *compression, &root, into, budget)
+                        .unpack(class, layer, &blob, *compression, &root, into, budget)
                         .await?;
                     budget = budget.saturating_sub(unpacked.bytes);
                     files.extend(unpacked.files);
-                    // The compressed blob is not needed once unpacked: free the space now.
-                    let _ = fs::remove_file(dest);
                 }
             }
         }
@@ -112,6 +119,7 @@ impl Inner {
             path: final_dir,
             installed_at: now,
             files,
+            blobs,
             kata_configs,
             kata_version,
             kata_settings,
@@ -124,7 +132,9 @@ impl Inner {
             versions: BTreeMap::new(),
             rejected: Vec::new(),
         };
-        self.make_current(next).await
+        let state = self.make_current(next).await?;
+        drop(held);
+        Ok((state, fetched))
     }
 
     /// Records `next` as the class's current version and points its link at it, keeping the
@@ -198,15 +208,15 @@ impl Inner {
             ))
     }
 
-    /// Where each layer goes: a titled file at its place in the tree, a tar blob beside it.
-    /// Every title is checked before anything is fetched.
+    /// Where each layer goes: a titled file at its place in the tree (`Some`), a tar layer
+    /// into its directory (made here; `None`). Every title is checked before anything is
+    /// fetched.
     fn plan(
         &self,
         class: &RuntimeClass,
         layers: &[Layer],
         root: &Path,
-        blobs: &Path,
-    ) -> Result<Vec<(Layer, PathBuf)>> {
+    ) -> Result<Vec<(Layer, Option<PathBuf>)>> {
         let unsafe_title = |layer: &Layer, entry: &str, why: String| ArtifactError::UnsafeEntry {
             class: class.name.clone(),
             reference: class.artifacts.url.as_str().to_owned(),
@@ -220,9 +230,15 @@ impl Inner {
                 LayerKind::File(title) => {
                     let rel = paths::relative(Path::new(title))
                         .map_err(|why| unsafe_title(layer, title, format!("layer title: {why}")))?;
-                    paths::prepare_parent(root, &rel)
-                        .map_err(self.io(&class.name, "creating the parents of", &root.join(&rel)))?
-                        .map_err(|why| unsafe_title(layer, title, why.to_string()))?
+                    Some(
+                        paths::prepare_parent(root, &rel)
+                            .map_err(self.io(
+                                &class.name,
+                                "creating the parents of",
+                                &root.join(&rel),
+                            ))?
+                            .map_err(|why| unsafe_title(layer, title, why.to_string()))?,
+                    )
                 }
                 LayerKind::Tar { into, .. } => {
                     if !into.is_empty() {
@@ -234,7 +250,7 @@ impl Inner {
                             .map_err(|why| unsafe_title(layer, into, why.to_string()))?;
                         drop(dir);
                     }
-                    blobs.join(layer.digest.hex())
+                    None
                 }
             };
             jobs.push((layer.clone(), dest));

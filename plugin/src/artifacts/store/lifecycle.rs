@@ -35,7 +35,7 @@ impl ArtifactStore {
         if state::read(dir, class).is_none() {
             return Ok(Vec::new());
         }
-        let _lock = self.inner.lock_class(class)?;
+        let lock = self.inner.lock_class(class)?;
         let Some(state) = state::read(dir, class) else {
             return Ok(Vec::new());
         };
@@ -53,6 +53,9 @@ impl ArtifactStore {
         let record = state::file(dir, class);
         fs::remove_file(&record).map_err(io("removing", &record))?;
         let _ = fs::remove_file(dir.join(".state").join(format!(".{class}.lock")));
+        drop(lock);
+        // After the record is gone: its blobs no other version names go with it.
+        self.collect_blobs_quietly();
         Ok(removed)
     }
 
@@ -168,7 +171,7 @@ impl ArtifactStore {
             Some(state) if !state.retired.is_empty() => {}
             _ => return Ok(Vec::new()),
         }
-        let _lock = self.inner.lock_class(class)?;
+        let lock = self.inner.lock_class(class)?;
         let Some(mut state) = state::read(dir, class) else {
             return Ok(Vec::new());
         };
@@ -191,6 +194,11 @@ impl ArtifactStore {
         }
         state.retired = kept;
         self.inner.record(&state)?;
+        drop(lock);
+        if !removed.is_empty() {
+            // The record no longer names them: the blobs only they used go too.
+            self.collect_blobs_quietly();
+        }
         Ok(removed)
     }
 }

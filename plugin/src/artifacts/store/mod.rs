@@ -5,8 +5,10 @@
 //! One job per file: this one is the API and the single-flight of pulls; `pull.rs` resolves a
 //! class's version, `install.rs` downloads, unpacks and installs it, `kata.rs` handles its kata
 //! configurations, `intact.rs` checks an installed version, `lifecycle.rs` removes, rolls back
-//! and collects versions, `disk.rs` holds the filesystem helpers.
+//! and collects versions, `blobs.rs` fetches each layer once into the blob store and collects
+//! the blobs no version records, `disk.rs` holds the filesystem helpers.
 
+mod blobs;
 mod disk;
 mod install;
 mod intact;
@@ -21,7 +23,7 @@ mod testing;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -31,11 +33,13 @@ use super::error::ArtifactError;
 use super::progress::{NoProgress, PullObserver};
 use super::pull_secrets::PullSecrets;
 use super::settings::StoreSettings;
+use super::slots::PullSlots;
 use super::staging;
 use super::state::{self, ClassState, FileRecord};
 use crate::config::RuntimeClass;
 use crate::kata::KataSetting;
 use crate::single_flight::SingleFlight;
+pub use blobs::BlobsCollected;
 
 /// A class's artifacts as installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,6 +121,9 @@ struct Inner {
     digest_locks: share::DigestLocks,
     /// The classes' pull secrets: mounted, or read through the Kubernetes API and cached.
     pull_secrets: PullSecrets,
+    /// The fleet's pull slots (`fleet.maxConcurrentPulls`, in a cluster); unset: downloads go
+    /// at once.
+    pull_slots: OnceLock<PullSlots>,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -163,8 +170,16 @@ impl ArtifactStore {
                 kata_settings: Mutex::new(HashMap::new()),
                 digest_locks: Default::default(),
                 pull_secrets,
+                pull_slots: OnceLock::new(),
             }),
         }
+    }
+
+    /// Downloads wait for one of the fleet's pull slots from now on (up-to-date checks and
+    /// installs from blobs already stored never do). Set once; a second call is ignored and
+    /// returns false.
+    pub fn use_pull_slots(&self, slots: PullSlots) -> bool {
+        self.inner.pull_slots.set(slots).is_ok()
     }
 
     pub fn settings(&self) -> &StoreSettings {

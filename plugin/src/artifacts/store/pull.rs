@@ -137,9 +137,12 @@ impl Inner {
             done.version_skew = version_skew.map(|skew| skew.to_string());
             return Ok(done);
         }
-        let total = self.check_size(class, &layers)?;
-        tracing::info!(digest = %digest, layers = layers.len(), bytes = total, "pulling artifacts");
-        let state = self
+        let (total, missing) = self.check_size(class, &layers)?;
+        tracing::info!(digest = %digest, layers = layers.len(), bytes = total, to_download = missing, "pulling artifacts");
+        // Installing a version a record names again is a repair: its damaged file may be a
+        // stored blob itself (they share an inode), so reused blobs are hashed first.
+        let repair = self.recorded_anywhere(&digest);
+        let installing = self
             .install(
                 class,
                 &registry,
@@ -150,10 +153,18 @@ impl Inner {
                 kata_version,
                 wanted,
                 signed_by,
+                repair,
             )
-            .await?;
-        tracing::info!(digest = %state.manifest_digest, files = state.files.len(), bytes = total, elapsed_ms = started.elapsed().as_millis() as u64, "artifacts installed");
-        let mut done = installed(&state, self.link(class), total, true, started);
+            .await;
+        let (state, fetched) = match installing {
+            Ok(done) => done,
+            Err(e) => {
+                self.collect_after_failure(&class.name).await;
+                return Err(e);
+            }
+        };
+        tracing::info!(digest = %state.manifest_digest, files = state.files.len(), bytes = total, downloaded = fetched, elapsed_ms = started.elapsed().as_millis() as u64, "artifacts installed");
+        let mut done = installed(&state, self.link(class), fetched, true, started);
         done.version_skew = version_skew.map(|skew| skew.to_string());
         Ok(done)
     }
@@ -261,8 +272,10 @@ impl Inner {
     }
 
     /// Refuses before any blob is fetched: more than `limits.maxArtifactBytes`, or less than
-    /// twice that much free space (room for the new version while the old one stays).
-    fn check_size(&self, class: &RuntimeClass, layers: &[Layer]) -> Result<u64> {
+    /// twice what is to be written free (room for the new version while the old one stays):
+    /// the blobs the store lacks, and every tar layer (unpacked afresh). Returns the artifact's
+    /// size and the bytes to download.
+    fn check_size(&self, class: &RuntimeClass, layers: &[Layer]) -> Result<(u64, u64)> {
         let limit = self.settings.limits.max_artifact_bytes;
         let reference = class.artifacts.url.as_str().to_owned();
         let total = manifest::total_size(layers).unwrap_or(u64::MAX);
@@ -274,21 +287,37 @@ impl Inner {
                 limit,
             });
         }
+        let missing = self.missing_bytes(layers);
+        let unpacked: u64 = layers
+            .iter()
+            .filter(|layer| matches!(layer.kind, LayerKind::Tar { .. }))
+            .map(|layer| layer.size)
+            .sum();
         let dir = existing_ancestor(&self.settings.artifacts_dir);
         if let Some(available) = free_bytes(&dir) {
-            let needed = total.saturating_mul(2);
+            let adds = missing.saturating_add(unpacked);
+            let needed = adds.saturating_mul(2);
             if available < needed {
                 return Err(ArtifactError::NoSpace {
                     class: class.name.clone(),
                     reference,
                     dir,
-                    total,
+                    total: adds,
                     needed,
                     available,
                 });
             }
         }
-        Ok(total)
+        Ok((total, missing))
+    }
+
+    /// Whether any class's record names the version `digest` (current, kept or retired).
+    fn recorded_anywhere(&self, digest: &str) -> bool {
+        let dir = &self.settings.artifacts_dir;
+        state::recorded_classes(dir)
+            .into_iter()
+            .filter_map(|class| state::read(dir, &class))
+            .any(|s| s.all_versions().any(|v| v == digest))
     }
 }
 

@@ -66,6 +66,7 @@ impl Inner {
             path: other.path,
             installed_at: unix_now(),
             files: other.files,
+            blobs: other.blobs,
             kata_configs: other.kata_configs,
             kata_version: other.kata_version,
             // Rendered by the caller's settle, as for an installed version.

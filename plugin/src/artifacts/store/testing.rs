@@ -82,6 +82,7 @@ pub(super) fn record(
         path,
         installed_at: 1,
         files,
+        blobs: Vec::new(),
         kata_configs: Vec::new(),
         kata_version: None,
         previous: Vec::new(),
