@@ -278,6 +278,10 @@ async fn launched_by_containerd_1_7() {
     launched_by_containerd(Version::V1_7, "44").await;
 }
 
+/// The daemon's warning when it cannot reach NRI (other warnings, such as a config's, may come
+/// first).
+const NRI_RETRY: &str = "cannot connect to the runtime; retrying with backoff";
+
 /// containerd 1.6 has no NRI: it starts and creates no socket. The plugin says so clearly and
 /// keeps waiting (no crash loop), logging the problem once rather than at every retry.
 #[tokio::test]
@@ -309,7 +313,7 @@ async fn no_nri_socket_is_a_clear_error_not_a_crash_loop() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(plugin.is_running(), "the daemon keeps waiting for NRI");
     let repeated = plugin
-        .events()
+        .events_with_message(NRI_RETRY)
         .into_iter()
         .filter(|e| e["level"] == "WARN")
         .count();
@@ -331,7 +335,9 @@ async fn a_socket_that_is_not_nri_is_named() {
     let mut plugin =
         PluginProcess::start(Path::new(PLUGIN), cd.address(), &PluginOptions::default()).unwrap();
     let warnings = plugin
-        .wait_for_events(1, Duration::from_secs(10), |e| e["level"] == "WARN")
+        .wait_for_events(1, Duration::from_secs(10), |e| {
+            e["level"] == "WARN" && e["message"] == NRI_RETRY
+        })
         .await
         .unwrap();
     let message = warnings[0]["error"].as_str().unwrap_or_default();
@@ -367,7 +373,9 @@ async fn a_peer_announcing_a_4_gib_frame_is_refused() {
     let mut plugin =
         PluginProcess::start(Path::new(PLUGIN), &socket, &PluginOptions::default()).unwrap();
     let warnings = plugin
-        .wait_for_events(1, Duration::from_secs(10), |e| e["level"] == "WARN")
+        .wait_for_events(1, Duration::from_secs(10), |e| {
+            e["level"] == "WARN" && e["message"] == NRI_RETRY
+        })
         .await
         .unwrap();
     let message = warnings[0]["error"].as_str().unwrap_or_default();
