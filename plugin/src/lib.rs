@@ -3,6 +3,8 @@
 
 pub mod artifacts;
 pub mod cli;
+#[cfg(feature = "kube")]
+pub mod cluster;
 
 pub mod config;
 pub mod containerd;

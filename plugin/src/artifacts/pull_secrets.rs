@@ -307,10 +307,10 @@ mod api {
 
         /// In-cluster credentials and `POD_NAMESPACE`, or `None` (outside a cluster).
         pub fn in_cluster() -> Option<Self> {
-            let namespace = std::env::var(crate::reconcile::lease::NAMESPACE_ENV)
+            let namespace = std::env::var(crate::cluster::NAMESPACE_ENV)
                 .ok()
                 .filter(|n| !n.is_empty())?;
-            let mut config = kube::Config::incluster().ok()?;
+            let mut config = crate::cluster::config()?;
             config.read_timeout = Some(READ_TIMEOUT);
             Some(Self {
                 namespace,

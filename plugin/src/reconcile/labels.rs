@@ -23,8 +23,6 @@ pub const CLASS_LABEL_PREFIX: &str = "kata-nri-manager.io/";
 pub const DIGEST_ANNOTATION_SUFFIX: &str = ".digest";
 /// The conventional label of a node that runs kata.
 pub const KATA_RUNTIME_LABEL: &str = "katacontainers.io/kata-runtime";
-/// Environment variable with the node's name (the DaemonSet sets it from the downward API).
-pub const NODE_NAME_ENV: &str = "NODE_NAME";
 /// How often the labels are compared with the status.
 const PERIOD: Duration = Duration::from_secs(5);
 
@@ -83,10 +81,10 @@ impl NodeLabeler {
     /// In-cluster credentials and `NODE_NAME`, or `None` (then no labels are written: the
     /// daemon runs outside Kubernetes).
     pub async fn in_cluster() -> Option<Self> {
-        let node = std::env::var(NODE_NAME_ENV)
+        let node = std::env::var(crate::cluster::NODE_NAME_ENV)
             .ok()
             .filter(|n| !n.is_empty())?;
-        let config = kube::Config::incluster().ok()?;
+        let config = crate::cluster::config()?;
         match Client::try_from(config) {
             Ok(client) => Some(Self::new(client, node)),
             Err(e) => {

@@ -33,12 +33,6 @@ use crate::config::Fleet;
 pub const RESTART_PREFIX: &str = "kata-nri-manager-restart-";
 /// Name prefix of the pull slots.
 pub const PULL_PREFIX: &str = "kata-nri-manager-pull-";
-/// Environment variable with the daemon's namespace (the DaemonSet sets it).
-pub const NAMESPACE_ENV: &str = "POD_NAMESPACE";
-/// Test-only seam: the API server's URL (plain HTTP, no credentials) instead of the in-cluster
-/// one. The fleet bench and the pull-slot test point many `pull` processes at one fake Lease
-/// server with it; a cluster never sets it.
-pub const TEST_API_ENV: &str = "KATA_NRI_MANAGER_TEST_KUBE_API";
 /// How long a holder that stopped renewing keeps its slot.
 const LEASE_DURATION: Duration = Duration::from_secs(30);
 /// Wait between rounds when every slot is taken (plus up to as much again of jitter).
@@ -59,23 +53,6 @@ pub const PULL: SlotKind = SlotKind {
     prefix: PULL_PREFIX,
     what: "pull",
 };
-
-/// The client for the cluster the daemon runs in: in-cluster credentials, or the test seam's
-/// URL ([`TEST_API_ENV`]). `None` outside a cluster.
-pub fn cluster_config() -> Option<kube::Config> {
-    if let Some(url) = std::env::var(TEST_API_ENV).ok().filter(|u| !u.is_empty()) {
-        match url.parse() {
-            Ok(uri) => {
-                warn!(url = %url, "Kubernetes API from {TEST_API_ENV} (a test seam; never set in a cluster)");
-                return Some(kube::Config::new(uri));
-            }
-            Err(e) => {
-                warn!(url = %url, error = %e, "{TEST_API_ENV} is not a URL; ignored");
-            }
-        }
-    }
-    kube::Config::incluster().ok()
-}
 
 /// The slots of one kind, as one node takes them.
 #[derive(Clone)]
@@ -124,13 +101,13 @@ impl LeaseSlots {
     /// In-cluster credentials, `NODE_NAME` and `POD_NAMESPACE`, or `None` (outside a cluster
     /// there is no fleet to coordinate with).
     pub fn in_cluster(kind: SlotKind, slots: u32) -> Option<Self> {
-        let node = std::env::var(super::labels::NODE_NAME_ENV)
+        let node = std::env::var(crate::cluster::NODE_NAME_ENV)
             .ok()
             .filter(|n| !n.is_empty())?;
-        let namespace = std::env::var(NAMESPACE_ENV)
+        let namespace = std::env::var(crate::cluster::NAMESPACE_ENV)
             .ok()
             .filter(|n| !n.is_empty())?;
-        let config = cluster_config()?;
+        let config = crate::cluster::config()?;
         match Client::try_from(config) {
             Ok(client) => Some(Self::new(client, &namespace, kind, node, slots)),
             Err(e) => {
@@ -602,7 +579,7 @@ mod tests {
         assert!(pull_slots(&fleet).is_none());
         // The test runs outside a cluster (no NODE_NAME/POD_NAMESPACE set by the harness).
         fleet.max_concurrent_pulls = 1;
-        if std::env::var(NAMESPACE_ENV).is_err() {
+        if std::env::var(crate::cluster::NAMESPACE_ENV).is_err() {
             assert!(pull_slots(&fleet).is_none());
         }
     }
