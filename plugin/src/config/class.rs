@@ -75,6 +75,13 @@ pub struct PodOverhead {
     pub memory: Option<String>,
 }
 
+/// A class whose pods ask for passthrough GPUs, by its name (as kata-deploy and the GPU Operator
+/// name them: `kata-qemu-nvidia-gpu`, `…-gpu-snp`): its RuntimeClass overhead defaults to the
+/// GPU kind's, and the daemon keeps the CDI spec of the node's GPUs while one is served.
+pub fn is_gpu_class(name: &str) -> bool {
+    name.contains("gpu")
+}
+
 impl PodOverhead {
     pub fn is_empty(&self) -> bool {
         self.cpu.is_none() && self.memory.is_none()
@@ -84,7 +91,7 @@ impl PodOverhead {
     /// kata-deploy names its classes): a GPU class's VM holds the GPU driver stack and pins
     /// its memory for the device's DMA; a QEMU VM costs more than the lighter VMMs.
     pub fn defaults_for(class: &str) -> (&'static str, &'static str) {
-        if class.contains("gpu") {
+        if is_gpu_class(class) {
             ("1", "2Gi")
         } else if class.contains("qemu") {
             ("250m", "320Mi")

@@ -31,6 +31,7 @@ mod tests;
 pub use class::{
     Artifacts, DEFAULT_KATA_CONFIG, FromArtifact, PodOverhead, Provision, RuntimeClass,
     RuntimeSettings, Toleration, UpdatePolicy, UpdatePolicyError, Verify, VersionSkew,
+    is_gpu_class,
 };
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigError, Problem, Result, Warning};

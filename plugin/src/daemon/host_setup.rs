@@ -27,12 +27,6 @@ pub(super) async fn load_kernel_modules(
     board.update_host(|host| host.kernel_modules = loads);
 }
 
-/// A class the CDI spec is for: pods of it ask for passthrough GPUs (the same rule as the
-/// RuntimeClass overhead's GPU kind).
-pub(super) fn is_gpu_class(name: &str) -> bool {
-    name.contains("gpu")
-}
-
 /// Keeps the CDI spec while `gpu_served` (a served GPU class): written at once, then whenever
 /// the set of passthrough GPUs changes. Without a served GPU class (or with `cdi.enabled:
 /// false`) our spec is removed once, so the last GPU class takes it along.

@@ -167,7 +167,7 @@ impl Daemon {
             reconciler
                 .served()
                 .iter()
-                .any(|class| host_setup::is_gpu_class(class)),
+                .any(|class| crate::config::is_gpu_class(class)),
             board.clone(),
         ));
         let locate_gate =
